@@ -1,0 +1,223 @@
+"""The ``doctor`` command line. Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage or internal error."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from typing import Optional
+
+import click
+
+from doctor import __version__
+from doctor.findings import Severity
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return tuple(out)
+
+
+class _Group(click.Group):
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        # click exits with 2 on usage errors already; anything unexpected becomes a one-line message + exit 2.
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_ERROR)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(EXIT_OK)
+        except SystemExit:
+            raise
+        except Exception as exc:  # never a traceback for the user; DOCTOR_DEBUG=1 shows it
+            if os.environ.get("DOCTOR_DEBUG"):
+                raise
+            click.echo(f"doctor: internal error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="doctor")
+def main() -> None:
+    """doctor: find silent PyTorch training bugs before and during training."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "sarif"]), default="text", show_default=True)
+@click.option("--select", multiple=True, help="Rules to enable: names, codes, code prefixes or ALL (comma-separated).")
+@click.option("--ignore", multiple=True, help="Rules to disable: names, codes or code prefixes.")
+@click.option("--extend-select", multiple=True, help="Rules to enable on top of the selection.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None, help="Lowest severity that fails the run (default: error).")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when problems are found.")
+@click.option("--statistics", is_flag=True, help="Count findings per rule and show the slowest rules.")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="Config file (pyproject.toml or doctor.toml).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report to a file.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
+@click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
+def check(
+    paths: tuple[str, ...],
+    fmt: str,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+    extend_select: tuple[str, ...],
+    fail_on: Optional[str],
+    exit_zero: bool,
+    statistics: bool,
+    config: Optional[str],
+    output: Optional[str],
+    jobs: Optional[int],
+    color: Optional[bool],
+) -> None:
+    """Check training scripts (files or folders, default: the current folder)."""
+    from dataclasses import replace
+
+    from doctor import report
+    from doctor.config import ConfigError, resolve_settings
+    from doctor.discovery import discover, display_path
+    from doctor.engine import check_files, failing
+    from doctor.registry import select_rules, validate_selectors
+
+    path_list = list(paths) or ["."]
+    missing = [p for p in path_list if not os.path.exists(p)]
+    if missing:
+        for p in missing:
+            click.echo(f"doctor: error: no such file or folder: {p}", err=True)
+        sys.exit(EXIT_ERROR)
+    try:
+        settings = resolve_settings(path_list, config)
+    except ConfigError as exc:
+        click.echo(f"doctor: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    changes = {}
+    if select:
+        changes["select"] = _split(select)
+    if ignore:
+        changes["ignore"] = settings.ignore + _split(ignore)
+    if extend_select:
+        changes["extend_select"] = settings.extend_select + _split(extend_select)
+    if fail_on:
+        changes["fail_on"] = Severity.parse(fail_on)
+    settings = replace(settings, **changes)
+    unknown = validate_selectors(settings.select + settings.ignore + settings.extend_select)
+    if unknown:
+        click.echo(f"doctor: error: unknown rule selector(s): {', '.join(unknown)} (see `doctor rules`)", err=True)
+        sys.exit(EXIT_ERROR)
+    rules = select_rules(settings.select, settings.ignore, settings.extend_select)
+    files = [display_path(p) for p in discover(path_list, settings)]
+    result = check_files(files, settings, rules, jobs=jobs, timing=statistics)
+    findings = result.findings
+    errors = result.errors
+    checked = sum(1 for r in result.files if not r.skipped)
+
+    if fmt == "json":
+        text = report.render_json(findings, errors, files=len(files))
+    elif fmt == "github":
+        text = report.render_github(findings, errors)
+    elif fmt == "sarif":
+        text = report.render_sarif(findings, errors)
+    else:
+        use_colour = color if color is not None else (output is None and sys.stdout.isatty())
+        text = report.render_text(findings, errors, colour=use_colour, files=len(files))
+    if statistics and fmt == "text":
+        text = report.render_statistics(findings, result.rule_seconds()) + "\n\n" + text
+    elif statistics:
+        click.echo(report.render_statistics(findings, result.rule_seconds()), err=True)
+    _emit(text, output)
+    del checked
+    if exit_zero:
+        sys.exit(EXIT_OK)
+    if any(err.startswith("internal error") for _, err in errors):
+        sys.exit(EXIT_ERROR)
+    sys.exit(EXIT_FINDINGS if failing(findings, settings.fail_on) else EXIT_OK)
+
+
+def _emit(text: str, output: Optional[str]) -> None:
+    if output:
+        from doctor.fsutil import atomic_write_text
+
+        atomic_write_text(output, text + ("\n" if text else ""))
+    elif text:
+        click.echo(text)
+
+
+@main.command("rules")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Include the probe's runtime checks.")
+def rules_cmd(fmt: str, show_all: bool) -> None:
+    """List the rules: code, name, severity, default on/off, fixable."""
+    import json
+
+    from doctor.registry import all_rule_infos
+
+    infos = [i for i in all_rule_infos() if show_all or i.kind == "static"]
+    if fmt == "json":
+        click.echo(json.dumps([i.__dict__ for i in infos], indent=2))
+        return
+    click.echo(f"{'code':<7} {'name':<34} {'severity':<8} {'default':<7} {'fix':<6} summary")
+    for i in infos:
+        default = "on" if i.default_enabled else "off"
+        click.echo(f"{i.code:<7} {i.name:<34} {i.severity:<8} {default:<7} {i.fixable:<6} {i.summary}")
+
+
+@main.command()
+@click.argument("rule")
+def explain(rule: str) -> None:
+    """Explain a rule (by name or code): what it catches, why it is wrong, and how to fix it."""
+    from doctor.registry import lookup, runtime_checks
+
+    r = lookup(rule)
+    if r is None:
+        runtime = next((c for c in runtime_checks() if rule.lower() in (c.name, c.code.lower())), None)
+        if runtime is not None:
+            click.echo(f"{runtime.name} ({runtime.code}) — runtime check of `doctor probe`\n\n{runtime.summary}")
+            doc = _runtime_doc(runtime.name)
+            if doc:
+                click.echo("\n" + doc)
+            return
+        click.echo(f"doctor: error: unknown rule {rule!r} (see `doctor rules`)", err=True)
+        sys.exit(EXIT_ERROR)
+    fix = f"Fix: {r.fixable.value} (applied with --fix{' --unsafe-fixes' if r.fixable.value == 'unsafe' else ''})" if r.fixable else "Fix: none"
+    default = "on" if r.default_enabled else "off (enable with --select)"
+    click.echo(
+        f"{r.name} ({r.code})\n"
+        f"Severity: {r.severity.value}. Default: {default}. {fix}\n\n"
+        f"## What it does\n{textwrap.dedent(r.summary).strip()}\n\n"
+        f"## Why is this bad?\n{textwrap.dedent(r.why).strip()}\n\n"
+        f"## Example\n{textwrap.indent(textwrap.dedent(r.bad).strip(), '    ')}\n\n"
+        f"## Use instead\n{textwrap.indent(textwrap.dedent(r.good).strip(), '    ')}"
+    )
+
+
+def _runtime_doc(name: str) -> str:
+    import importlib
+
+    try:
+        module = importlib.import_module(f"doctor.rules.runtime.{name.replace('-', '_')}")
+    except ImportError:
+        return ""
+    return textwrap.dedent(module.__doc__ or "").strip()
+
+
+def _register_optional_commands() -> None:
+    try:
+        from doctor.probe.command import probe
+    except ImportError:
+        return
+    main.add_command(probe)
+
+
+_register_optional_commands()

@@ -1,0 +1,182 @@
+"""Finding the files to check: folders walked with default excludes and .gitignore, explicit files always kept."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from doctor.config import Settings, _glob_match, _relative
+
+SUFFIXES = (".py", ".ipynb")
+
+
+@dataclass
+class _IgnoreRule:
+    regex: re.Pattern
+    negated: bool
+    dir_only: bool
+
+
+def _gitignore_regex(pattern: str) -> str:
+    """Translate one gitignore pattern (already stripped of '!' and trailing '/') to a regex on rel paths."""
+    anchored = "/" in pattern
+    pattern = pattern.lstrip("/")
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
+            out.append("/.*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            c = pattern[i]
+            out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+            i += 1
+    body = "".join(out)
+    return ("^" if anchored else "^(?:.*/)?") + body + "$"
+
+
+def _read_gitignore(folder: str) -> list[_IgnoreRule]:
+    path = os.path.join(folder, ".gitignore")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    rules = []
+    for raw in lines:
+        line = raw.rstrip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        if negated:
+            line = line[1:]
+        dir_only = line.endswith("/")
+        line = line.rstrip("/")
+        if not line:
+            continue
+        try:
+            rules.append(_IgnoreRule(re.compile(_gitignore_regex(line)), negated, dir_only))
+        except re.error:
+            continue
+    return rules
+
+
+def _git_root(start: str) -> Optional[str]:
+    here = os.path.abspath(start)
+    while True:
+        if os.path.exists(os.path.join(here, ".git")):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+class _GitIgnore:
+    """The .gitignore files from the repository root down to each folder, applied in order (last match wins)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, list[_IgnoreRule]] = {}
+
+    def _rules(self, folder: str) -> list[_IgnoreRule]:
+        if folder not in self._cache:
+            self._cache[folder] = _read_gitignore(folder)
+        return self._cache[folder]
+
+    def ignored(self, path: str, is_dir: bool, root: Optional[str]) -> bool:
+        if root is None:
+            return False
+        path = os.path.abspath(path)
+        folders = []
+        here = os.path.dirname(path)
+        while True:
+            folders.append(here)
+            if here == root or os.path.dirname(here) == here:
+                break
+            here = os.path.dirname(here)
+        result = False
+        for folder in reversed(folders):
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            for rule in self._rules(folder):
+                if rule.dir_only and not is_dir:
+                    continue
+                if rule.regex.match(rel):
+                    result = not rule.negated
+        return result
+
+
+def _excluded(name: str, rel: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, p) or ("/" in p and _glob_match(rel, p)) for p in patterns)
+
+
+def discover(paths: list[str], settings: Settings) -> Iterator[str]:
+    """Yield the files to check, each once, in a stable order. Missing paths must be checked by the caller."""
+    excludes = tuple(settings.exclude) + tuple(settings.extend_exclude)
+    gitignore = _GitIgnore()
+    seen: set[str] = set()
+    for given in paths:
+        if os.path.isfile(given):
+            key = os.path.realpath(given)
+            if key not in seen:
+                seen.add(key)
+                yield given
+            continue
+        root = _git_root(given) if settings.respect_gitignore else None
+        visited_dirs: set[str] = set()
+        stack = [given]
+        found: list[str] = []
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if real in visited_dirs:  # symlink loops, or two links to one folder
+                continue
+            visited_dirs.add(real)
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                rel = _relative(entry.path, settings.root)
+                if _excluded(entry.name, rel, excludes):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    continue
+                if gitignore.ignored(entry.path, is_dir, root):
+                    continue
+                if is_dir:
+                    stack.append(entry.path)
+                elif entry.name.endswith(SUFFIXES):
+                    try:
+                        if not entry.is_file():
+                            continue
+                    except OSError:
+                        continue
+                    key = os.path.realpath(entry.path)
+                    if key not in seen:
+                        seen.add(key)
+                        found.append(entry.path)
+        yield from sorted(found)
+
+
+def display_path(path: str) -> str:
+    """Paths as given, or relative to the current folder when that is shorter."""
+    if os.path.isabs(path):
+        try:
+            rel = os.path.relpath(path)
+            if not rel.startswith(".."):
+                return rel
+        except ValueError:
+            pass
+        return path
+    return os.path.normpath(path) if path.startswith("./") else path

@@ -1,0 +1,193 @@
+"""Rule metadata, registration and selection.
+
+A rule is one small class in one module under ``rules/static`` (installed as ``doctor.rules.static``).
+It carries its own documentation and its own examples: ``fires`` snippets must produce a finding of the
+rule, ``silent`` snippets must not. The test suite and ``doctor explain`` are generated from them.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Optional
+
+from doctor.findings import Applicability, Finding, Fix, Severity
+
+if TYPE_CHECKING:
+    from doctor.context import FileContext
+
+
+class Rule:
+    """Base class of a static rule. Subclasses set the class attributes and implement ``check``."""
+
+    name: ClassVar[str]
+    code: ClassVar[str]
+    severity: ClassVar[Severity] = Severity.ERROR
+    default_enabled: ClassVar[bool] = True
+    #: None, or the applicability of the fixes this rule offers.
+    fixable: ClassVar[Optional[Applicability]] = None
+    summary: ClassVar[str]
+    why: ClassVar[str]
+    bad: ClassVar[str]
+    good: ClassVar[str]
+    #: Snippets (whole programs) that must yield at least one finding of this rule.
+    fires: ClassVar[tuple[str, ...]] = ()
+    #: Snippets that must yield none.
+    silent: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, ctx: "FileContext") -> Iterable[Finding]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finding(
+        self,
+        ctx: "FileContext",
+        node: ast.AST,
+        message: str,
+        *,
+        fix: Optional[Fix] = None,
+        severity: Optional[Severity] = None,
+        evidence: Optional[dict] = None,
+    ) -> Finding:
+        return ctx.make_finding(self, node, message, fix=fix, severity=severity, evidence=evidence)
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """What `doctor rules` lists: static rules and runtime checks alike."""
+
+    name: str
+    code: str
+    severity: str
+    default_enabled: bool
+    fixable: str
+    summary: str
+    kind: str  # "static" or "runtime"
+
+
+_STATIC: Optional[dict[str, type[Rule]]] = None
+
+
+def _load_modules(package: str) -> Iterator[object]:
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            yield importlib.import_module(f"{package}.{info.name}")
+
+
+def static_rules() -> dict[str, type[Rule]]:
+    """All static rules by name, in code order."""
+    global _STATIC
+    if _STATIC is None:
+        found: dict[str, type[Rule]] = {}
+        for module in _load_modules("doctor.rules.static"):
+            for obj in vars(module).values():
+                if isinstance(obj, type) and issubclass(obj, Rule) and obj is not Rule and "name" in vars(obj):
+                    if obj.name in found and found[obj.name] is not obj:
+                        raise RuntimeError(f"duplicate rule name {obj.name}")
+                    found[obj.name] = obj
+        _STATIC = dict(sorted(found.items(), key=lambda kv: kv[1].code))
+    return _STATIC
+
+
+def runtime_checks() -> list[RuleInfo]:
+    """Metadata of the probe's runtime checks (they live in ``doctor.rules.runtime``)."""
+    infos: list[RuleInfo] = []
+    try:
+        modules = list(_load_modules("doctor.rules.runtime"))
+    except Exception:  # the probe is optional; listing rules must not fail because of it
+        return infos
+    for module in modules:
+        check = getattr(module, "CHECK", None)
+        if check is None:
+            continue
+        infos.append(
+            RuleInfo(
+                name=check.name,
+                code=check.code,
+                severity="error",
+                default_enabled=True,
+                fixable="-",
+                summary=check.summary,
+                kind="runtime",
+            )
+        )
+    return sorted(infos, key=lambda i: i.code)
+
+
+def all_rule_infos() -> list[RuleInfo]:
+    infos = [
+        RuleInfo(
+            name=r.name,
+            code=r.code,
+            severity=r.severity.value,
+            default_enabled=r.default_enabled,
+            fixable=r.fixable.value if r.fixable else "-",
+            summary=r.summary,
+            kind="static",
+        )
+        for r in static_rules().values()
+    ]
+    return infos + runtime_checks()
+
+
+def lookup(key: str) -> Optional[type[Rule]]:
+    """A static rule by name or code (case-insensitive)."""
+    key_l = key.lower()
+    for rule in static_rules().values():
+        if rule.name == key_l or rule.code.lower() == key_l:
+            return rule
+    return None
+
+
+def _matches(rule: type[Rule], selector: str) -> bool:
+    sel = selector.strip()
+    if not sel:
+        return False
+    if sel.upper() == "ALL":
+        return True
+    if sel.lower() == rule.name:
+        return True
+    return rule.code.upper().startswith(sel.upper())
+
+
+def validate_selectors(selectors: Iterable[str]) -> list[str]:
+    """Selectors that match no rule at all (reported as usage errors)."""
+    rules = static_rules().values()
+    return [s for s in selectors if s.strip() and not any(_matches(r, s) for r in rules)]
+
+
+def select_rules(
+    select: Iterable[str] = (), ignore: Iterable[str] = (), extend_select: Iterable[str] = ()
+) -> list[type[Rule]]:
+    """Rules enabled by ``select``/``ignore``. With no ``select``, the default-enabled rules.
+
+    Like ruff, when ``select`` and ``ignore`` both match a rule the more specific selector wins
+    (a name beats a code, a longer code prefix beats a shorter one, anything beats ``ALL``).
+    """
+    select = [s for s in select if s.strip()]
+    extend_select = [s for s in extend_select if s.strip()]
+    ignore = [s for s in ignore if s.strip()]
+    chosen = []
+    for rule in static_rules().values():
+        matched = [s for s in select + extend_select if _matches(rule, s)]
+        on = bool(matched) if select else (rule.default_enabled or bool(matched))
+        if on:
+            best = max((_specificity(rule, s) for s in matched), default=0)
+            if any(_specificity(rule, s) >= best for s in ignore if _matches(rule, s)):
+                on = False
+        if on:
+            chosen.append(rule)
+    return chosen
+
+
+def _specificity(rule: type[Rule], selector: str) -> int:
+    if selector.upper() == "ALL":
+        return 0
+    if selector.lower() == rule.name:
+        return 1000
+    return len(selector)
+
+
+RuleFilter = Callable[[Finding], bool]
