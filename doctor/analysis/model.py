@@ -1,0 +1,414 @@
+"""The training-loop model of one file, shared by every rule.
+
+Built lazily and once per file: imports, object kinds, functions and methods, and one event stream per
+function (helpers inlined). Rules ask it questions (``training_iterations()``, ``accumulation_of(step)``,
+``clears(optimizer, event)``, ``loss_status(backward)``) instead of walking the tree themselves.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Optional
+
+from doctor.analysis import objects as K
+from doctor.analysis.events import (
+    BACKWARD,
+    CLEAR,
+    SCHED_STEP,
+    STEP,
+    Event,
+    Guard,
+    Loop,
+    StreamBuilder,
+    _State,
+)
+from doctor.analysis.names import ImportTable, dotted_name, last_part, receiver_key
+
+_RELEVANT_ATTRS = {
+    "backward", "step", "zero_grad", "manual_backward", "grad", "clip_grad_norm_", "clip_grad_value_",
+    "unscale_", "eval", "train", "clip_gradients", "zero_",
+}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The events of one function body (or the module body), in execution order."""
+
+    owner: ast.AST
+    events: tuple[Event, ...]
+
+
+@dataclass
+class Accumulation:
+    """An optimizer step that runs once per accumulation window of several micro-steps."""
+
+    step: Event
+    #: The condition that gates the step (modulo form), or None for an inner micro-step loop.
+    guard: Optional[Guard]
+    #: The loop whose iterations are the micro-steps.
+    micro_loop: Loop
+    #: The backward calls that run on micro-steps.
+    backwards: tuple[Event, ...]
+
+
+class TrainingModel:
+    def __init__(self, tree: ast.Module) -> None:
+        self.tree = tree
+        self.imports = ImportTable(tree)
+        self.objects = K.build_objects(tree, self.imports)
+        self.functions: dict[str, ast.AST] = {}
+        self.methods: dict[str, dict[str, ast.AST]] = {}
+        self._class_of: dict[int, str] = {}
+        self.loops: list[Loop] = []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.functions[node.name] = node
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                table = self.methods.setdefault(node.name, {})
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        table[item.name] = item
+                        self._class_of[id(item)] = node.name
+        self._relevant: dict[int, bool] = {}
+
+    # -- indexes ---------------------------------------------------------------------------------------
+    def method(self, cls: Optional[str], name: str) -> Optional[ast.AST]:
+        if cls and name in self.methods.get(cls, {}):
+            return self.methods[cls][name]
+        found = [m[name] for m in self.methods.values() if name in m]
+        return found[0] if len(found) == 1 else None
+
+    def class_of(self, fn: ast.AST) -> Optional[str]:
+        return self._class_of.get(id(fn))
+
+    def register_loop(self, loop: Loop) -> None:
+        self.loops.append(loop)
+
+    def is_relevant(self, fn: ast.AST, _depth: int = 0) -> bool:
+        """Does calling ``fn`` (transitively, through same-file helpers) do anything a training rule reads?"""
+        key = id(fn)
+        if key in self._relevant:
+            return self._relevant[key]
+        self._relevant[key] = False  # recursion guard
+        result = False
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Attribute) and node.attr in _RELEVANT_ATTRS:
+                result = True
+                break
+            if isinstance(node, ast.Call) and _depth < 3:
+                callee = None
+                if isinstance(node.func, ast.Name):
+                    callee = self.functions.get(node.func.id)
+                elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == "self":
+                    callee = self.method(self.class_of(fn), node.func.attr)
+                if callee is not None and callee is not fn and self.is_relevant(callee, _depth + 1):
+                    result = True
+                    break
+        self._relevant[key] = result
+        return result
+
+    @cached_property
+    def parents(self) -> dict[int, ast.AST]:
+        out: dict[int, ast.AST] = {}
+        for node in ast.walk(self.tree):
+            for child in ast.iter_child_nodes(node):
+                out[id(child)] = node
+        return out
+
+    def enclosing_function(self, node: ast.AST) -> ast.AST:
+        cur: Optional[ast.AST] = node
+        while cur is not None:
+            cur = self.parents.get(id(cur))
+            if isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                return cur
+        return self.tree
+
+    # -- streams ---------------------------------------------------------------------------------------
+    @cached_property
+    def streams(self) -> list[Stream]:
+        out = []
+        owners: list[tuple[ast.AST, Optional[str]]] = [(self.tree, None)]
+        for node in ast.walk(self.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                owners.append((node, self.class_of(node)))
+        for owner, cls in owners:
+            if owner is not self.tree and not self.is_relevant(owner):
+                continue
+            body = owner.body if owner is not self.tree else [s for s in self.tree.body]
+            builder = StreamBuilder(self)
+            state = _State(cls=cls, stack=(id(owner),))
+            events = builder.build(body, state)
+            if events:
+                out.append(Stream(owner, tuple(events)))
+        return out
+
+    def all_events(self) -> Iterator[Event]:
+        for s in self.streams:
+            yield from s.events
+
+    def iteration_scopes(self) -> Iterator[tuple[Optional[Loop], list[Event]]]:
+        """For each stream: the events grouped by their innermost loop (None: outside any loop)."""
+        for stream in self.streams:
+            groups: dict[Optional[int], tuple[Optional[Loop], list[Event]]] = {}
+            for ev in stream.events:
+                loop = ev.loop
+                groups.setdefault(loop.id if loop else None, (loop, []))[1].append(ev)
+            yield from groups.values()
+
+    def loop_views(self) -> Iterator[tuple[Loop, list[Event]]]:
+        """Each loop with every event of one of its iterations (nested loops included), in order."""
+        for stream in self.streams:
+            seen: dict[int, tuple[Loop, list[Event]]] = {}
+            for ev in stream.events:
+                for loop in ev.loops:
+                    seen.setdefault(loop.id, (loop, []))[1].append(ev)
+            yield from seen.values()
+
+    # -- objects -----------------------------------------------------------------------------------------
+    def info(self, key: Optional[str]) -> Optional[K.ObjectInfo]:
+        return self.objects.get(key)
+
+    def same_optimizer(self, a: Optional[str], b: Optional[str], stepped: set[str] = frozenset()) -> bool:
+        """Can ``a`` and ``b`` be the same optimizer? Unknown counts as yes (we stay quiet when unsure)."""
+        if a is None or b is None or a == b:
+            return True
+        ia, ib = self.info(a), self.info(b)
+        if ia is not None and ib is not None and ia.node is not None and ib.node is not None:
+            return ia.node is ib.node
+        if a in stepped and b in stepped:
+            return False
+        return True
+
+    def _modules_related(self, module: str, roots: frozenset[str]) -> bool:
+        if module in ("self", "?"):
+            return True
+        names = {module} | self._wrapped(module)
+        for n in names:
+            for r in roots:
+                if n == r or r.startswith(n + ".") or n.startswith(r + "."):
+                    return True
+                if r in self._wrapped(n) or n in self._wrapped(r):
+                    return True
+        return False
+
+    def _wrapped(self, key: str) -> set[str]:
+        """Keys that ``key`` wraps or is wrapped by (``model = DDP(net)``, ``model = torch.compile(net)``)."""
+        out: set[str] = set()
+        info = self.info(key)
+        if info is not None and isinstance(info.node, ast.Call):
+            for a in info.node.args[:1]:
+                k = receiver_key(a)
+                if k:
+                    out.add(k)
+        for other, oinfo in self.objects.objects.items():
+            if isinstance(oinfo.node, ast.Call) and oinfo.node.args and receiver_key(oinfo.node.args[0]) == key:
+                out.add(other)
+        return out
+
+    def clears(self, optimizer: Optional[str], ev: Event, stepped: set[str] = frozenset()) -> bool:
+        """Does event ``ev`` clear the gradients that ``optimizer`` steps on?"""
+        if ev.kind != CLEAR:
+            return False
+        if ev.flavor in ("optimizer", "engine"):
+            return self.same_optimizer(optimizer, ev.target, stepped)
+        if ev.flavor == "params":
+            return True
+        info = self.info(optimizer)
+        roots = info.param_roots if info is not None else None
+        if roots is None or ev.target is None:
+            return True
+        return self._modules_related(ev.target, roots)
+
+    def scheduler_drives(self, scheduler: Optional[str], optimizer: Optional[str], stepped: set[str] = frozenset()) -> bool:
+        info = self.info(scheduler)
+        if info is None or info.optimizer is None:
+            return True
+        return self.same_optimizer(info.optimizer, optimizer, stepped)
+
+    def is_plateau(self, sched: Event) -> bool:
+        info = self.info(sched.target)
+        if info is not None and info.is_plateau:
+            return True
+        # `scheduler.step(val_loss)` / `scheduler.step(epoch)`: metric-driven or explicitly positioned.
+        return sched.arg is not None or bool(getattr(sched.node, "keywords", None))
+
+    # -- accumulation -------------------------------------------------------------------------------------
+    def accumulation_of(self, step: Event, events: list[Event]) -> Optional[Accumulation]:
+        """If ``step`` (an optimizer step) runs once per several backward passes, how.
+
+        ``events`` are the events of the stream the step belongs to.
+        """
+        loop = step.loop
+        if loop is None:
+            return None
+        level = [e for e in events if e.loop is loop]
+        stepped = {e.target for e in events if e.kind == STEP and e.target}
+        for guard in step.accumulation_guards(loop):
+            micro = []
+            for b in level:
+                if b.kind != BACKWARD or b.guarded_by(guard):
+                    continue
+                if b.exclusive_with(step) and not _opposite_arms(b, step, guard):
+                    continue
+                if b.order < step.order and any(
+                    c.kind == CLEAR and b.order < c.order < step.order and not c.exclusive_with(step) and c.guarded_by(guard)
+                    and self.clears(step.target, c, stepped)
+                    for c in level
+                ):
+                    continue  # cleared inside the gated block first (WGAN-style alternating updates)
+                micro.append(b)
+            if micro:
+                return Accumulation(step, guard, loop, tuple(micro))
+        # An inner micro-step loop before the step: `for micro in range(accum): ...backward()` then step.
+        inner_backs = [
+            e for e in events
+            if e.kind == BACKWARD and e.order < step.order and loop in e.loops and e.loop is not loop
+        ]
+        for b in reversed(inner_backs):
+            idx = b.loops.index(loop)
+            micro_loop = b.loops[idx + 1]
+            if not micro_loop.looks_like_micro_steps():
+                continue
+            if any(e.kind == STEP and micro_loop in e.loops for e in events):
+                continue
+            backs = tuple(e for e in inner_backs if micro_loop in e.loops)
+            return Accumulation(step, None, micro_loop, backs)
+        return None
+
+    def runs_every_micro_step(self, ev: Event, acc: Accumulation) -> bool:
+        """Does ``ev`` run on every micro-step of ``acc`` rather than once per window?"""
+        if ev.in_accumulate_context:
+            return False
+        if acc.guard is None:
+            return acc.micro_loop in ev.loops
+        if ev.loop is not acc.micro_loop:
+            return False
+        if ev.accumulation_guards():
+            return False
+        return not any(ev.exclusive_with(b) for b in acc.backwards)
+
+    # -- loss dataflow -------------------------------------------------------------------------------------
+    def loss_status(self, expr: Optional[ast.AST], at: ast.AST, _depth: int = 0) -> str:
+        """Is the loss that ``expr`` evaluates to divided/scaled ("scaled"), a raw loss ("raw"), or unknown?"""
+        if expr is None or _depth > 6:
+            return "unknown"
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("scale",) and expr.args:
+            return self.loss_status(expr.args[0], at, _depth + 1)
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("mean", "sum", "float", "squeeze", "clone", "contiguous", "to"):
+            if expr.func.attr in ("mean", "sum") and expr.args:
+                return "unknown"
+            return self.loss_status(expr.func.value, at, _depth + 1)
+        if isinstance(expr, ast.BinOp):
+            if isinstance(expr.op, (ast.Div, ast.FloorDiv)):
+                return "scaled"
+            if isinstance(expr.op, ast.Mult):
+                for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
+                    if isinstance(side, ast.Constant) and isinstance(side.value, (int, float)):
+                        return self.loss_status(other, at, _depth + 1)
+                return "scaled" if _mentions_scale(expr) else "unknown"
+            if isinstance(expr.op, (ast.Add, ast.Sub)):
+                parts = [self.loss_status(expr.left, at, _depth + 1), self.loss_status(expr.right, at, _depth + 1)]
+                if "raw" in parts and "unknown" not in parts:
+                    return "raw"
+                if all(p == "scaled" for p in parts):
+                    return "scaled"
+                return "unknown"
+            return "unknown"
+        if isinstance(expr, ast.Name):
+            return self._name_status(expr.id, at, _depth)
+        if isinstance(expr, ast.Attribute) and expr.attr == "loss":
+            return "raw"
+        if isinstance(expr, ast.Subscript):
+            base = expr.value
+            if isinstance(base, ast.Name):
+                st = self._name_status(base.id, at, _depth)
+                return "raw" if st == "model_output" else st
+            return "unknown"
+        if isinstance(expr, ast.Call):
+            return self._call_status(expr, at, _depth)
+        return "unknown"
+
+    def _call_status(self, call: ast.Call, at: ast.AST, depth: int) -> str:
+        q = self.imports.qualify(call.func) or ""
+        name = q.rsplit(".", 1)[-1]
+        if name in K.LOSS_FUNCTIONS and (q.startswith("torch") or q.startswith("F.") or q.startswith("functional")):
+            return "raw"
+        recv = receiver_key(call.func)
+        kind = self.objects.kind(recv)
+        if kind == K.LOSS:
+            return "raw"
+        if kind == K.MODEL:
+            return "model_output"
+        fn = None
+        if isinstance(call.func, ast.Name):
+            fn = self.functions.get(call.func.id)
+        elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
+            fn = self.method(None, call.func.attr)
+        if fn is not None and depth < 4:
+            statuses = {
+                self.loss_status(r.value, r, depth + 1)
+                for r in ast.walk(fn)
+                if isinstance(r, ast.Return) and r.value is not None
+            }
+            if statuses == {"scaled"}:
+                return "scaled"
+            if "scaled" in statuses:
+                return "unknown"
+            if "raw" in statuses and statuses <= {"raw", "model_output"}:
+                return "raw"
+        return "unknown"
+
+    def _name_status(self, name: str, at: ast.AST, depth: int) -> str:
+        fn = self.enclosing_function(at)
+        line = getattr(at, "lineno", 0)
+        best: Optional[ast.AST] = None
+        best_line = -1
+        scaled_after: list[int] = []
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not fn:
+                continue
+            lineno = getattr(node, "lineno", 0)
+            if lineno >= line and not (isinstance(node, ast.AugAssign) and lineno == line):
+                continue
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if isinstance(t, ast.Name) and t.id == name and lineno > best_line:
+                        best, best_line = node.value, lineno
+                    elif isinstance(t, (ast.Tuple, ast.List)) and any(isinstance(e, ast.Name) and e.id == name for e in t.elts) and lineno > best_line:
+                        best, best_line = ast.Constant(value=None), lineno  # unpacked: unknown
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name and node.value is not None:
+                if lineno > best_line:
+                    best, best_line = node.value, lineno
+            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+                if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mult)):
+                    scaled_after.append(lineno)
+        if any(l > best_line for l in scaled_after):
+            return "scaled"
+        if best is None:
+            return "unknown"
+        return self.loss_status(best, best, depth + 1)
+
+
+def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:
+    """``a`` runs in the else-arm of the very condition that gates ``b`` (the `no_sync` micro-step arm)."""
+    return any(g.test is guard.test and g.negated != guard.negated for g in a.guards)
+
+
+_SCALE_NAME = re.compile(r"accum|grad_?acc|micro|n_?steps|num_?steps|scale|inv|weight|factor|coef|ratio", re.I)
+
+
+def _mentions_scale(expr: ast.AST) -> bool:
+    for node in ast.walk(expr):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            return True
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if name and _SCALE_NAME.search(name):
+            return True
+    return False
+
+
+__all__ = ["TrainingModel", "Accumulation", "Stream", "dotted_name", "last_part"]

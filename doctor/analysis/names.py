@@ -1,0 +1,93 @@
+"""Name resolution: imports and aliases to qualified names, and receivers (``self.opt``) to stable keys."""
+
+from __future__ import annotations
+
+import ast
+from typing import Optional
+
+
+class ImportTable:
+    """Maps local names to the qualified names they were imported as (``optim`` -> ``torch.optim``)."""
+
+    def __init__(self, tree: ast.AST) -> None:
+        self.aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        self.aliases[a.asname] = a.name
+                    else:
+                        root = a.name.split(".")[0]
+                        self.aliases.setdefault(root, root)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names:
+                    if a.name != "*":
+                        self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                # Relative imports: keep the bare name so heuristics on the last component still work.
+                for a in node.names:
+                    if a.name != "*":
+                        self.aliases.setdefault(a.asname or a.name, f"{node.module or ''}.{a.name}".lstrip("."))
+
+    def qualify(self, node: ast.AST) -> Optional[str]:
+        """``optim.SGD`` -> ``torch.optim.SGD`` when ``optim`` was imported; else the dotted text itself."""
+        dotted = dotted_name(node)
+        if dotted is None:
+            return None
+        head, _, rest = dotted.partition(".")
+        if head in self.aliases:
+            base = self.aliases[head]
+            return f"{base}.{rest}" if rest else base
+        return dotted
+
+    def is_torch(self) -> bool:
+        return any(v.split(".")[0] == "torch" for v in self.aliases.values())
+
+
+def dotted_name(node: ast.AST) -> Optional[str]:
+    """``a.b.c`` for a chain of attributes on a name; None for anything else."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def receiver_key(node: ast.AST) -> Optional[str]:
+    """A stable key for an object expression: ``opt``, ``self.optimizer``, ``self.opts[0]`` -> ``self.opts[]``.
+
+    Subscripts collapse so that ``optimizers[0]`` and ``optimizers[i]`` are one key.
+    """
+    if isinstance(node, ast.Subscript):
+        base = receiver_key(node.value)
+        return f"{base}[]" if base else None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("module",):
+        return receiver_key(node.func.value)
+    if isinstance(node, ast.Attribute):
+        base = receiver_key(node.value)
+        if base is None:
+            return None
+        # `model.module` (DDP/DataParallel) is the same model for our purposes.
+        return base if node.attr == "module" else f"{base}.{node.attr}"
+    if isinstance(node, ast.Name):
+        return node.id
+    return None
+
+
+def last_part(key: Optional[str]) -> str:
+    if not key:
+        return ""
+    return key.rstrip("[]").rsplit(".", 1)[-1]
+
+
+def call_name(call: ast.Call) -> Optional[str]:
+    """The called attribute or function name: ``x.y.step()`` -> ``step``."""
+    f = call.func
+    if isinstance(f, ast.Attribute):
+        return f.attr
+    if isinstance(f, ast.Name):
+        return f.id
+    return None

@@ -1,0 +1,327 @@
+"""Which object is what: optimizers, schedulers, GradScalers, models, loss functions, loaders.
+
+Kinds come from constructors when the file builds the object (resolved through imports), from the
+framework calls that hand objects back (``accelerator.prepare``, ``deepspeed.initialize``), from how an
+object is used (``scaler.step(x)`` makes ``x`` an optimizer), and last from plausible names
+(``optimizer``, ``lr_scheduler``) when the constructor is in another file.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from doctor.analysis.names import ImportTable, call_name, dotted_name, last_part, receiver_key
+
+OPTIMIZER = "optimizer"
+SCHEDULER = "scheduler"
+SCALER = "scaler"
+MODEL = "model"
+LOSS = "loss_fn"
+LOADER = "loader"
+SAMPLER = "sampler"
+ACCELERATOR = "accelerator"  # Accelerate, Fabric: objects whose .backward() is a backward
+ENGINE = "engine"  # DeepSpeed engine: backward, step and zero_grad in one object
+DIST_OPTIMIZER = "dist_optimizer"  # torch.distributed.optim.DistributedOptimizer
+OTHER = "other"
+
+_TORCH_OPTIMIZERS = {
+    "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "NAdam", "RAdam",
+    "LBFGS", "SparseAdam", "ASGD", "Adafactor", "Muon",
+}
+ADAPTIVE_OPTIMIZERS = {"Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "SparseAdam"}
+
+_OPT_NAME = re.compile(r"(^|_)(opt|optim|optimi[sz]er)s?($|_)|^optimi[sz]er|optimi[sz]er$|^opt[A-Z_]|optimizer[A-Z]", re.I)
+_SCHED_NAME = re.compile(r"sched|^lr_?s$|warmup_?lr|lr_?decay", re.I)
+_SCALER_NAME = re.compile(r"(^|_)(grad_?)?scaler$", re.I)
+_LOSS_NAME = re.compile(r"^(criterion|criteria|loss_?fn|loss_?func(tion)?|lossfn|loss_?function|criterion_\w+|\w+_criterion|\w+_loss_?fn)$", re.I)
+_MODEL_NAME = re.compile(r"^(model|net|network|module|encoder|decoder|backbone|classifier|generator|discriminator|net[A-Z_]\w*|netD|netG|model_\w+|\w+_model|\w+_net|actor|critic|policy|student|teacher)$")
+
+LOSS_CLASSES = {
+    "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "MSELoss", "L1Loss", "SmoothL1Loss",
+    "HuberLoss", "KLDivLoss", "CTCLoss", "MarginRankingLoss", "CosineEmbeddingLoss", "TripletMarginLoss",
+    "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "GaussianNLLLoss", "SoftMarginLoss",
+    "HingeEmbeddingLoss", "MultiLabelMarginLoss",
+}
+LOSS_FUNCTIONS = {
+    "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "mse_loss",
+    "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "ctc_loss", "margin_ranking_loss",
+    "cosine_embedding_loss", "triplet_margin_loss", "poisson_nll_loss", "gaussian_nll_loss",
+    "soft_margin_loss", "multilabel_soft_margin_loss", "hinge_embedding_loss",
+}
+
+
+@dataclass
+class ObjectInfo:
+    kind: str
+    #: Qualified constructor, e.g. ``torch.optim.lr_scheduler.StepLR``.
+    ctor: str = ""
+    node: Optional[ast.AST] = None
+    #: For schedulers: the key of the optimizer they drive. For optimizers: roots of their parameters.
+    optimizer: Optional[str] = None
+    param_roots: Optional[frozenset[str]] = None
+    from_name_only: bool = False
+
+    @property
+    def ctor_name(self) -> str:
+        return self.ctor.rsplit(".", 1)[-1]
+
+    @property
+    def is_plateau(self) -> bool:
+        return self.ctor_name == "ReduceLROnPlateau"
+
+
+def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str]:
+    """The kind of object a call to ``qualified`` returns, when we can tell."""
+    parts = qualified.split(".")
+    name = parts[-1]
+    if name in local_classes:
+        return local_classes[name]
+    if "lr_scheduler" in parts or (parts[0] == "transformers" and "schedule" in name.lower()):
+        return SCHEDULER
+    if name in ("get_scheduler",) or re.match(r"get_\w*schedule", name):
+        return SCHEDULER
+    if name == "DistributedOptimizer":
+        return DIST_OPTIMIZER
+    if name in ("GradScaler", "ShardedGradScaler"):
+        return SCALER
+    if name in ("Accelerator", "Fabric"):
+        return ACCELERATOR
+    if name in LOSS_CLASSES:
+        return LOSS
+    if name == "DataLoader":
+        return LOADER
+    if name in ("DistributedSampler", "RandomSampler", "SequentialSampler", "BatchSampler", "WeightedRandomSampler"):
+        return SAMPLER
+    if (parts[0] == "torch" and "optim" in parts and name in _TORCH_OPTIMIZERS) or name in _TORCH_OPTIMIZERS - {"Muon"}:
+        return OPTIMIZER
+    if re.search(r"sched", name, re.I):
+        return SCHEDULER
+    if re.search(r"optimi[sz]er", name, re.I) or re.match(r"(create|build|get|make)_opt", name):
+        return OPTIMIZER
+    if parts[0] in ("torchvision", "timm") and "models" in parts or name in ("create_model",):
+        return MODEL
+    if name.startswith("AutoModel") or name.endswith("ForCausalLM") or name.endswith("ForSequenceClassification"):
+        return MODEL
+    if parts[0] == "torch" and "nn" in parts and name[:1].isupper() and not name.endswith("Loss"):
+        # nn.Linear, nn.Sequential, DistributedDataParallel... all modules
+        return MODEL
+    if name in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel", "DDP", "FSDP", "compile"):
+        return MODEL
+    return None
+
+
+def kind_from_name(key: str) -> Optional[str]:
+    name = last_part(key)
+    if _SCALER_NAME.search(name):
+        return SCALER
+    if _SCHED_NAME.search(name):
+        return SCHEDULER
+    if _OPT_NAME.search(name) and not re.search(r"option|optional|opts?_?args|^opts$|config|cfg", name, re.I):
+        return OPTIMIZER
+    if _LOSS_NAME.match(name):
+        return LOSS
+    if _MODEL_NAME.match(name):
+        return MODEL
+    if name in ("accelerator", "fabric"):
+        return ACCELERATOR
+    if re.search(r"engine", name, re.I):
+        return ENGINE
+    return None
+
+
+def _roots_of(expr: ast.AST) -> Optional[frozenset[str]]:
+    """Module keys whose ``.parameters()`` feed an optimizer: ``model.parameters()``, lists, sums, param groups."""
+    roots: set[str] = set()
+    unknown = False
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("parameters", "named_parameters"):
+            key = receiver_key(node.func.value)
+            if key:
+                roots.add(key)
+            else:
+                unknown = True
+    if not roots or unknown:
+        return None
+    return frozenset(roots)
+
+
+@dataclass
+class ObjectTable:
+    objects: dict[str, ObjectInfo] = field(default_factory=dict)
+
+    def kind(self, key: Optional[str]) -> Optional[str]:
+        if not key:
+            return None
+        info = self.objects.get(key)
+        if info is not None:
+            return info.kind
+        return kind_from_name(key)
+
+    def get(self, key: Optional[str]) -> Optional[ObjectInfo]:
+        return self.objects.get(key) if key else None
+
+    def set(self, key: str, info: ObjectInfo, *, override: bool = False) -> None:
+        old = self.objects.get(key)
+        if old is None or override or (old.from_name_only and not info.from_name_only) or old.kind == OTHER:
+            self.objects[key] = info
+
+
+_PASS_THROUGH = {"prepare", "setup", "initialize", "prepare_model", "prepare_optimizer", "prepare_scheduler", "wrap", "setup_optimizers", "setup_module"}
+
+
+def build_objects(tree: ast.AST, imports: ImportTable) -> ObjectTable:
+    """One flow-insensitive pass over all assignments in the file."""
+    table = ObjectTable()
+    local_classes = _local_classes(tree, imports)
+    assigns: list[tuple[list[ast.AST], ast.AST]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            assigns.append((node.targets, node.value))
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            assigns.append(([node.target], node.value))
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    assigns.append(([item.optional_vars], item.context_expr))
+    # Two rounds so that aliases (`opt = self.optimizer`) see kinds assigned later in the file.
+    for _ in range(2):
+        for targets, value in assigns:
+            for target in targets:
+                _record(table, target, value, imports, local_classes)
+    _infer_from_usage(tree, table)
+    return table
+
+
+def _record(table: ObjectTable, target: ast.AST, value: ast.AST, imports: ImportTable, local_classes: dict[str, str]) -> None:
+    if isinstance(target, (ast.Tuple, ast.List)):
+        _record_tuple(table, target, value, imports, local_classes)
+        return
+    key = receiver_key(target)
+    if key is None:
+        return
+    info = _info_of(value, table, imports, local_classes)
+    if info is not None:
+        table.set(key, info, override=not info.from_name_only)
+    elif isinstance(value, ast.Call) and key not in table.objects:
+        # Built by something we do not recognise: remember that, so a name like `opt` (argparse options)
+        # is not taken for an optimizer on its name alone.
+        q = imports.qualify(value.func) or ""
+        if q.endswith(("parse_args", "ArgumentParser", "Namespace", "load", "safe_load", "OmegaConf.create")):
+            table.set(key, ObjectInfo(OTHER, ctor=q))
+
+
+def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_classes: dict[str, str]) -> Optional[ObjectInfo]:
+    if isinstance(value, ast.Call):
+        q = imports.qualify(value.func)
+        if q:
+            name = q.rsplit(".", 1)[-1]
+            if name in _PASS_THROUGH and value.args and len(value.args) == 1:
+                inner = receiver_key(value.args[0])
+                if inner and table.kind(inner):
+                    src = table.get(inner)
+                    return ObjectInfo(table.kind(inner) or OTHER, ctor=src.ctor if src else "", node=value, optimizer=src.optimizer if src else None, param_roots=src.param_roots if src else None)
+            if name in ("optimizers",) and q.startswith("self."):
+                return ObjectInfo(OPTIMIZER, ctor="lightning.optimizers", node=value)
+            if name in ("lr_schedulers",) and q.startswith("self."):
+                return ObjectInfo(SCHEDULER, ctor="lightning.lr_schedulers", node=value)
+            kind = classify_ctor(q, local_classes)
+            if kind is not None:
+                info = ObjectInfo(kind, ctor=q, node=value)
+                if kind == OPTIMIZER:
+                    first = value.args[0] if value.args else _kw(value, "params")
+                    info.param_roots = _roots_of(first) if first is not None else None
+                elif kind == SCHEDULER:
+                    first = value.args[0] if value.args else _kw(value, "optimizer")
+                    info.optimizer = receiver_key(first) if first is not None else None
+                return info
+    key = receiver_key(value)
+    if key and key in table.objects:
+        src = table.objects[key]
+        return ObjectInfo(src.kind, ctor=src.ctor, node=src.node, optimizer=src.optimizer, param_roots=src.param_roots, from_name_only=src.from_name_only)
+    return None
+
+
+def _record_tuple(table: ObjectTable, target: ast.AST, value: ast.AST, imports: ImportTable, local_classes: dict[str, str]) -> None:
+    elts = target.elts  # type: ignore[attr-defined]
+    if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(elts):
+        for t, v in zip(elts, value.elts):
+            _record(table, t, v, imports, local_classes)
+        return
+    if not isinstance(value, ast.Call):
+        return
+    q = imports.qualify(value.func) or ""
+    name = q.rsplit(".", 1)[-1]
+    if q.startswith("deepspeed") and name == "initialize":
+        # model_engine, optimizer, dataloader, lr_scheduler = deepspeed.initialize(...)
+        kinds = [ENGINE, ENGINE, LOADER, SCHEDULER]
+        for t, kind in zip(elts, kinds):
+            key = receiver_key(t)
+            if key:
+                table.set(key, ObjectInfo(kind, ctor=q, node=value), override=True)
+        return
+    if name in _PASS_THROUGH:
+        # accelerator.prepare(model, optimizer, loader, scheduler) returns them in the same order.
+        for t, arg in zip(elts, value.args):
+            key, src_key = receiver_key(t), receiver_key(arg)
+            if not key:
+                continue
+            src = table.get(src_key)
+            kind = src.kind if src else (table.kind(src_key) or kind_from_name(key))
+            if kind:
+                table.set(
+                    key,
+                    ObjectInfo(kind, ctor=src.ctor if src else "", node=value, optimizer=src.optimizer if src else None, param_roots=src.param_roots if src else None, from_name_only=src is None),
+                    override=src is not None,
+                )
+
+
+def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    return None
+
+
+def _local_classes(tree: ast.AST, imports: ImportTable) -> dict[str, str]:
+    """Classes defined in the file that subclass an optimizer, a scheduler or a module."""
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                q = imports.qualify(base) or ""
+                bname = q.rsplit(".", 1)[-1]
+                if bname in ("Optimizer",) or q.startswith("torch.optim.") and bname in _TORCH_OPTIMIZERS:
+                    out[node.name] = OPTIMIZER
+                elif bname in ("_LRScheduler", "LRScheduler", "LambdaLR"):
+                    out[node.name] = SCHEDULER
+                elif bname in ("Module", "LightningModule") or bname in out and out[bname] == MODEL:
+                    out[node.name] = MODEL
+    return out
+
+
+def _infer_from_usage(tree: ast.AST, table: ObjectTable) -> None:
+    """``scaler.step(x)`` and ``scaler.unscale_(x)`` make ``x`` an optimizer; ``x.scale(loss)`` makes ``x`` a scaler."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        recv = receiver_key(node.func.value)
+        attr = node.func.attr
+        if attr in ("unscale_",) and recv and node.args:
+            table.set(recv, ObjectInfo(SCALER, from_name_only=True))
+            arg = receiver_key(node.args[0])
+            if arg and table.kind(arg) in (None, OPTIMIZER):
+                table.set(arg, ObjectInfo(OPTIMIZER, from_name_only=True))
+        elif attr == "step" and recv and node.args and table.kind(recv) == SCALER:
+            arg = receiver_key(node.args[0])
+            if arg and table.kind(arg) in (None, OPTIMIZER):
+                table.set(arg, ObjectInfo(OPTIMIZER, from_name_only=True))
+
+
+def qualified_call(call: ast.Call, imports: ImportTable) -> str:
+    return imports.qualify(call.func) or call_name(call) or ""
+
+
+__all__ = ["ObjectInfo", "ObjectTable", "build_objects", "classify_ctor", "kind_from_name", "dotted_name", "qualified_call"]

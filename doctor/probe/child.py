@@ -1,0 +1,130 @@
+"""The child process: install the hooks, run the user's script unmodified as ``__main__``, report how it ended.
+
+Started by the runner as ``python -m doctor.probe.child --steps N --device D -- SCRIPT ARGS...`` with the
+event descriptor in ``$DOCTOR_PROBE_FD``. Exit codes of the child itself: 0 script finished or stopped,
+1 script failed, 3 usage error (``--device cuda`` without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+import warnings
+from typing import Any, Optional
+
+T0 = time.perf_counter()
+
+from doctor.probe.stream import FD_ENV, Emitter  # noqa: E402  (timing starts before imports)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 3
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="doctor.probe.child")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--sample-every", type=int, default=5)
+    ap.add_argument("script")
+    ap.add_argument("args", nargs=argparse.REMAINDER)
+    return ap.parse_args(argv)
+
+
+def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
+    from doctor.probe.hooks import user_site
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    site = user_site(script_path, list(frames))
+    path, line = site if site else (None, None)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        path, line = exc.filename, exc.lineno
+    message = str(exc)
+    oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in message.lower()
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return {
+        "type": type(exc).__name__,
+        "message": message.splitlines()[0][:500] if message else "",
+        "path": path,
+        "line": line,
+        "oom": oom,
+        "traceback": [ln.rstrip("\n") for ln in tb][-12:],
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    opts = _parse(sys.argv[1:] if argv is None else argv)
+    fd = int(os.environ.get(FD_ENV, "-1"))
+    emitter = Emitter(fd) if fd >= 0 else Emitter(os.open(os.devnull, os.O_WRONLY))
+    script = os.path.abspath(opts.script)
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if opts.device == "cuda" and not cuda:
+        emitter.emit("usage_error", message="--device cuda: no CUDA device is available to PyTorch")
+        return EXIT_USAGE
+    device = {"type": "cuda" if cuda else "cpu", "cuda_available": cuda, "torch": torch.__version__}
+
+    from doctor.probe.hooks import Probe, ProbeStop
+
+    probe = Probe(emitter, script, steps=opts.steps, sample_every=opts.sample_every)
+    _capture_warnings(emitter)
+    probe.install()
+    emitter.emit("start", pid=os.getpid(), device=device, startup_s=time.perf_counter() - T0, python=sys.version.split()[0])
+
+    # The script sees itself as the program: its own argv, its own folder first on sys.path, the user's cwd.
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(script)
+    import runpy
+
+    outcome: dict[str, Any] = {"kind": "completed", "code": 0}
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except ProbeStop:
+        outcome = {"kind": "stopped", "code": 0}
+    except SystemExit as exc:
+        code = exc.code
+        if probe.done:
+            outcome = {"kind": "stopped", "code": 0}
+        elif code is None or code == 0:
+            outcome = {"kind": "completed", "code": 0}
+        else:
+            outcome = {"kind": "exit", "code": code if isinstance(code, int) else 1, "error": {
+                "type": "SystemExit", "message": f"the script called sys.exit({code!r})", "path": None, "line": None,
+                "oom": False, "traceback": []}}
+    except BaseException as exc:  # noqa: BLE001 - everything the script raises is the report
+        if probe.done:
+            outcome = {"kind": "stopped", "code": 0}
+        else:
+            outcome = {"kind": "crash", "code": 1, "error": _error(exc, script)}
+    try:
+        probe.finish()
+    finally:
+        emitter.emit("exit", **outcome)
+        probe.uninstall()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    return EXIT_OK if outcome["code"] == 0 else EXIT_FAILED
+
+
+def _capture_warnings(emitter: Emitter) -> None:
+    """Stream Python warnings (e.g. the lr_scheduler-before-optimizer one) and still show them as usual."""
+    original = warnings.showwarning
+
+    def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        emitter.emit("warning", category=getattr(category, "__name__", str(category)), message=str(message), path=filename, line=lineno)
+        original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+
+if __name__ == "__main__":
+    code = main()
+    # os._exit: a stopped script may leave non-daemon threads (DataLoader workers, loggers) that would hang exit.
+    os._exit(code)

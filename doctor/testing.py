@@ -1,0 +1,26 @@
+"""Helpers to run rules on snippets: used by the test suite and handy in a REPL."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Optional
+
+from doctor.config import Settings
+from doctor.engine import check_source
+from doctor.findings import Finding
+from doctor.registry import Rule, select_rules, static_rules
+
+
+def check_snippet(code: str, rules: Optional[list[type[Rule]]] = None, path: str = "snippet.py") -> list[Finding]:
+    """All findings of ``rules`` (default: every rule, default-off ones included) on a code snippet."""
+    code = textwrap.dedent(code)
+    if rules is None:
+        rules = list(static_rules().values())
+    result = check_source(path, code.encode("utf-8"), rules, Settings())
+    if result.error:
+        raise AssertionError(result.error)
+    return result.findings
+
+
+def default_rules() -> list[type[Rule]]:
+    return select_rules()

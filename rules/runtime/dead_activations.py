@@ -1,0 +1,70 @@
+"""dead-activations: ReLU units that never fire, and saturated tanh/sigmoid units.
+
+Measures, on sampled steps, for every ReLU/ReLU6 module: which units (features, or channels of conv
+maps) were positive for at least one of up to 256 strided rows of the batch; a unit that never fired
+over all sampled batches is dead (its incoming weights get no gradient). For Tanh/Hardtanh/Sigmoid
+modules: the share of a strided sample of 4096 outputs in the flat regions (|tanh| > 0.99, sigmoid
+< 0.01 or > 0.99), where the gradient is ~0. Activations applied functionally (``F.relu``) are not
+modules and are not seen.
+
+- warn above ``DEAD_WARN`` dead units in a layer, fail above ``DEAD_FAIL``;
+- warn when a saturating layer sits in its flat region for more than ``SATURATED_WARN`` of outputs.
+
+What to do: lower the LR (dead ReLUs often follow one huge update), check the init and the bias of the
+layer before (a negative bias shift kills units), normalise inputs, use LeakyReLU/GELU, or add
+normalisation before saturating activations.
+"""
+
+from __future__ import annotations
+
+from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, no_steps, result
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="dead-activations",
+    code="DP107",
+    summary="ReLU-family units fire on some inputs and tanh/sigmoid units are not saturated.",
+)
+
+#: A quarter of a layer's units never firing over several batches is lost capacity worth a look.
+DEAD_WARN = 0.25
+#: More than half dead: the layer is mostly switched off.
+DEAD_FAIL = 0.5
+#: Half of the outputs in the flat region: the layer barely passes gradient.
+SATURATED_WARN = 0.5
+
+
+def evaluate(run: ProbeRun):
+    skip = no_steps(CHECK, run)
+    if skip:
+        return skip
+    layers: dict[str, dict] = {}
+    for s in run.sampled_steps():
+        for name, st in s.activations.items():
+            layers[name] = {**layers.get(name, {}), **st, "last_step": s.step}  # dead_units is cumulative: keep the last
+            if "saturated" in st:
+                layers[name].setdefault("_sat", []).append(st["saturated"])
+    if not layers:
+        return result(CHECK, SKIP, "no ReLU, Tanh or Sigmoid module ran on a sampled step")
+    per_layer, fails, warns = {}, [], []
+    for name, st in layers.items():
+        if "dead_units" in st and st.get("units"):
+            frac = st["dead_units"] / st["units"]
+            per_layer[name] = {"type": st["type"], "dead_fraction": frac, "dead_units": st["dead_units"], "units": st["units"]}
+            if frac > DEAD_FAIL:
+                fails.append(f"{name}: {frac:.0%} of {st['units']} units never fire")
+            elif frac > DEAD_WARN:
+                warns.append(f"{name}: {frac:.0%} of {st['units']} units never fire")
+        elif "_sat" in st:
+            sat = sum(st["_sat"]) / len(st["_sat"])
+            per_layer[name] = {"type": st["type"], "saturated_fraction": sat}
+            if sat > SATURATED_WARN:
+                warns.append(f"{name} ({st['type']}): {sat:.0%} of outputs saturated")
+    evidence = {"layers": per_layer}
+    if fails or warns:
+        return result(CHECK, FAIL if fails else WARN, "; ".join(fails + warns), evidence,
+                      "Lower the LR, fix the init/bias of the layer before, normalise inputs, or use LeakyReLU/GELU; "
+                      "put normalisation before tanh/sigmoid.")
+    dead = [v["dead_fraction"] for v in per_layer.values() if "dead_fraction" in v]
+    worst = f", worst {max(dead):.0%} dead" if dead else ""
+    return result(CHECK, PASS, f"{len(per_layer)} activation layer(s) checked{worst}", evidence)

@@ -1,0 +1,110 @@
+"""gradient-flow: every trainable parameter gets a useful gradient.
+
+Measures, on sampled steps, just before ``optimizer.step()``: which parameters have ``grad is None``,
+the norm of each parameter's gradient (one ``torch._foreach_norm``), and the global norm.
+
+- fail "no gradient": a parameter in the optimizer with ``requires_grad=True`` whose ``.grad`` is None on
+  every sampled step — an unused layer, or a branch cut off by ``.detach()``/``.item()``/``.numpy()``/
+  ``torch.no_grad()``. Parameters with ``requires_grad=False`` are frozen on purpose: listed as frozen,
+  never an error.
+- fail "all-zero": a gradient that is exactly zero on every sampled step (a dead path: ReLUs that never
+  fire, a multiplication by zero, a mask that drops everything).
+- warn "vanishing": a parameter's gradient norm more than ``VANISH_RATIO`` below the largest one.
+- warn/fail "exploding": a global norm above ``EXPLODE_WARN``/``EXPLODE_FAIL``, or growing more than
+  ``GROWTH_WARN``x from the first to the last sampled step.
+- warn: a trainable parameter of the model that is not in the optimizer (only with a single optimizer).
+
+What to do: remove or use the layer, drop the ``detach()``, check the init and the normalisation of
+deep stacks (residuals, LayerNorm), clip gradients (``clip_grad_norm_``) and lower the LR.
+"""
+
+from __future__ import annotations
+
+from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, median, no_steps, result
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="gradient-flow",
+    code="DP105",
+    summary="Every trainable parameter gets a gradient that is neither missing, zero, vanishing nor exploding.",
+)
+
+#: Six orders of magnitude below the largest gradient: the layer effectively does not learn.
+VANISH_RATIO = 1e-6
+#: Global norms of healthy runs are O(0.1-100); 1e3 deserves a look (clip or lower the LR).
+EXPLODE_WARN = 1e3
+#: At 1e5 an un-clipped step moves weights by LR*1e5: divergence is a matter of steps.
+EXPLODE_FAIL = 1e5
+#: Growth of the global norm from the first to the last sampled step; 100x within a probe is a runaway.
+GROWTH_WARN = 100.0
+#: 1e4x growth within a probe is an explosion in progress.
+GROWTH_FAIL = 1e4
+#: Names listed per category in the summary; the evidence has them all.
+SHOW = 4
+
+
+def _names(names: list[str]) -> str:
+    more = f" (+{len(names) - SHOW} more)" if len(names) > SHOW else ""
+    return ", ".join(names[:SHOW]) + more
+
+
+def evaluate(run: ProbeRun):
+    skip = no_steps(CHECK, run)
+    if skip:
+        return skip
+    sampled = [s for s in run.sampled_steps() if s.param_grad_norms or s.none_grads]
+    if not sampled:
+        return result(CHECK, SKIP, "no sampled step with gradient statistics")
+    frozen = [p.name for p in run.params if not p.requires_grad]
+    trainable_in_opt = [p.name for p in run.params if p.in_optimizer and p.requires_grad]
+    not_in_opt = [p.name for p in run.params if not p.in_optimizer and p.requires_grad]
+    none_always = [n for n in trainable_in_opt if all(n in s.none_grads for s in sampled)]
+    if not run.params:  # parameter names unknown: fall back to what the steps report
+        none_always = sorted(set.intersection(*(set(s.none_grads) for s in sampled)))
+    per_param: dict[str, list[float]] = {}
+    for s in sampled:
+        for name, v in s.param_grad_norms.items():
+            per_param.setdefault(name, []).append(v)
+    med = {n: median(v) for n, v in per_param.items()}
+    zero = [n for n, vals in per_param.items() if vals and all(v == 0 for v in vals)]
+    largest = max((v for v in med.values() if v), default=0.0)
+    vanishing = [n for n, v in med.items() if v and largest and v < largest * VANISH_RATIO]
+    norms = [s.grad_norm for s in sampled if s.grad_norm is not None]
+    peak = max(norms, default=None)
+    growth = (norms[-1] / norms[0]) if len(norms) >= 2 and norms[0] > 0 else None
+    evidence = {
+        "global_norm": {"first": norms[0] if norms else None, "last": norms[-1] if norms else None, "max": peak},
+        "growth": growth,
+        "no_grad": none_always,
+        "all_zero": zero,
+        "vanishing": vanishing,
+        "frozen": frozen,
+        "not_in_optimizer": not_in_opt if run.other_optimizer_steps == 0 else [],
+        "median_grad_norm": med,
+        "sampled_steps": [s.step for s in sampled],
+    }
+    problems_fail, problems_warn = [], []
+    if none_always:
+        problems_fail.append(f"no gradient for {_names(none_always)} (unused layer or detached branch)")
+    if zero:
+        problems_fail.append(f"all-zero gradient for {_names(zero)}")
+    if peak is not None and peak > EXPLODE_FAIL:
+        problems_fail.append(f"exploding: global norm {fmt(peak)}")
+    elif growth is not None and growth > GROWTH_FAIL:
+        problems_fail.append(f"exploding: global norm grew {fmt(growth)}x")
+    elif peak is not None and peak > EXPLODE_WARN:
+        problems_warn.append(f"large global norm {fmt(peak)}")
+    elif growth is not None and growth > GROWTH_WARN:
+        problems_warn.append(f"global norm grew {fmt(growth)}x")
+    if vanishing:
+        problems_warn.append(f"vanishing gradient for {_names(vanishing)} (<{VANISH_RATIO:g} of the largest)")
+    if evidence["not_in_optimizer"]:
+        problems_warn.append(f"trainable but not in the optimizer: {_names(not_in_opt)}")
+    tail = f"; {len(frozen)} frozen parameter(s)" if frozen else ""
+    if problems_fail or problems_warn:
+        status = FAIL if problems_fail else WARN
+        return result(CHECK, status, "; ".join(problems_fail + problems_warn) + tail, evidence,
+                      "Use or remove layers without gradient, drop detach()/no_grad() on the loss path, add every "
+                      "trainable parameter to the optimizer, clip gradients (clip_grad_norm_) and check the init.")
+    return result(CHECK, PASS, f"{len(med)} parameter(s) with gradients, global norm {fmt(norms[-1] if norms else None)}{tail}",
+                  evidence)

@@ -1,0 +1,101 @@
+"""initial-loss: is the first loss what a sanely initialised model gives?
+
+Measures: the loss of the first probed step against its expected value at init:
+- cross-entropy / NLL over C classes (C read from the logits' class dimension): ln(C), the loss of a
+  uniform prediction;
+- binary cross-entropy: ln 2 (logits near 0); an init that already predicts the label prior (the label
+  entropy) is just as sane and is accepted;
+- MSE: the target variance, the loss of predicting the target mean.
+The ratio first/expected is shown. Far above means an overconfident or broken init (logits scaled up,
+a wrong output activation, a huge output bias) and the first steps are spent undoing it; far below means
+the model already knows the answer (a resumed checkpoint, or the label leaks into the input).
+
+Other losses (L1, Huber, KL...) are skipped: there is no init value to compare against.
+
+What to do: initialise the last layer small (e.g. zero or std 0.01), the output bias to the label prior
+(classification) or the target mean (regression), and normalise regression targets.
+"""
+
+from __future__ import annotations
+
+import math
+
+from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, no_steps, result, finding_at
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="initial-loss",
+    code="DP102",
+    summary="The first loss matches its value at a sane init: ln(C) for cross-entropy, ln 2 for BCE, Var(y) for MSE.",
+)
+
+#: Classification ratio first/expected above which the init is called overconfident (3x ln C is far past the noise of a fresh init).
+CLS_FAIL_RATIO = 3.0
+#: A fresh classifier lands within ~10-20% of ln C; 1.5x is already unusual.
+CLS_WARN_RATIO = 1.5
+#: MSE is noisier at init (the output variance adds to Var(y)), so allow more before calling it broken.
+MSE_FAIL_RATIO = 10.0
+#: Warn above this for MSE: output variance several times the target variance.
+MSE_WARN_RATIO = 4.0
+#: Below this fraction of the expected value the model already "knows" the answer at step 0.
+LOW_RATIO = 0.25
+
+
+def evaluate(run: ProbeRun):
+    skip = no_steps(CHECK, run)
+    if skip:
+        return skip
+    li = run.loss_info
+    kind = li.get("kind")
+    first = next((s.loss for s in run.steps if s.loss is not None), None)
+    if first is None:
+        return result(CHECK, SKIP, "no loss seen")
+    if not math.isfinite(first):
+        return result(CHECK, SKIP, "the first loss is not finite (see non-finite-loss)")
+    if kind is None:
+        return result(CHECK, SKIP, "no torch.nn.functional loss seen, so no expected value is known")
+    evidence = {"loss_kind": kind, "first_loss": first}
+    if kind in ("cross_entropy", "nll"):
+        classes = li.get("classes")
+        if not classes or classes < 2:
+            return result(CHECK, SKIP, "the number of classes could not be read from the logits", evidence)
+        expected, low_ok = math.log(classes), None
+        evidence.update(classes=classes, expected=expected, expected_formula=f"ln({classes})")
+        warn_r, fail_r = CLS_WARN_RATIO, CLS_FAIL_RATIO
+    elif kind in ("bce", "bce_logits"):
+        p = li.get("target_mean")
+        expected = math.log(2)
+        evidence.update(expected=expected, expected_formula="ln 2")
+        low_ok = None
+        if p is not None and 0 < p < 1:
+            low_ok = -(p * math.log(p) + (1 - p) * math.log(1 - p))  # label entropy: a prior-initialised bias
+            evidence["label_entropy"] = low_ok
+        warn_r, fail_r = CLS_WARN_RATIO, CLS_FAIL_RATIO
+    elif kind == "mse":
+        var = li.get("target_var")
+        if not var or var <= 0:
+            return result(CHECK, SKIP, "the target variance is zero or unknown", evidence)
+        expected, low_ok = var, None
+        evidence.update(expected=expected, expected_formula="Var(target)", target_mean=li.get("target_mean"))
+        warn_r, fail_r = MSE_WARN_RATIO, MSE_FAIL_RATIO
+    else:
+        return result(CHECK, SKIP, f"no expected initial value for a {kind} loss", evidence)
+
+    ratio = first / expected
+    evidence["ratio"] = ratio
+    lo = LOW_RATIO * (low_ok / expected) if low_ok else LOW_RATIO  # a prior-initialised BCE may start at the label entropy
+    head = f"first loss {fmt(first)} vs expected {fmt(expected)} ({evidence['expected_formula']}): {ratio:.2f}x"
+    findings = []
+    if ratio > fail_r or ratio > warn_r:
+        status = FAIL if ratio > fail_r else WARN
+        why = "overconfident or broken init"
+        if kind == "mse" and li.get("target_mean") is not None and abs(li["target_mean"]) > 3 * math.sqrt(expected):
+            why = f"targets are not centred (mean {fmt(li['target_mean'])}): normalise them or set the output bias"
+        findings = finding_at(CHECK, li.get("path"), li.get("line"), f"{head}: {why}", evidence=dict(evidence))
+        return result(CHECK, status, f"{head} — {why}", evidence,
+                      "Initialise the last layer small (zero or std 0.01), the output bias to the label prior or "
+                      "the target mean, and normalise regression targets.", findings)
+    if ratio < lo:
+        return result(CHECK, WARN, f"{head} — suspiciously low at step 0 (resumed weights, or the label leaks into the input?)",
+                      evidence, "If this is not a resumed checkpoint, check that the inputs do not contain the target.")
+    return result(CHECK, PASS, head, evidence)

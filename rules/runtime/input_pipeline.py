@@ -1,0 +1,54 @@
+"""input-pipeline: how much of each step is spent waiting for the next batch.
+
+Measures the host time spent in ``DataLoader`` iterators' ``__next__`` between two optimizer steps,
+against the wall time of the step (from one ``optimizer.step()`` to the next). The first step is left
+out (worker start-up, cuDNN autotuning, lazy initialisation). On GPU, time the host waits for data is
+time the accelerator idles once its queue has drained.
+
+- warn above ``WARN_FRACTION`` of step time waiting, fail above ``FAIL_FRACTION``;
+- skip when the script does not use a ``torch.utils.data.DataLoader`` (batches built in the loop).
+
+What to do: ``num_workers`` > 0 (about the number of cores), ``pin_memory=True`` with
+``non_blocking=True`` copies, ``persistent_workers=True``, ``prefetch_factor``; move decoding/augmentation
+off the critical path, pre-tokenise, cache decoded data.
+"""
+
+from __future__ import annotations
+
+from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, no_steps, result
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="input-pipeline",
+    code="DP110",
+    summary="The training step does not idle waiting for data (DataLoader wait share of step time).",
+)
+
+#: A quarter of every step spent waiting: a data pipeline fix buys up to 1.3x throughput.
+WARN_FRACTION = 0.25
+#: Half of every step waiting: the model computes at most half the time.
+FAIL_FRACTION = 0.5
+
+
+def evaluate(run: ProbeRun):
+    skip = no_steps(CHECK, run)
+    if skip:
+        return skip
+    steps = [s for s in run.steps[1:] if s.wall_s]
+    if not any(s.batches for s in run.steps):
+        return result(CHECK, SKIP, "no DataLoader seen (batches built in the loop): nothing to measure")
+    if not steps:
+        return result(CHECK, SKIP, "need at least two steps to leave out start-up")
+    wait = sum(s.data_wait_s for s in steps)
+    wall = sum(s.wall_s for s in steps)
+    frac = wait / wall if wall else 0.0
+    evidence = {"data_wait_s": wait, "step_time_s": wall, "wait_fraction": frac, "steps": len(steps),
+                "mean_step_ms": 1000 * wall / len(steps), "mean_wait_ms": 1000 * wait / len(steps)}
+    head = f"{frac:.0%} of step time waiting for data ({evidence['mean_wait_ms']:.1f} of {evidence['mean_step_ms']:.1f} ms per step)"
+    advice = ("Use DataLoader(num_workers>0, pin_memory=True, persistent_workers=True) and move decoding/augmentation "
+              "off the training loop.")
+    if frac > FAIL_FRACTION:
+        return result(CHECK, FAIL, head, evidence, advice)
+    if frac > WARN_FRACTION:
+        return result(CHECK, WARN, head, evidence, advice)
+    return result(CHECK, PASS, head, evidence)

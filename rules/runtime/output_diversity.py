@@ -1,0 +1,75 @@
+"""output-diversity: the model's outputs differ across the batch (no collapse).
+
+Measures, on sampled steps, on the output of the top-level model (first tensor, or ``.logits``), up to
+256 rows with columns strided to 4096 elements: the spread across rows (mean over columns of the std
+over rows) relative to the output's RMS, and for 2-D outputs with several columns the share of rows
+whose argmax is the most common class; the share of the most common label comes from the
+cross-entropy/NLL target. Judged on the last half of the sampled steps (a fresh init may legitimately
+favour one class for a step or two).
+
+- fail "identical rows": relative spread below ``IDENTICAL_REL`` — the output ignores the input (inputs
+  broadcast from one sample, a collapsed representation, a dead layer in front of the head, a bias-only
+  output);
+- fail "one class": at least ``ONE_CLASS`` of the rows predict the same class while the labels are more
+  varied (most common label at most ``LABEL_VARIED``) — the model learned the prior only: class
+  imbalance, labels not aligned with inputs, or features that carry no signal. Warn instead when the
+  labels are unknown.
+
+What to do: check that each sample's input reaches the model (shapes, broadcasting, shuffling of
+inputs vs labels), rebalance classes or weight the loss, and check the layers in front of the head.
+"""
+
+from __future__ import annotations
+
+from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, no_steps, result
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="output-diversity",
+    code="DP108",
+    summary="The model's outputs vary across the batch: rows not identical, not every sample the same class.",
+)
+
+#: Spread across rows below 0.1% of the output scale: the rows are the same up to float noise.
+IDENTICAL_REL = 1e-3
+#: 99% of rows predicting one class ("every sample").
+ONE_CLASS = 0.99
+#: Labels at most 95% one class: predicting a single class is then a collapse, not the right answer.
+LABEL_VARIED = 0.95
+#: Fewer rows cannot show diversity.
+MIN_ROWS = 8
+
+
+def evaluate(run: ProbeRun):
+    skip = no_steps(CHECK, run)
+    if skip:
+        return skip
+    sampled = [s for s in run.sampled_steps() if s.output.get("rows")]
+    if not sampled:
+        return result(CHECK, SKIP, "no model output seen on a sampled step (the model is not an nn.Module called on the batch?)")
+    judged = sampled[len(sampled) // 2:]
+    if max(s.output["rows"] for s in judged) < MIN_ROWS:
+        return result(CHECK, SKIP, f"batches of fewer than {MIN_ROWS} rows cannot show diversity")
+    rel = [s.output["row_spread"] / s.output["scale"] if s.output.get("scale") else 0.0 for s in judged]
+    top = [s.output.get("pred_top_frac") for s in judged]
+    labels = [s.output.get("label_top_frac") for s in judged]
+    evidence = {"relative_row_spread": rel, "pred_top_frac": top, "label_top_frac": labels,
+                "steps": [s.step for s in judged], "output_shape": judged[-1].output.get("shape")}
+    if all(r < IDENTICAL_REL for r in rel):
+        return result(CHECK, FAIL, f"outputs are (nearly) identical across the batch (relative spread {fmt(max(rel))})",
+                      evidence, "Check that each sample's input reaches the model (broadcasting, a collapsed "
+                      "representation, a dead layer before the head).")
+    if all(t is not None and t >= ONE_CLASS for t in top):
+        known = [x for x in labels if x is not None]
+        if known and max(known) <= LABEL_VARIED:
+            return result(CHECK, FAIL, f"every sample predicted as one class ({min(top):.0%} of rows) while the most "
+                          f"common label is {max(known):.0%}", evidence,
+                          "Rebalance or weight classes, check that labels are aligned with inputs, and that the "
+                          "features carry signal.")
+        if not known:
+            return result(CHECK, WARN, f"every sample predicted as one class ({min(top):.0%} of rows); labels unknown",
+                          evidence, "Check class balance and that labels are aligned with inputs.")
+    summary = f"relative row spread {fmt(min(rel))}"
+    if any(t is not None for t in top):
+        summary += f", top predicted class {max(t for t in top if t is not None):.0%} of rows"
+    return result(CHECK, PASS, summary, evidence)

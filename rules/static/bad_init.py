@@ -1,0 +1,402 @@
+"""bad-init: weight initialisation that breaks training."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Optional
+
+from doctor.analysis.names import dotted_name, receiver_key
+from doctor.findings import Severity
+from doctor.registry import Rule
+
+_LAYER_TYPES = re.compile(r"^(Linear|LazyLinear|Bilinear|Conv[123]d|ConvTranspose[123]d|LazyConv[123]d|Conv)$")
+_NORM_TYPES = re.compile(r"Norm|BN|LN|GN", re.I)
+#: Zero or special init is standard for these (LoRA B, zero-init residual/final projections, norms, gates).
+_EXEMPT_NAME = re.compile(
+    r"lora|adapter|(^|_)b($|_)|^B$|out_?proj|c_proj|o_proj|proj_?out|final|residual|head|gate|zero|norm|bn|ln|scale|alpha|skip|shortcut",
+    re.I,
+)
+_STACK_NAME = re.compile(r"^(layers|blocks|convs|linears|fcs|hidden_layers|hidden|mlp_layers|stages|h)$")
+_INIT_FNS = {"zeros_", "constant_", "ones_", "normal_", "uniform_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_", "xavier_uniform_", "trunc_normal_"}
+_RELU_FAMILY = {"relu", "leaky_relu", "relu6", "elu", "selu", "celu", "gelu", "silu", "mish", "prelu", "rrelu", "softplus", "hardswish"}
+_SATURATING = {"tanh", "sigmoid"}
+#: A fixed std this large on a Linear/Conv layer with fan-in n gives outputs with variance n*std^2: with
+#: std >= 0.5 and the usual fan-ins (>= 64) activations grow 16x or more per layer.
+LARGE_STD = 0.5
+
+
+class BadInit(Rule):
+    name = "bad-init"
+    code = "DR301"
+    severity = Severity.ERROR
+    summary = "Weight initialisation that breaks training: constant weights, a gain for the wrong activation, a fixed large std."
+    why = """
+        Setting every weight of Linear/Conv layers to zero (or any constant) makes all units of a layer compute the
+        same thing and receive the same gradient, so they never become different: the network has the capacity of
+        one unit per layer (zeros also kill the gradient to earlier layers). An init whose gain was chosen for
+        another activation (Kaiming/ReLU in a tanh network) and a fixed large std on wide layers make activations
+        explode or saturate from the first step (severity warning: a smell rather than a certain bug).
+        Zero init of biases, of LoRA `B` matrices, of final/residual projections and BatchNorm gammas is standard
+        and not reported.
+    """
+    bad = """
+        def init_weights(m):
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.weight)
+        model.apply(init_weights)
+    """
+    good = """
+        def init_weights(m):
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        model.apply(init_weights)
+    """
+    fires = (
+        """
+import torch.nn as nn
+def init_weights(module):
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.constant_(module.weight, 0.0)
+model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+model.apply(init_weights)
+""",
+        """
+import torch.nn as nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(64, 64) for _ in range(4)])
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.data.fill_(0.01)
+""",
+        """
+import torch.nn as nn
+def weights_init(m):
+    classname = m.__class__.__name__
+    if classname.find('Conv') != -1:
+        m.weight.data.zero_()
+""",
+        """
+import torch.nn as nn
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(10, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 1))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+""",
+        """
+import torch.nn as nn
+def init(m):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=1.0)
+model.apply(init)
+""",
+    )
+    silent = (
+        """
+import torch.nn as nn
+for m in model.modules():
+    if isinstance(m, nn.Linear):
+        nn.init.zeros_(m.bias)
+""",
+        """
+import torch.nn as nn
+class LoRALinear(nn.Module):
+    def __init__(self, d, r):
+        super().__init__()
+        self.lora_A = nn.Linear(d, r, bias=False)
+        self.lora_B = nn.Linear(r, d, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+""",
+        """
+import torch.nn as nn
+for m in model.modules():
+    if isinstance(m, Bottleneck):
+        nn.init.constant_(m.bn3.weight, 0)
+    elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        nn.init.constant_(m.weight, 1)
+        nn.init.constant_(m.bias, 0)
+""",
+        """
+import torch.nn as nn
+def _init_weights(module):
+    if isinstance(module, nn.Linear):
+        module.weight.data.normal_(mean=0.0, std=0.02)
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.data.normal_(mean=0.0, std=1.0)
+""",
+        """
+import torch.nn as nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 64, 3)
+        self.relu = nn.ReLU()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+""",
+        """
+import torch.nn as nn
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.out_proj = nn.Linear(4 * d, d)
+        nn.init.zeros_(self.out_proj.weight)
+""",
+        """
+import torch.nn as nn
+emb = nn.Embedding(1000, 64)
+nn.init.uniform_(emb.weight, -1.0, 1.0)
+""",
+        """
+import torch.nn as nn
+def init_weights(m):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+model.apply(init_weights)
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        apply_fns = _applied_functions(ctx.tree)
+        activations = _activation_families(ctx.tree, m.imports)
+        for node in ast.walk(ctx.tree):
+            if not isinstance(node, ast.Call):
+                continue
+            init = _init_call(node, m.imports)
+            if init is None:
+                continue
+            fn, weight, kind = init
+            if kind == "nonlinearity":
+                family = _init_family(node, fn)
+                if family == "relu" and activations and activations <= _SATURATING:
+                    yield self.finding(
+                        ctx, node,
+                        f"`{fn}` uses the ReLU gain but this network's activations are {', '.join(sorted(activations))}: "
+                        "activations start badly scaled; use `xavier_*` with `calculate_gain('tanh')` or a matching nonlinearity",
+                        severity=Severity.WARNING,
+                    )
+                elif family in _SATURATING and activations and activations <= _RELU_FAMILY:
+                    yield self.finding(
+                        ctx, node,
+                        f"`{fn}` uses the {family} gain but this network's activations are {', '.join(sorted(activations))}: "
+                        "use `kaiming_*` with nonlinearity='relu'",
+                        severity=Severity.WARNING,
+                    )
+                continue
+            generic = _generic_layer_weight(ctx, weight, apply_fns)
+            if generic is None:
+                continue
+            if kind == "constant":
+                yield self.finding(
+                    ctx, node,
+                    f"`{ctx.segment(node)}` sets every weight of {generic} to the same value: all units of a layer stay "
+                    "identical (symmetry is never broken); use a random init such as `kaiming_normal_` or `xavier_uniform_`",
+                )
+            elif kind == "large_std":
+                yield self.finding(
+                    ctx, node,
+                    f"`{ctx.segment(node)}` draws weights of {generic} with a fixed std >= {LARGE_STD}: on wide layers "
+                    "activations grow with the fan-in; use a fan-in-scaled init (kaiming/xavier) or std ~0.02",
+                    severity=Severity.WARNING,
+                )
+
+
+def _number(node: Optional[ast.AST]) -> Optional[float]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = _number(node.operand)
+        return -v if v is not None else None
+    return None
+
+
+def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _weight_expr(node: ast.AST) -> Optional[ast.AST]:
+    """``m.weight`` from ``m.weight``, ``m.weight.data``; None when it is not a ``.weight``."""
+    while isinstance(node, ast.Attribute) and node.attr == "data":
+        node = node.value
+    if isinstance(node, ast.Attribute) and node.attr == "weight":
+        return node
+    return None
+
+
+def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST], str]]:
+    """(function name, weight expression, kind) where kind is constant | large_std | nonlinearity."""
+    q = imports.qualify(call.func) or ""
+    func = call.func
+    if isinstance(func, ast.Attribute) and (q.startswith("torch.nn.init.") or q.startswith("nn.init.") or q.startswith("init.")) and func.attr in _INIT_FNS:
+        name = func.attr
+        weight = _weight_expr(call.args[0]) if call.args else None
+        if name in ("zeros_", "ones_", "constant_"):
+            return (name, weight, "constant") if weight is not None else None
+        if name in ("normal_", "trunc_normal_"):
+            std = _number(_kw(call, "std")) if _kw(call, "std") is not None else _number(call.args[2]) if len(call.args) > 2 else None
+            if std is not None and std >= LARGE_STD and weight is not None:
+                return (name, weight, "large_std")
+            if std == 0 and weight is not None:
+                return (name, weight, "constant")
+            return None
+        if name == "uniform_":
+            lo = _number(_kw(call, "a")) if _kw(call, "a") is not None else _number(call.args[1]) if len(call.args) > 1 else None
+            hi = _number(_kw(call, "b")) if _kw(call, "b") is not None else _number(call.args[2]) if len(call.args) > 2 else None
+            if lo is not None and hi is not None and max(abs(lo), abs(hi)) >= LARGE_STD * 3 ** 0.5 and weight is not None:
+                return (name, weight, "large_std")
+            return None
+        if name.startswith(("kaiming", "xavier")):
+            return (name, weight, "nonlinearity")
+        return None
+    if isinstance(func, ast.Attribute):
+        weight = _weight_expr(func.value)
+        if weight is None:
+            return None
+        if func.attr == "zero_" and not call.args:
+            return (func.attr, weight, "constant")
+        if func.attr == "fill_" and call.args and _number(call.args[0]) is not None:
+            return (func.attr, weight, "constant")
+        if func.attr == "normal_":
+            std = _number(_kw(call, "std")) if _kw(call, "std") is not None else _number(call.args[1]) if len(call.args) > 1 else 1.0
+            if std is not None and std >= LARGE_STD:
+                return (func.attr, weight, "large_std")
+    return None
+
+
+def _init_family(call: ast.Call, fn: str) -> Optional[str]:
+    if fn.startswith("kaiming"):
+        nl = _kw(call, "nonlinearity")
+        if nl is None and len(call.args) > 3:
+            nl = call.args[3]
+        if nl is None:
+            return "relu"  # the default leaky_relu with a=0 is the ReLU gain
+        value = nl.value if isinstance(nl, ast.Constant) else None
+        return "relu" if value in ("relu", "leaky_relu") else value if value in _SATURATING else None
+    gain = _kw(call, "gain") or (call.args[1] if len(call.args) > 1 else None)
+    if isinstance(gain, ast.Call) and getattr(gain.func, "attr", getattr(gain.func, "id", "")) == "calculate_gain" and gain.args:
+        value = gain.args[0].value if isinstance(gain.args[0], ast.Constant) else None
+        return "relu" if value in ("relu", "leaky_relu") else value if value in _SATURATING else None
+    return None
+
+
+def _activation_families(tree: ast.AST, imports) -> set[str]:
+    """The activation functions the file's networks use, by family name."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Call):
+            q = imports.qualify(node.func) or ""
+            last = q.rsplit(".", 1)[-1]
+            if last[:1].isupper() and (q.startswith("torch.nn") or q.startswith("nn.")):
+                name = last.lower()
+            elif q.startswith(("torch.", "F.")) or q.startswith("torch.nn.functional"):
+                name = last
+            elif isinstance(node.func, ast.Attribute) and node.func.attr in ("relu", "tanh", "sigmoid", "gelu", "silu") and not node.args:
+                name = node.func.attr
+        if name is None:
+            continue
+        name = name.rstrip("_")
+        if name in _RELU_FAMILY or name in _SATURATING:
+            found.add(name)
+        elif name in ("leakyrelu", "relu6", "hardtanh"):
+            found.add("leaky_relu" if name == "leakyrelu" else "relu6" if name == "relu6" else "tanh")
+    return found
+
+
+def _applied_functions(tree: ast.AST) -> set[str]:
+    """Names of functions passed to ``module.apply(fn)``."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "apply" and node.args:
+            key = receiver_key(node.args[0])
+            if key:
+                out.add(key.rsplit(".", 1)[-1])
+    return out
+
+
+def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -> Optional[str]:
+    """When ``weight`` is ``m.weight`` for every Linear/Conv module ``m`` reached generically, say how; else None."""
+    if weight is None or not isinstance(weight.value, ast.Name):  # type: ignore[attr-defined]
+        return None
+    var = weight.value.id  # type: ignore[attr-defined]
+    m = ctx.model
+    how = None
+    cur = weight
+    types: list[str] = []
+    negative = False
+    child = weight
+    while True:
+        cur = m.parents.get(id(child))
+        if cur is None:
+            break
+        if isinstance(cur, ast.If):
+            in_body = any(s is child for s in cur.body)
+            tested = _tested_types(cur.test, var)
+            if in_body:
+                types.extend(tested)
+            elif tested and not (isinstance(child, ast.If) and child in cur.orelse):
+                negative = True
+        if isinstance(cur, (ast.For, ast.AsyncFor)) and _binds(cur.target, var):
+            it = cur.iter
+            if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("modules", "named_modules", "children", "named_children"):
+                how = "every matching module"
+            else:
+                stack = receiver_key(it)
+                last = stack.rsplit(".", 1)[-1] if stack else ""
+                if last and _STACK_NAME.match(last):
+                    how = f"every layer of `{stack}`"
+                    if not types:
+                        types = ["Linear"]
+            break
+        if isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            params = [a.arg for a in cur.args.args]
+            if var in params and (cur.name in apply_fns or re.search(r"init", cur.name, re.I)):
+                how = "every matching module (through `apply`)"
+            break
+        child = cur
+    if how is None or negative:
+        return None
+    if not types or any(_NORM_TYPES.search(t) for t in types) or not any(_LAYER_TYPES.match(t) for t in types):
+        return None
+    func = m.enclosing_function(weight)
+    names = [getattr(func, "name", "")] + [n for n in types]
+    if any(_EXEMPT_NAME.search(n) for n in names if n not in ("Linear",) and not _LAYER_TYPES.match(n)):
+        return None
+    return f"{how} ({', '.join(sorted(set(types)))})"
+
+
+def _binds(target: ast.AST, var: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == var for n in ast.walk(target))
+
+
+def _tested_types(test: ast.AST, var: str) -> list[str]:
+    """Class names a condition checks ``var`` against: isinstance, type(...) ==, classname.find('Conv') != -1."""
+    out: list[str] = []
+    for node in ast.walk(test):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance" and len(node.args) == 2:
+            if isinstance(node.args[0], ast.Name) and node.args[0].id == var:
+                classes = node.args[1].elts if isinstance(node.args[1], (ast.Tuple, ast.List)) else [node.args[1]]
+                out.extend((dotted_name(c) or "?").rsplit(".", 1)[-1] for c in classes)
+        elif isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                if isinstance(side, ast.Constant) and isinstance(side.value, str) and re.match(r"^(Conv|Linear|BatchNorm|LayerNorm|Embedding|GroupNorm)", side.value):
+                    out.append(re.match(r"^\w+", side.value).group(0))  # type: ignore[union-attr]
+                elif isinstance(side, (ast.Attribute, ast.Name)) and (dotted_name(side) or "").rsplit(".", 1)[-1] in ("Linear", "Conv2d", "Conv1d", "Conv3d"):
+                    out.append((dotted_name(side) or "").rsplit(".", 1)[-1])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("find", "startswith", "endswith") and node.args:
+            a = node.args[0]
+            if isinstance(a, ast.Constant) and isinstance(a.value, str):
+                out.append(a.value)
+    return out

@@ -1,0 +1,217 @@
+"""missing-zero-grad: a loop steps an optimizer but never clears that optimizer's gradients."""
+
+from __future__ import annotations
+
+from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP
+from doctor.findings import Applicability, Severity
+from doctor.fixes import insert_before, statement_of
+from doctor.registry import Rule
+
+
+class MissingZeroGrad(Rule):
+    name = "missing-zero-grad"
+    code = "DR102"
+    severity = Severity.ERROR
+    fixable = Applicability.UNSAFE
+    summary = "A loop calls backward() and steps an optimizer, but never clears that optimizer's gradients."
+    why = """
+        `backward()` adds to `.grad`; it does not overwrite it. Without `optimizer.zero_grad()` (or
+        `model.zero_grad()`, or `p.grad = None`) inside the loop, every step applies the sum of all gradients
+        since the start, so the effective step size grows each iteration and training diverges or stalls.
+        Clearing once before the loop is not enough, and with two optimizers each needs its own clearing.
+    """
+    bad = """
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+    """
+    good = """
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+    """
+    fires = (
+        """
+import torch
+def train(model, batches, lr=0.01):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for xb, yb in batches:
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        loss.backward()
+        opt.step()
+""",
+        """
+import torch
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+optimizer.zero_grad()
+for x, y in loader:
+    criterion(model(x), y).backward()
+    optimizer.step()
+""",
+        """
+import torch
+opt_d = torch.optim.Adam(netD.parameters())
+opt_g = torch.optim.Adam(netG.parameters())
+for real in loader:
+    opt_d.zero_grad()
+    d_loss(real).backward()
+    opt_d.step()
+    g_loss(real).backward()
+    opt_g.step()
+""",
+        """
+import torch
+class Trainer:
+    def __init__(self, model):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters())
+    def train_step(self, batch):
+        loss = self.model(**batch).loss
+        loss.backward()
+        self.optimizer.step()
+    def fit(self, loader):
+        for batch in loader:
+            self.train_step(batch)
+""",
+    )
+    silent = (
+        """
+import torch
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+""",
+        """
+import torch
+for x, y in loader:
+    model.zero_grad()
+    criterion(model(x), y).backward()
+    optimizer.step()
+""",
+        """
+import torch
+params = list(model.parameters())
+for x, y in loader:
+    for p in params:
+        p.grad = None
+    criterion(model(x), y).backward()
+    optimizer.step()
+""",
+        """
+import torch
+optimizer = torch.optim.LBFGS(model.parameters())
+for x, y in loader:
+    def closure():
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+""",
+        """
+import torch
+opt_d = torch.optim.Adam(netD.parameters())
+opt_g = torch.optim.Adam(netG.parameters())
+for real in loader:
+    netD.zero_grad()
+    d_loss(real).backward()
+    opt_d.step()
+    netG.zero_grad()
+    g_loss(real).backward()
+    opt_g.step()
+""",
+        """
+import deepspeed
+model_engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=cfg)
+for batch in loader:
+    loss = model_engine(batch)
+    model_engine.backward(loss)
+    model_engine.step()
+""",
+        """
+import torch.distributed.autograd as dist_autograd
+from torch.distributed.optim import DistributedOptimizer
+opt = DistributedOptimizer(torch.optim.SGD, model.parameter_rrefs(), lr=0.05)
+for x, y in loader:
+    with dist_autograd.context() as context_id:
+        loss = criterion(model(x), y)
+        dist_autograd.backward(context_id, [loss])
+        opt.step(context_id)
+""",
+        """
+import lightning as L
+class Model(L.LightningModule):
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = self.compute_loss(batch)
+        self.manual_backward(loss)
+        opt.step()
+""",
+        """
+import torch
+for epoch in range(10):
+    optimizer.zero_grad()
+    for x, y in loader:
+        criterion(model(x), y).backward()
+    optimizer.step()
+""",
+        """
+import torch
+for batch in loader:
+    loss = model(batch).loss
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad()
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        for loop, events in m.loop_views():
+            backwards = [e for e in events if e.kind == BACKWARD and e.flavor not in ("dist", "deepspeed")]
+            if not backwards:
+                continue
+            if any(e.kind == ENGINE_STEP for e in events):
+                continue
+            stepped = {e.target for e in events if e.kind == STEP and e.target}
+            for s in events:
+                if s.kind != STEP or s.flavor == "dist" or _owner_loop(s, events) is not loop:
+                    continue
+                if any(m.clears(s.target, c, stepped) for c in events if c.kind == CLEAR):
+                    continue
+                target = s.target or "the optimizer"
+                yield self.finding(
+                    ctx,
+                    s.node,
+                    f"`{target}` is stepped every iteration but its gradients are never cleared inside this loop "
+                    f"(line {loop.node.lineno}): gradients add up across iterations; call `{target}.zero_grad()` each iteration",
+                    fix=_fix(ctx, s, backwards, loop),
+                )
+
+
+def _owner_loop(step, events):
+    """The innermost loop around ``step`` that also runs a backward pass: the training iteration."""
+    for loop in reversed(step.loops):
+        if any(e.kind == BACKWARD and loop in e.loops for e in events):
+            return loop
+    return None
+
+
+def _fix(ctx, s, backwards, loop):
+    if s.via or not s.target or s.flavor not in ("optimizer", "scaler"):
+        return None
+    first = next((b for b in backwards if b.loop is loop and not b.via and not any(g.loop is loop for g in b.guards)), None)
+    if first is None:
+        return None
+    stmt = statement_of(ctx, first.node)
+    if stmt is None:
+        return None
+    return insert_before(ctx, stmt, f"{s.target}.zero_grad()", f"clear `{s.target}`'s gradients before backward")

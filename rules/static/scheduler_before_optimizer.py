@@ -1,0 +1,179 @@
+"""scheduler-before-optimizer: an LR scheduler steps before the optimizer it drives."""
+
+from __future__ import annotations
+
+from doctor.analysis.events import BACKWARD, SCHED_STEP, STEP
+from doctor.findings import Applicability, Severity
+from doctor.fixes import move_after, statement_of
+from doctor.registry import Rule
+
+
+class SchedulerBeforeOptimizer(Rule):
+    name = "scheduler-before-optimizer"
+    code = "DR101"
+    severity = Severity.ERROR
+    fixable = Applicability.UNSAFE
+    summary = "An LR scheduler steps before the optimizer it drives has stepped in the same iteration."
+    why = """
+        Since PyTorch 1.1 a scheduler's `step()` must follow `optimizer.step()`. Stepping it first advances the
+        schedule before the first update, so the first learning-rate value is skipped and every later value
+        comes one step early (warm-up is cut short, decays happen early). PyTorch only warns once, on the first
+        iteration, and the run goes on. The same happens when `scheduler.step()` sits at the top of an epoch
+        loop whose batch loop then trains (the pre-1.1 convention).
+    """
+    bad = """
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            scheduler.step()
+            optimizer.step()
+    """
+    good = """
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+    """
+    fires = (
+        """
+import torch
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, 10)
+for x, y in loader:
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    sched.step()
+    opt.step()
+""",
+        """
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR
+optimizer = torch.optim.AdamW(model.parameters())
+scheduler = CosineAnnealingLR(optimizer, T_max=10)
+for epoch in range(10):
+    scheduler.step()
+    for x, y in loader:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+""",
+        """
+import torch
+scaler = torch.cuda.amp.GradScaler()
+def train(model, loader, optimizer, lr_scheduler):
+    for batch in loader:
+        optimizer.zero_grad()
+        with torch.autocast("cuda"):
+            loss = model(**batch).loss
+        scaler.scale(loss).backward()
+        lr_scheduler.step()
+        scaler.step(optimizer)
+        scaler.update()
+""",
+    )
+    silent = (
+        """
+import torch
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
+for epoch in range(10):
+    for x, y in loader:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+    scheduler.step()
+""",
+        """
+import torch
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+for epoch in range(10):
+    scheduler.step(val_loss)
+    for x, y in loader:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+""",
+        """
+import torch
+def train(model, loader, optimizer, scheduler):
+    for x, y in loader:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+""",
+        """
+import torch
+def train_epoch(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+def main():
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
+    for epoch in range(10):
+        train_epoch(model, loader, optimizer)
+        validate(model)
+        scheduler.step()
+""",
+        """
+import torch
+opt_d = torch.optim.Adam(netD.parameters())
+opt_g = torch.optim.Adam(netG.parameters())
+sched_d = torch.optim.lr_scheduler.StepLR(opt_d, 10)
+for x in loader:
+    opt_d.zero_grad(); d_loss(x).backward(); opt_d.step()
+    sched_d.step()
+    opt_g.zero_grad(); g_loss(x).backward(); opt_g.step()
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        for stream in m.streams:
+            events = stream.events
+            stepped = {e.target for e in events if e.kind == STEP and e.target}
+            for k in events:
+                if k.kind != SCHED_STEP or m.is_plateau(k):
+                    continue
+                scope = k.loop
+                same_iter = [
+                    s for s in events
+                    if s.kind == STEP and (scope is None or scope in s.loops)
+                    and m.scheduler_drives(k.target, s.target, stepped) and not s.exclusive_with(k)
+                ]
+                if any(s.order < k.order for s in same_iter):
+                    continue  # the scheduler follows an optimizer step of this iteration
+                later = [s for s in same_iter if s.order > k.order]
+                if not later:
+                    continue
+                s = later[0]
+                if s.loop is scope:
+                    msg = (
+                        f"`{ctx.segment(k.node)}` runs before `{ctx.segment(s.node)}` (line {s.node.lineno}) in the "
+                        "same iteration: the first learning rate of the schedule is skipped; step the optimizer first"
+                    )
+                    fix = _fix(ctx, k, s)
+                elif scope is not None and any(
+                    b.kind == BACKWARD and s.loop in b.loops and b.order > k.order for b in events
+                ):
+                    msg = (
+                        f"`{ctx.segment(k.node)}` runs at the top of the epoch loop, before the batch loop steps the "
+                        f"optimizer (line {s.node.lineno}): the first learning rate is skipped; call it after the batch loop"
+                    )
+                    fix = None
+                else:
+                    continue
+                yield self.finding(ctx, k.node, msg, fix=fix)
+
+
+def _fix(ctx, k, s):
+    if k.via or s.via:
+        return None
+    ks, ss = statement_of(ctx, k.node), statement_of(ctx, s.node)
+    if ks is None or ss is None:
+        return None
+    return move_after(ctx, ks, ss, "move the scheduler step after the optimizer step")

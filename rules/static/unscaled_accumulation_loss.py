@@ -1,0 +1,207 @@
+"""unscaled-accumulation-loss: accumulated micro-step losses are not divided by the number of micro-steps."""
+
+from __future__ import annotations
+
+from doctor.analysis.events import STEP
+from doctor.findings import Applicability, Severity
+from doctor.fixes import replace_node
+from doctor.registry import Rule
+
+_SELF_SCALING = {"accelerate", "deepspeed", "dist"}
+
+
+class UnscaledAccumulationLoss(Rule):
+    name = "unscaled-accumulation-loss"
+    code = "DR201"
+    severity = Severity.ERROR
+    fixable = Applicability.UNSAFE
+    summary = "Gradients are accumulated over micro-steps but the backpropagated loss is not divided by their number."
+    why = """
+        With gradient accumulation the optimizer steps on the *sum* of the micro-step gradients. Unless each
+        micro-step loss is divided by the number of micro-steps, the update is k times larger than the batch
+        it imitates: the effective learning rate silently grows with the accumulation factor, and gradient
+        clipping thresholds mean something else. Dividing only a logged copy of the loss does not help.
+    """
+    bad = """
+        for i, (x, y) in enumerate(loader):
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if (i + 1) % accum_steps == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    """
+    good = """
+        for i, (x, y) in enumerate(loader):
+            loss = loss_fn(model(x), y) / accum_steps
+            loss.backward()
+            if (i + 1) % accum_steps == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    """
+    fires = (
+        """
+import torch
+ACCUM_STEPS = 4
+def train(model, loader, optimizer):
+    for i, (x, y) in enumerate(loader):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if (i + 1) % ACCUM_STEPS == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+""",
+        """
+import torch
+criterion = torch.nn.CrossEntropyLoss()
+for step, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y)
+    log_loss = loss / args.gradient_accumulation_steps
+    scaler.scale(loss).backward()
+    if (step + 1) % args.gradient_accumulation_steps == 0 or step == len(loader) - 1:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+for batch in loader:
+    optimizer.zero_grad()
+    for micro in batch.split(micro_bs):
+        loss = model(micro).loss
+        loss.backward()
+    optimizer.step()
+""",
+    )
+    silent = (
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y) / accum
+    loss.backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y)
+    loss /= accum
+    loss.backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y)
+    scaler.scale(loss / accum).backward()
+    if (i + 1) % accum == 0:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y) * (1.0 / accum)
+    loss.backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+def compute_loss(model, x, y):
+    return criterion(model(x), y) / ACCUM
+for i, (x, y) in enumerate(loader):
+    loss = compute_loss(model, x, y)
+    loss.backward()
+    if (i + 1) % ACCUM == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+""",
+        """
+from accelerate import Accelerator
+accelerator = Accelerator(gradient_accumulation_steps=4)
+model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+for batch in loader:
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+opt_d = torch.optim.Adam(netD.parameters())
+opt_g = torch.optim.Adam(netG.parameters())
+for i, real in enumerate(loader):
+    opt_d.zero_grad()
+    d_loss(real).backward()
+    opt_d.step()
+    if i % n_critic == 0:
+        opt_g.zero_grad()
+        g_loss(real).backward()
+        opt_g.step()
+""",
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y)
+    loss.backward()
+    if i % 100 == 0:
+        print(loss.item())
+    optimizer.step()
+    optimizer.zero_grad()
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        seen = set()
+        for stream in m.streams:
+            for s in stream.events:
+                if s.kind != STEP:
+                    continue
+                acc = m.accumulation_of(s, list(stream.events))
+                if acc is None:
+                    continue
+                for b in acc.backwards:
+                    if b.flavor in _SELF_SCALING or b.in_accumulate_context or id(b.node) in seen:
+                        continue
+                    if m.loss_status(b.arg, b.node) != "raw":
+                        continue
+                    seen.add(id(b.node))
+                    how = f"`{ctx.segment(acc.guard.test)}`" if acc.guard is not None else f"the micro-step loop on line {acc.micro_loop.node.lineno}"
+                    yield self.finding(
+                        ctx,
+                        b.node,
+                        f"gradients are accumulated ({s.target or 'optimizer'} steps only when {how}) but the loss passed to "
+                        "backward() is not divided by the number of micro-steps: updates are k times too large",
+                        fix=_fix(ctx, b, acc),
+                    )
+
+
+def _fix(ctx, b, acc):
+    """Divide the backpropagated expression by the accumulation count, when the condition names it plainly."""
+    import ast
+
+    if b.via or b.arg is None or acc.guard is None:
+        return None
+    divisor = None
+    for node in ast.walk(acc.guard.test):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and not isinstance(node.right, ast.Constant):
+            divisor = ctx.segment(node.right)
+            break
+    if not divisor:
+        return None
+    target = b.arg
+    if isinstance(target, ast.Call) and isinstance(target.func, ast.Attribute) and target.func.attr == "scale" and target.args:
+        target = target.args[0]
+    text = ctx.segment(target)
+    if not text:
+        return None
+    return replace_node(ctx, target, f"({text}) / {divisor}" if not isinstance(target, ast.Name) else f"{text} / {divisor}", f"divide the loss by {divisor}")

@@ -1,0 +1,113 @@
+"""zero-grad-every-micro-step: gradients cleared on every micro-step of an accumulation window."""
+
+from __future__ import annotations
+
+from doctor.analysis.events import CLEAR, STEP
+from doctor.findings import Severity
+from doctor.registry import Rule
+
+
+class ZeroGradEveryMicroStep(Rule):
+    name = "zero-grad-every-micro-step"
+    code = "DR202"
+    severity = Severity.ERROR
+    summary = "In a gradient-accumulation loop, gradients are cleared on every micro-step, so nothing accumulates."
+    why = """
+        Gradient accumulation works by letting `backward()` add up gradients over k micro-steps and stepping
+        once. Calling `zero_grad()` on every micro-step throws all but the last micro-batch away: the optimizer
+        steps on one micro-batch every k iterations, k times less data than intended, with no error.
+    """
+    bad = """
+        for i, (x, y) in enumerate(loader):
+            optimizer.zero_grad()
+            (loss_fn(model(x), y) / k).backward()
+            if (i + 1) % k == 0:
+                optimizer.step()
+    """
+    good = """
+        for i, (x, y) in enumerate(loader):
+            (loss_fn(model(x), y) / k).backward()
+            if (i + 1) % k == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    """
+    fires = (
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    optimizer.zero_grad()
+    loss = criterion(model(x), y) / accum
+    loss.backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+""",
+        """
+import torch
+for batch in loader:
+    for micro in batch.chunk(n_micro):
+        optimizer.zero_grad()
+        (model(micro).loss / n_micro).backward()
+    optimizer.step()
+""",
+    )
+    silent = (
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    loss = criterion(model(x), y) / accum
+    loss.backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+        optimizer.zero_grad()
+""",
+        """
+import torch
+for i, (x, y) in enumerate(loader):
+    if i % accum == 0:
+        optimizer.zero_grad()
+    (criterion(model(x), y) / accum).backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+""",
+        """
+from accelerate import Accelerator
+accelerator = Accelerator(gradient_accumulation_steps=4)
+for batch in loader:
+    with accelerator.accumulate(model):
+        optimizer.zero_grad()
+        accelerator.backward(model(**batch).loss)
+        optimizer.step()
+""",
+        """
+import torch
+for x, y in loader:
+    optimizer.zero_grad()
+    criterion(model(x), y).backward()
+    optimizer.step()
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        seen = set()
+        for stream in m.streams:
+            events = list(stream.events)
+            stepped = {e.target for e in events if e.kind == STEP and e.target}
+            for s in events:
+                if s.kind != STEP:
+                    continue
+                acc = m.accumulation_of(s, events)
+                if acc is None:
+                    continue
+                for c in events:
+                    if c.kind != CLEAR or id(c.node) in seen or not m.clears(s.target, c, stepped):
+                        continue
+                    if not m.runs_every_micro_step(c, acc):
+                        continue
+                    seen.add(id(c.node))
+                    yield self.finding(
+                        ctx,
+                        c.node,
+                        f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                        "steps once per accumulation window: only the last micro-batch's gradients survive; clear right after the step",
+                    )
