@@ -68,6 +68,13 @@ def main() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report to a file.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
 @click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
+@click.option("--fix", is_flag=True, help="Apply safe fixes in place.")
+@click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes that change training numerics (with --fix or --diff).")
+@click.option("--diff", is_flag=True, help="Show the fixes as a unified diff; write nothing.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Report only findings not recorded in this baseline file.")
+@click.option("--write-baseline", type=click.Path(dir_okay=False), default=None, help="Record today's findings as the baseline and exit 0.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache folder (default: .doctor_cache, or $DOCTOR_CACHE_DIR).")
 def check(
     paths: tuple[str, ...],
     fmt: str,
@@ -81,6 +88,13 @@ def check(
     output: Optional[str],
     jobs: Optional[int],
     color: Optional[bool],
+    fix: bool,
+    unsafe_fixes: bool,
+    diff: bool,
+    baseline: Optional[str],
+    write_baseline: Optional[str],
+    no_cache: bool,
+    cache_dir: Optional[str],
 ) -> None:
     """Check training scripts (files or folders, default: the current folder)."""
     from dataclasses import replace
@@ -118,10 +132,48 @@ def check(
         sys.exit(EXIT_ERROR)
     rules = select_rules(settings.select, settings.ignore, settings.extend_select)
     files = [display_path(p) for p in discover(path_list, settings)]
-    result = check_files(files, settings, rules, jobs=jobs, timing=statistics)
+    cache = None
+    if not no_cache and not statistics:
+        from doctor.cache import open_cache
+
+        # --cache-dir, else $DOCTOR_CACHE_DIR, else the config's cache-dir, else .doctor_cache in the root.
+        cache = open_cache(cache_dir, settings, rules)
+    result = check_files(files, settings, rules, jobs=jobs, timing=statistics, cache=cache)
+    if fix or diff:
+        from doctor.fixer import apply_fixes
+
+        outcome = apply_fixes(result, unsafe=unsafe_fixes, write=fix and not diff, rules=rules, settings=settings)
+        for message in outcome.messages:
+            click.echo(message, err=True)
+        if diff:
+            if outcome.diff:
+                click.echo(outcome.diff, nl=False)
+            if outcome.unsafe_left:
+                click.echo(f"{outcome.unsafe_left} more fix{'es' if outcome.unsafe_left != 1 else ''} available with --unsafe-fixes.", err=True)
+            sys.exit(EXIT_FINDINGS if outcome.changed_files else EXIT_OK)
+        if outcome.changed_files:
+            # What remains after fixing is what we report and what the exit code reflects.
+            result = check_files(files, settings, rules, jobs=jobs, cache=None)
+            click.echo(f"Fixed {outcome.applied} problem{'s' if outcome.applied != 1 else ''} in {len(outcome.changed_files)} file{'s' if len(outcome.changed_files) != 1 else ''}.", err=True)
+        if outcome.unsafe_left:
+            n = outcome.unsafe_left
+            click.echo(f"{n} more fix{'es' if n != 1 else ''} available with --unsafe-fixes.", err=True)
     findings = result.findings
     errors = result.errors
-    checked = sum(1 for r in result.files if not r.skipped)
+    if write_baseline:
+        from doctor.baseline import write_baseline as _write
+
+        _write(write_baseline, findings)
+        click.echo(f"Wrote a baseline of {len(findings)} finding{'s' if len(findings) != 1 else ''} to {write_baseline}.", err=True)
+        sys.exit(EXIT_OK)
+    if baseline:
+        from doctor.baseline import BaselineError, load_baseline
+
+        try:
+            findings = load_baseline(baseline).new_findings(findings)
+        except BaselineError as exc:
+            click.echo(f"doctor: error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
 
     if fmt == "json":
         text = report.render_json(findings, errors, files=len(files))
@@ -137,11 +189,13 @@ def check(
     elif statistics:
         click.echo(report.render_statistics(findings, result.rule_seconds()), err=True)
     _emit(text, output)
-    del checked
     if exit_zero:
         sys.exit(EXIT_OK)
     if any(err.startswith("internal error") for _, err in errors):
         sys.exit(EXIT_ERROR)
+    # A notebook that is not JSON could not be checked at all: like a syntax error, that fails the run.
+    if any(err.startswith(("not a valid notebook", "cannot read")) for _, err in errors):
+        sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_FINDINGS if failing(findings, settings.fail_on) else EXIT_OK)
 
 

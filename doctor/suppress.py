@@ -43,7 +43,8 @@ def _comments(text: str) -> list[tuple[int, int, str]]:
 
 def parse_suppressions(text: str) -> dict[int, list[Suppression]]:
     """Suppressions by line. Only comments are read (a ``# noqa`` inside a string does not count)."""
-    if "noqa" not in text and "doctor:" not in text:
+    lowered = text.lower()
+    if "noqa" not in lowered and "doctor:" not in lowered:
         return {}
     result: dict[int, list[Suppression]] = {}
     for line, col, comment in _comments(text):

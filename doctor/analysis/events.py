@@ -184,13 +184,18 @@ class StreamBuilder:
         for stmt in body:
             if len(self.events) > MAX_EVENTS:
                 return
-            self._stmt(stmt, state)
+            arms = self._stmt(stmt, state)
             if isinstance(stmt, ast.If) and not stmt.orelse and _ends_flow(stmt.body):
-                # `if not boundary: continue` guards everything after it in this block.
+                # `if not boundary: continue` guards everything after it in this block, which then runs
+                # only when the body did not: the two are exclusive.
                 guard = Guard(stmt.test, True, is_accumulation_test(stmt.test), state.loops[-1] if state.loops else None)
-                state = state.but(guards=state.guards + (guard,))
+                state = state.but(guards=state.guards + (guard,), branches=state.branches + ((arms, 1),) if arms else state.branches)
+            elif isinstance(stmt, ast.Try) and arms and any(_ends_flow(h.body) for h in stmt.handlers):
+                # After an `except: ...; break` the rest of the block runs only on the no-exception path.
+                state = state.but(branches=state.branches + ((arms, 0),))
 
-    def _stmt(self, stmt: ast.stmt, state: _State) -> None:
+    def _stmt(self, stmt: ast.stmt, state: _State) -> Optional[int]:
+        """Emit the events of one statement; returns the branch id of an ``if``/``try`` it opened."""
         if isinstance(stmt, ast.If):
             self._expr(stmt.test, state)
             bid = next(_ids)
@@ -201,6 +206,7 @@ class StreamBuilder:
             self._block(stmt.body, state.but(guards=state.guards + (g_body,), branches=state.branches + ((bid, 0),)))
             if stmt.orelse:
                 self._block(stmt.orelse, state.but(guards=state.guards + (g_else,), branches=state.branches + ((bid, 1),)))
+            return bid
         elif isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
             if isinstance(stmt, ast.While):
                 self._expr(stmt.test, state)
@@ -221,12 +227,15 @@ class StreamBuilder:
                 contexts.extend(self._context_kinds(item.context_expr))
             self._block(stmt.body, state.but(contexts=tuple(contexts)))
         elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
-            self._block(stmt.body, state)  # type: ignore[attr-defined]
+            # The try body and each handler are treated as exclusive arms: we stay quiet about orders that
+            # only happen when an exception interrupts the body.
             bid = next(_ids)
+            self._block(stmt.body, state.but(branches=state.branches + ((bid, 0),)))  # type: ignore[attr-defined]
             for i, handler in enumerate(stmt.handlers):  # type: ignore[attr-defined]
                 self._block(handler.body, state.but(branches=state.branches + ((bid, i + 1),)))
-            self._block(stmt.orelse, state)  # type: ignore[attr-defined]
+            self._block(stmt.orelse, state.but(branches=state.branches + ((bid, 0),)))  # type: ignore[attr-defined]
             self._block(stmt.finalbody, state)  # type: ignore[attr-defined]
+            return bid
         elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             return  # definitions run nothing; local functions are inlined where called
         elif isinstance(stmt, ast.Assign):
@@ -384,8 +393,13 @@ class StreamBuilder:
             train = attr == "train" and not (call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value is False)
             self._emit(TRAIN if train else EVAL, call, state, target=recv)
             return
-        if kind == K.MODEL and attr is None or (attr == "forward" and kind == K.MODEL):
-            self._emit(FORWARD, call, state, target=recv or (func.id if isinstance(func, ast.Name) else None))
+        if attr == "forward" and kind == K.MODEL:
+            self._emit(FORWARD, call, state, target=recv)
+        else:
+            # `model(x)`, `self.model(x)`: the called object itself is the model.
+            callee = self.resolve(receiver_key(func), state)
+            if callee and model.objects.kind(callee) == K.MODEL:
+                self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
 
     def _step(self, call: ast.Call, recv: Optional[str], kind: Optional[str], state: _State) -> None:

@@ -11,7 +11,7 @@ import ast
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.events import (
@@ -25,7 +25,15 @@ from doctor.analysis.events import (
     StreamBuilder,
     _State,
 )
+from doctor.analysis.index import NodeIndex
 from doctor.analysis.names import ImportTable, dotted_name, last_part, receiver_key
+
+if TYPE_CHECKING:
+    from doctor.analysis.values import ValueTable
+
+if TYPE_CHECKING:
+    from doctor.analysis.data import DataFlow
+    from doctor.analysis.modes import Modes
 
 _RELEVANT_ATTRS = {
     "backward", "step", "zero_grad", "manual_backward", "grad", "clip_grad_norm_", "clip_grad_value_",
@@ -57,8 +65,9 @@ class Accumulation:
 class TrainingModel:
     def __init__(self, tree: ast.Module) -> None:
         self.tree = tree
-        self.imports = ImportTable(tree)
-        self.objects = K.build_objects(tree, self.imports)
+        self.index = NodeIndex(tree)
+        self.imports = ImportTable(tree, self.index)
+        self.objects = K.build_objects(tree, self.imports, self.index)
         self.functions: dict[str, ast.AST] = {}
         self.methods: dict[str, dict[str, ast.AST]] = {}
         self._class_of: dict[int, str] = {}
@@ -66,8 +75,8 @@ class TrainingModel:
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef):
+        for node in self.index.of(ast.ClassDef):
+            if True:
                 table = self.methods.setdefault(node.name, {})
                 for item in node.body:
                     if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -95,11 +104,13 @@ class TrainingModel:
             return self._relevant[key]
         self._relevant[key] = False  # recursion guard
         result = False
-        for node in ast.walk(fn):
-            if isinstance(node, ast.Attribute) and node.attr in _RELEVANT_ATTRS:
-                result = True
-                break
-            if isinstance(node, ast.Call) and _depth < 3:
+        for node in self.index.within(fn, ast.Attribute, ast.Call):
+            if isinstance(node, ast.Attribute):
+                if node.attr in _RELEVANT_ATTRS:
+                    result = True
+                    break
+                continue
+            if _depth < 3:
                 callee = None
                 if isinstance(node.func, ast.Name):
                     callee = self.functions.get(node.func.id)
@@ -112,29 +123,46 @@ class TrainingModel:
         return result
 
     @cached_property
+    def modes(self) -> "Modes":
+        """Evaluation functions, no_grad regions and mode-dependent (dropout/batch-norm) models."""
+        from doctor.analysis.modes import Modes
+
+        return Modes(self)
+
+    @cached_property
+    def data(self) -> "DataFlow":
+        """DataLoader, sampler and dataset constructions, followed through assignments and parameters."""
+        from doctor.analysis.data import DataFlow
+
+        return DataFlow(self)
+
+    @cached_property
+    def values(self) -> "ValueTable":
+        """Value provenance (softmax/sigmoid/detach/model outputs through assignments): see ``values.py``."""
+        from doctor.analysis.values import ValueTable
+
+        return ValueTable(self)
+
+    @property
     def parents(self) -> dict[int, ast.AST]:
-        out: dict[int, ast.AST] = {}
-        for node in ast.walk(self.tree):
-            for child in ast.iter_child_nodes(node):
-                out[id(child)] = node
-        return out
+        return self.index.parents
+
+    def nodes(self, *types: type) -> list:
+        """All nodes of ``types`` in the file, in source order (one shared traversal)."""
+        return self.index.of(*types)
 
     def enclosing_function(self, node: ast.AST) -> ast.AST:
-        cur: Optional[ast.AST] = node
-        while cur is not None:
-            cur = self.parents.get(id(cur))
-            if isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                return cur
-        return self.tree
+        return self.index.enclosing_function(node)
 
     # -- streams ---------------------------------------------------------------------------------------
     @cached_property
     def streams(self) -> list[Stream]:
         out = []
         owners: list[tuple[ast.AST, Optional[str]]] = [(self.tree, None)]
-        for node in ast.walk(self.tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                owners.append((node, self.class_of(node)))
+        if not any(a.attr in _RELEVANT_ATTRS for a in self.index.of(ast.Attribute)):
+            return []  # nothing in this file backpropagates, steps or clears: no training loop to model
+        for node in self.index.of(ast.FunctionDef, ast.AsyncFunctionDef):
+            owners.append((node, self.class_of(node)))
         for owner, cls in owners:
             if owner is not self.tree and not self.is_relevant(owner):
                 continue
@@ -318,10 +346,14 @@ class TrainingModel:
                     return "scaled"
                 return "unknown"
             return "unknown"
-        if isinstance(expr, ast.Name):
-            return self._name_status(expr.id, at, _depth)
-        if isinstance(expr, ast.Attribute) and expr.attr == "loss":
-            return "raw"
+        if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Call):
+            return "raw" if self.loss_status(expr.value, at, _depth + 1) == "model_output" else "unknown"
+        if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Name):
+            # `outputs.loss` where `outputs = model(...)`: the model computed the (raw) loss.
+            return "raw" if self._name_status(expr.value.id, at, _depth) == "model_output" else "unknown"
+        if isinstance(expr, (ast.Name, ast.Attribute)):
+            key = receiver_key(expr)
+            return self._name_status(key, at, _depth) if key else "unknown"
         if isinstance(expr, ast.Subscript):
             base = expr.value
             if isinstance(base, ast.Name):
@@ -351,8 +383,8 @@ class TrainingModel:
         if fn is not None and depth < 4:
             statuses = {
                 self.loss_status(r.value, r, depth + 1)
-                for r in ast.walk(fn)
-                if isinstance(r, ast.Return) and r.value is not None
+                for r in self.index.within(fn, ast.Return)
+                if r.value is not None
             }
             if statuses == {"scaled"}:
                 return "scaled"
@@ -368,22 +400,22 @@ class TrainingModel:
         best: Optional[ast.AST] = None
         best_line = -1
         scaled_after: list[int] = []
-        for node in ast.walk(fn):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not fn:
+        for node in self.index.within(fn, ast.Assign, ast.AnnAssign, ast.AugAssign):
+            if self.index.enclosing_function(node) is not fn:
                 continue
             lineno = getattr(node, "lineno", 0)
             if lineno >= line and not (isinstance(node, ast.AugAssign) and lineno == line):
                 continue
             if isinstance(node, ast.Assign):
                 for t in node.targets:
-                    if isinstance(t, ast.Name) and t.id == name and lineno > best_line:
+                    if receiver_key(t) == name and lineno > best_line:
                         best, best_line = node.value, lineno
-                    elif isinstance(t, (ast.Tuple, ast.List)) and any(isinstance(e, ast.Name) and e.id == name for e in t.elts) and lineno > best_line:
+                    elif isinstance(t, (ast.Tuple, ast.List)) and any(receiver_key(e) == name for e in t.elts) and lineno > best_line:
                         best, best_line = ast.Constant(value=None), lineno  # unpacked: unknown
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name and node.value is not None:
+            elif isinstance(node, ast.AnnAssign) and receiver_key(node.target) == name and node.value is not None:
                 if lineno > best_line:
                     best, best_line = node.value, lineno
-            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            elif isinstance(node, ast.AugAssign) and receiver_key(node.target) == name:
                 if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mult)):
                     scaled_after.append(lineno)
         if any(l > best_line for l in scaled_after):

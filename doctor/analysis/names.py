@@ -9,9 +9,10 @@ from typing import Optional
 class ImportTable:
     """Maps local names to the qualified names they were imported as (``optim`` -> ``torch.optim``)."""
 
-    def __init__(self, tree: ast.AST) -> None:
+    def __init__(self, tree: ast.AST, index=None) -> None:
         self.aliases: dict[str, str] = {}
-        for node in ast.walk(tree):
+        nodes = index.of(ast.Import, ast.ImportFrom) if index is not None else ast.walk(tree)
+        for node in nodes:
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if a.asname:

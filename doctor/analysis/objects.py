@@ -172,12 +172,16 @@ class ObjectTable:
 _PASS_THROUGH = {"prepare", "setup", "initialize", "prepare_model", "prepare_optimizer", "prepare_scheduler", "wrap", "setup_optimizers", "setup_module"}
 
 
-def build_objects(tree: ast.AST, imports: ImportTable) -> ObjectTable:
+def build_objects(tree: ast.AST, imports: ImportTable, index=None) -> ObjectTable:
     """One flow-insensitive pass over all assignments in the file."""
+    if index is None:
+        from doctor.analysis.index import NodeIndex
+
+        index = NodeIndex(tree)
     table = ObjectTable()
-    local_classes = _local_classes(tree, imports)
+    local_classes = _local_classes(index, imports)
     assigns: list[tuple[list[ast.AST], ast.AST]] = []
-    for node in ast.walk(tree):
+    for node in index.of(ast.Assign, ast.AnnAssign, ast.With, ast.AsyncWith):
         if isinstance(node, ast.Assign):
             assigns.append((node.targets, node.value))
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
@@ -191,7 +195,7 @@ def build_objects(tree: ast.AST, imports: ImportTable) -> ObjectTable:
         for targets, value in assigns:
             for target in targets:
                 _record(table, target, value, imports, local_classes)
-    _infer_from_usage(tree, table)
+    _infer_from_usage(index, table)
     return table
 
 
@@ -285,11 +289,11 @@ def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
     return None
 
 
-def _local_classes(tree: ast.AST, imports: ImportTable) -> dict[str, str]:
+def _local_classes(index, imports: ImportTable) -> dict[str, str]:
     """Classes defined in the file that subclass an optimizer, a scheduler or a module."""
     out: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
+    for node in index.of(ast.ClassDef):
+        if True:
             for base in node.bases:
                 q = imports.qualify(base) or ""
                 bname = q.rsplit(".", 1)[-1]
@@ -302,10 +306,10 @@ def _local_classes(tree: ast.AST, imports: ImportTable) -> dict[str, str]:
     return out
 
 
-def _infer_from_usage(tree: ast.AST, table: ObjectTable) -> None:
+def _infer_from_usage(index, table: ObjectTable) -> None:
     """``scaler.step(x)`` and ``scaler.unscale_(x)`` make ``x`` an optimizer; ``x.scale(loss)`` makes ``x`` a scaler."""
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+    for node in index.of(ast.Call):
+        if not isinstance(node.func, ast.Attribute):
             continue
         recv = receiver_key(node.func.value)
         attr = node.func.attr

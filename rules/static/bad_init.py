@@ -169,29 +169,24 @@ model.apply(init_weights)
 
     def check(self, ctx):
         m = ctx.model
-        apply_fns = _applied_functions(ctx.tree)
-        activations = _activation_families(ctx.tree, m.imports)
-        for node in ast.walk(ctx.tree):
-            if not isinstance(node, ast.Call):
-                continue
+        calls = m.nodes(ast.Call)
+        apply_fns = _applied_functions(calls)
+        activations = _activation_families(calls, m.imports)
+        for node in calls:
             init = _init_call(node, m.imports)
             if init is None:
                 continue
             fn, weight, kind = init
             if kind == "nonlinearity":
                 family = _init_family(node, fn)
-                if family == "relu" and activations and activations <= _SATURATING:
+                owner = _enclosing_class(m, node)
+                local = _activation_families(m.index.within(owner, ast.Call), m.imports) if owner is not None else set()
+                acts = local or activations
+                if family == "relu" and acts and acts <= _SATURATING:
                     yield self.finding(
                         ctx, node,
-                        f"`{fn}` uses the ReLU gain but this network's activations are {', '.join(sorted(activations))}: "
+                        f"`{fn}` uses the ReLU gain but this network's activations are {', '.join(sorted(acts))}: "
                         "activations start badly scaled; use `xavier_*` with `calculate_gain('tanh')` or a matching nonlinearity",
-                        severity=Severity.WARNING,
-                    )
-                elif family in _SATURATING and activations and activations <= _RELU_FAMILY:
-                    yield self.finding(
-                        ctx, node,
-                        f"`{fn}` uses the {family} gain but this network's activations are {', '.join(sorted(activations))}: "
-                        "use `kaiming_*` with nonlinearity='relu'",
                         severity=Severity.WARNING,
                     )
                 continue
@@ -211,6 +206,13 @@ model.apply(init_weights)
                     "activations grow with the fan-in; use a fan-in-scaled init (kaiming/xavier) or std ~0.02",
                     severity=Severity.WARNING,
                 )
+
+
+def _enclosing_class(model, node: ast.AST) -> Optional[ast.ClassDef]:
+    cur = model.parents.get(id(node))
+    while cur is not None and not isinstance(cur, ast.ClassDef):
+        cur = model.parents.get(id(cur))
+    return cur
 
 
 def _number(node: Optional[ast.AST]) -> Optional[float]:
@@ -277,6 +279,9 @@ def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST]
 
 def _init_family(call: ast.Call, fn: str) -> Optional[str]:
     if fn.startswith("kaiming"):
+        slope = _kw(call, "a") if _kw(call, "a") is not None else call.args[1] if len(call.args) > 1 else None
+        if slope is not None and _number(slope) != 0:
+            return None  # e.g. PyTorch's own default `a=math.sqrt(5)`: not the ReLU gain
         nl = _kw(call, "nonlinearity")
         if nl is None and len(call.args) > 3:
             nl = call.args[3]
@@ -291,12 +296,12 @@ def _init_family(call: ast.Call, fn: str) -> Optional[str]:
     return None
 
 
-def _activation_families(tree: ast.AST, imports) -> set[str]:
-    """The activation functions the file's networks use, by family name."""
+def _activation_families(calls: list, imports) -> set[str]:
+    """The activation functions these calls use, by family name."""
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in calls:
         name = None
-        if isinstance(node, ast.Call):
+        if True:
             q = imports.qualify(node.func) or ""
             last = q.rsplit(".", 1)[-1]
             if last[:1].isupper() and (q.startswith("torch.nn") or q.startswith("nn.")):
@@ -315,11 +320,11 @@ def _activation_families(tree: ast.AST, imports) -> set[str]:
     return found
 
 
-def _applied_functions(tree: ast.AST) -> set[str]:
+def _applied_functions(calls: list) -> set[str]:
     """Names of functions passed to ``module.apply(fn)``."""
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "apply" and node.args:
+    for node in calls:
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "apply" and node.args:
             key = receiver_key(node.args[0])
             if key:
                 out.add(key.rsplit(".", 1)[-1])

@@ -151,6 +151,8 @@ for x in loader:
                 if not later:
                     continue
                 s = later[0]
+                if any(not k.guarded_by(g) for g in s.accumulation_guards()):
+                    continue  # the scheduler runs every micro-step: scheduler-every-micro-step says it better
                 if s.loop is scope:
                     msg = (
                         f"`{ctx.segment(k.node)}` runs before `{ctx.segment(s.node)}` (line {s.node.lineno}) in the "

@@ -1,0 +1,90 @@
+"""One traversal of the syntax tree per file: nodes by type, parents, and enclosing functions.
+
+Every analysis used to walk the whole tree again for its own node type; on large files those walks were
+most of the run time. Rules and analyses ask the index instead.
+"""
+
+from __future__ import annotations
+
+import ast
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
+from typing import Iterator, Optional, TypeVar
+
+T = TypeVar("T", bound=ast.AST)
+
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+class NodeIndex:
+    def __init__(self, tree: ast.AST) -> None:
+        self.tree = tree
+        self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
+        self.parents: dict[int, ast.AST] = {}
+        self._lines: dict[type, list[int]] = {}
+        by_type = self._by_type
+        parents = self.parents
+        stack = [tree]
+        AST = ast.AST
+        while stack:
+            node = stack.pop()
+            by_type[type(node)].append(node)
+            for name in node._fields:
+                value = getattr(node, name, None)
+                if isinstance(value, list):
+                    for child in value:
+                        if isinstance(child, AST):
+                            parents[id(child)] = node
+                            stack.append(child)
+                elif isinstance(value, AST):
+                    parents[id(value)] = node
+                    stack.append(value)
+        # Source order (the stack visits in reverse); rules report in a stable order.
+        for nodes in by_type.values():
+            nodes.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+
+    def of(self, *types: type[T]) -> list[T]:
+        """All nodes of the given types, in source order."""
+        if len(types) == 1:
+            return self._by_type.get(types[0], [])  # type: ignore[return-value]
+        out: list[ast.AST] = []
+        for t in types:
+            out.extend(self._by_type.get(t, []))
+        out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+        return out  # type: ignore[return-value]
+
+    def has(self, t: type) -> bool:
+        return bool(self._by_type.get(t))
+
+    def parent(self, node: ast.AST) -> Optional[ast.AST]:
+        return self.parents.get(id(node))
+
+    def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        cur = self.parents.get(id(node))
+        while cur is not None:
+            yield cur
+            cur = self.parents.get(id(cur))
+
+    def enclosing_function(self, node: ast.AST) -> ast.AST:
+        for anc in self.ancestors(node):
+            if isinstance(anc, _FUNCTIONS):
+                return anc
+        return self.tree
+
+    def within(self, root: ast.AST, *types: type[T]) -> list[T]:
+        """Nodes of ``types`` inside ``root`` (by line range, then confirmed through parents)."""
+        if root is self.tree:
+            return self.of(*types)
+        start, end = getattr(root, "lineno", 0), getattr(root, "end_lineno", 0) or 0
+        out = []
+        for t in types:
+            nodes = self._by_type.get(t, [])
+            lines = self._lines.get(t)
+            if lines is None:
+                lines = self._lines[t] = [getattr(n, "lineno", 0) for n in nodes]
+            for n in nodes[bisect_left(lines, start) : bisect_right(lines, end)]:
+                if any(a is root for a in self.ancestors(n)):
+                    out.append(n)
+        if len(types) > 1:
+            out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+        return out  # type: ignore[return-value]
