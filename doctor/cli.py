@@ -209,7 +209,7 @@ def _emit(text: str, output: Optional[str]) -> None:
 
 
 @main.command("rules")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Include the probe's runtime checks.")
 def rules_cmd(fmt: str, show_all: bool) -> None:
     """List the rules: code, name, severity, default on/off, fixable."""
@@ -220,6 +220,13 @@ def rules_cmd(fmt: str, show_all: bool) -> None:
     infos = [i for i in all_rule_infos() if show_all or i.kind == "static"]
     if fmt == "json":
         click.echo(json.dumps([i.__dict__ for i in infos], indent=2))
+        return
+    if fmt == "markdown":
+        click.echo("| code | name | severity | default | fix | what it catches |")
+        click.echo("| --- | --- | --- | --- | --- | --- |")
+        for i in infos:
+            default = "on" if i.default_enabled else "off"
+            click.echo(f"| {i.code} | `{i.name}` | {i.severity} | {default} | {i.fixable} | {i.summary} |")
         return
     click.echo(f"{'code':<7} {'name':<34} {'severity':<8} {'default':<7} {'fix':<6} summary")
     for i in infos:

@@ -339,11 +339,12 @@ class TrainingModel:
                         return self.loss_status(other, at, _depth + 1)
                 return "scaled" if _mentions_scale(expr) else "unknown"
             if isinstance(expr.op, (ast.Add, ast.Sub)):
+                # A sum with a raw loss term and no scaled term is not divided as a whole (`ce + 0.1 * aux`).
                 parts = [self.loss_status(expr.left, at, _depth + 1), self.loss_status(expr.right, at, _depth + 1)]
-                if "raw" in parts and "unknown" not in parts:
+                if "scaled" in parts:
+                    return "scaled" if all(p == "scaled" for p in parts) else "unknown"
+                if "raw" in parts:
                     return "raw"
-                if all(p == "scaled" for p in parts):
-                    return "scaled"
                 return "unknown"
             return "unknown"
         if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Call):
@@ -356,6 +357,9 @@ class TrainingModel:
             return self._name_status(key, at, _depth) if key else "unknown"
         if isinstance(expr, ast.Subscript):
             base = expr.value
+            if isinstance(base, ast.Call):
+                st = self.loss_status(base, at, _depth + 1)
+                return "raw" if st == "model_output" else st
             if isinstance(base, ast.Name):
                 st = self._name_status(base.id, at, _depth)
                 return "raw" if st == "model_output" else st

@@ -229,10 +229,12 @@ def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
 
 
 def _weight_expr(node: ast.AST) -> Optional[ast.AST]:
-    """``m.weight`` from ``m.weight``, ``m.weight.data``; None when it is not a ``.weight``."""
+    """``m.weight`` from ``m.weight``/``m.weight.data``, or a bare name (``p`` of a parameter loop); else None."""
     while isinstance(node, ast.Attribute) and node.attr == "data":
         node = node.value
     if isinstance(node, ast.Attribute) and node.attr == "weight":
+        return node
+    if isinstance(node, ast.Name):
         return node
     return None
 
@@ -247,15 +249,17 @@ def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST]
         if name in ("zeros_", "ones_", "constant_"):
             return (name, weight, "constant") if weight is not None else None
         if name in ("normal_", "trunc_normal_"):
-            std = _number(_kw(call, "std")) if _kw(call, "std") is not None else _number(call.args[2]) if len(call.args) > 2 else None
+            # PyTorch's defaults: normal_(mean=0, std=1)
+            std = _number(_kw(call, "std")) if _kw(call, "std") is not None else _number(call.args[2]) if len(call.args) > 2 else 1.0
             if std is not None and std >= LARGE_STD and weight is not None:
                 return (name, weight, "large_std")
             if std == 0 and weight is not None:
                 return (name, weight, "constant")
             return None
         if name == "uniform_":
-            lo = _number(_kw(call, "a")) if _kw(call, "a") is not None else _number(call.args[1]) if len(call.args) > 1 else None
-            hi = _number(_kw(call, "b")) if _kw(call, "b") is not None else _number(call.args[2]) if len(call.args) > 2 else None
+            # PyTorch's defaults: uniform_(a=0, b=1), all weights positive
+            lo = _number(_kw(call, "a")) if _kw(call, "a") is not None else _number(call.args[1]) if len(call.args) > 1 else 0.0
+            hi = _number(_kw(call, "b")) if _kw(call, "b") is not None else _number(call.args[2]) if len(call.args) > 2 else 1.0
             if lo is not None and hi is not None and max(abs(lo), abs(hi)) >= LARGE_STD * 3 ** 0.5 and weight is not None:
                 return (name, weight, "large_std")
             return None
@@ -333,6 +337,8 @@ def _applied_functions(calls: list) -> set[str]:
 
 def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -> Optional[str]:
     """When ``weight`` is ``m.weight`` for every Linear/Conv module ``m`` reached generically, say how; else None."""
+    if isinstance(weight, ast.Name):
+        return _generic_parameter(ctx, weight)
     if weight is None or not isinstance(weight.value, ast.Name):  # type: ignore[attr-defined]
         return None
     var = weight.value.id  # type: ignore[attr-defined]
@@ -357,6 +363,11 @@ def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -
             it = cur.iter
             if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("modules", "named_modules", "children", "named_children"):
                 how = "every matching module"
+            elif isinstance(it, (ast.List, ast.Tuple)) and len(it.elts) > 1:
+                names = [receiver_key(e) or "" for e in it.elts]
+                if all(names) and not any(_EXEMPT_NAME.search(n.rsplit(".", 1)[-1]) for n in names):
+                    how = f"every layer of [{', '.join(names)}]"
+                    types = types or ["Linear"]
             else:
                 stack = receiver_key(it)
                 last = stack.rsplit(".", 1)[-1] if stack else ""
@@ -380,6 +391,33 @@ def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -
     if any(_EXEMPT_NAME.search(n) for n in names if n not in ("Linear",) and not _LAYER_TYPES.match(n)):
         return None
     return f"{how} ({', '.join(sorted(set(types)))})"
+
+
+def _generic_parameter(ctx, name: ast.Name) -> Optional[str]:
+    """``p`` in ``for p in model.parameters()`` / ``for n, p in model.named_parameters()``: every weight."""
+    m = ctx.model
+    tests: list[ast.AST] = []
+    child: ast.AST = name
+    for anc in m.index.ancestors(name):
+        if isinstance(anc, ast.If):
+            if not any(s is child for s in anc.body):
+                return None  # an else-branch: we cannot tell which parameters
+            tests.append(anc.test)
+        if isinstance(anc, (ast.For, ast.AsyncFor)) and _binds(anc.target, name.id):
+            it = anc.iter
+            if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("parameters", "named_parameters")):
+                return None
+            owner = receiver_key(it.func.value) or ""
+            if _EXEMPT_NAME.search(owner.rsplit(".", 1)[-1]) or re.search(r"ema|avg|average|shadow|target", owner, re.I):
+                return None
+            words = " ".join(ast.unparse(t) for t in tests)
+            if re.search(r"bias|norm|bn|ln|embed|lora|scale|gamma", words, re.I):
+                return None
+            return f"every parameter of `{owner}`" + (f" where `{words}`" if words else "")
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return None
+        child = anc
+    return None
 
 
 def _binds(target: ast.AST, var: str) -> bool:

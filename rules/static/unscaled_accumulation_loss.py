@@ -193,7 +193,9 @@ def _fix(ctx, b, acc):
         return None
     divisor = None
     for node in ast.walk(acc.guard.test):
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and not isinstance(node.right, ast.Constant):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+            if isinstance(node.right, ast.Constant) and not isinstance(node.right.value, int):
+                continue
             divisor = ctx.segment(node.right)
             break
     if not divisor:

@@ -104,6 +104,8 @@ for x, y in loader:
                         continue
                     if not m.runs_every_micro_step(c, acc):
                         continue
+                    if any(b.order < c.order < s.order for b in acc.backwards):
+                        continue  # cleared between backward and step: zero-grad-after-backward reports it
                     seen.add(id(c.node))
                     yield self.finding(
                         ctx,
