@@ -415,7 +415,10 @@ class TrainingModel:
                     if receiver_key(t) == name and lineno > best_line:
                         best, best_line = node.value, lineno
                     elif isinstance(t, (ast.Tuple, ast.List)) and any(receiver_key(e) == name for e in t.elts) and lineno > best_line:
-                        best, best_line = ast.Constant(value=None), lineno  # unpacked: unknown
+                        # `logits, loss = model(x, y)`: the element named like a loss, returned by the model, is
+                        # its raw loss. Other unpackings are unknown.
+                        raw = "loss" in name.rsplit(".", 1)[-1].lower() and isinstance(node.value, ast.Call) and self._call_status(node.value, node, depth + 1) == "model_output"
+                        best, best_line = (_RAW_MARK if raw else ast.Constant(value=None)), lineno
             elif isinstance(node, ast.AnnAssign) and receiver_key(node.target) == name and node.value is not None:
                 if lineno > best_line:
                     best, best_line = node.value, lineno
@@ -426,7 +429,12 @@ class TrainingModel:
             return "scaled"
         if best is None:
             return "unknown"
+        if best is _RAW_MARK:
+            return "raw"
         return self.loss_status(best, best, depth + 1)
+
+
+_RAW_MARK = ast.Constant(value="raw loss")
 
 
 def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:

@@ -170,7 +170,9 @@ for i, (x, y) in enumerate(loader):
                 if acc is None:
                     continue
                 for b in acc.backwards:
-                    if b.flavor in _SELF_SCALING or b.in_accumulate_context or id(b.node) in seen:
+                    if b.in_accumulate_context or id(b.node) in seen:
+                        continue
+                    if b.flavor in _SELF_SCALING and not _accelerator_without_accumulation(m, b):
                         continue
                     if m.loss_status(b.arg, b.node) != "raw":
                         continue
@@ -183,6 +185,22 @@ for i, (x, y) in enumerate(loader):
                         "backward() is not divided by the number of micro-steps: updates are k times too large",
                         fix=_fix(ctx, b, acc),
                     )
+
+
+def _accelerator_without_accumulation(m, b) -> bool:
+    """`accelerator.backward(loss)` divides by the accumulation steps only when the Accelerator was built with
+    `gradient_accumulation_steps`; an `Accelerator()` built in this file without it does not."""
+    import ast
+
+    if b.flavor != "accelerate":
+        return False
+    info = m.info(b.target)
+    call = info.node if info is not None else None
+    if not isinstance(call, ast.Call) or not info.ctor.endswith("Accelerator"):
+        return False
+    if call.args or any(kw.arg is None for kw in call.keywords):
+        return False  # positional or **kwargs: it may be configured
+    return not any(kw.arg == "gradient_accumulation_steps" for kw in call.keywords)
 
 
 def _fix(ctx, b, acc):
