@@ -6,7 +6,6 @@ import ast
 import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -109,8 +108,19 @@ def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Sett
             result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
         if timing:
             result.rule_seconds[rule_cls.name] = time.perf_counter() - start
-    result.findings = _apply_suppressions(ctx, found, rules)
+    result.findings = _apply_suppressions(ctx, _dedupe(found), rules)
     return result
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    """One finding per rule and place. A loop seen both in its own function and inlined into a caller is
+    analysed twice; keep the report that carries a fix."""
+    best: dict[tuple, Finding] = {}
+    for f in findings:
+        key = (f.rule, f.cell, f.line, f.column)
+        if key not in best or (best[key].fix is None and f.fix is not None):
+            best[key] = f
+    return list(best.values())
 
 
 def _rule_ignored(rule: type[Rule], selectors: tuple[str, ...]) -> bool:
@@ -168,6 +178,43 @@ def check_file(path: str, rules: list[type[Rule]], settings: Settings, *, timing
     return check_source(path, data, rules, settings, timing=timing)
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a CI container often gets fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _balanced_chunks(paths: list[str], jobs: int) -> list[list[str]]:
+    """Work units for the pool, largest first, each about 1/(8*jobs) of the total bytes.
+
+    One huge file (a 5000-line trainer) would otherwise land in a chunk that finishes long after the others:
+    largest-first with small units keeps all cores busy until the end, and units of several small files keep
+    the per-task overhead low on big trees.
+    """
+    sizes = {}
+    for p in paths:
+        try:
+            sizes[p] = os.path.getsize(p)
+        except OSError:
+            sizes[p] = 0
+    ordered = sorted(paths, key=lambda p: -sizes[p])
+    target = max(sum(sizes.values()) // (jobs * 8), 1)
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    current_size = 0
+    for p in ordered:
+        current.append(p)
+        current_size += sizes[p]
+        if current_size >= target:
+            chunks.append(current)
+            current, current_size = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _worker(args: tuple[list[str], list[str], Settings, bool]) -> list[FileResult]:
     paths, names, settings, timing = args
     table = static_rules()
@@ -195,12 +242,14 @@ def check_files(
             results[p] = hit
         else:
             todo.append(p)
-    jobs = jobs or os.cpu_count() or 1
+    jobs = jobs or _usable_cores()
     if jobs > 1 and len(todo) >= 32:
+        # Imported here: a pre-commit run on a few files never pays for multiprocessing's imports.
+        from concurrent.futures import ProcessPoolExecutor
+
         names = [r.name for r in rules]
-        n_chunks = jobs * 4
-        chunks = [todo[i::n_chunks] for i in range(n_chunks) if todo[i::n_chunks]]
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        chunks = _balanced_chunks(todo, jobs)
+        with ProcessPoolExecutor(max_workers=min(jobs, len(chunks))) as pool:
             for batch in pool.map(_worker, [(c, names, settings, timing) for c in chunks]):
                 for r in batch:
                     results[r.path] = r

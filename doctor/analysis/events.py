@@ -42,6 +42,11 @@ ACCUM_NAME = re.compile(
 MICRO_LOOP = re.compile(r"accum|micro|grad_?acc|chunk|split|sub_?batch|mini_?batch|n_?micro", re.I)
 
 _NO_GRAD_CTX = {"no_grad", "inference_mode"}
+#: Calls named like a model (`unwrap_model(m)`, `trainer.get_model()`) that are helpers, not forward passes.
+_NOT_A_MODEL_CALL = re.compile(
+    r"^_*(get|unwrap|load|build|create|make|init|wrap|prepare|postprocess|preprocess|setup|save|compile|to|convert"
+    r"|export|freeze|is|has|print|log|copy|update|register|set|check|fuse|quantize|deepcopy|add|remove|patch|replace)_",
+)
 MAX_INLINE_DEPTH = 3
 MAX_EVENTS = 20000
 
@@ -389,6 +394,11 @@ class StreamBuilder:
         if attr == "unscale_" and call.args:
             self._emit(UNSCALE, call, state, target=self.resolve(receiver_key(call.args[0]), state), flavor=recv or "")
             return
+        if attr in ("eval", "train") and not call.keywords and recv is None and isinstance(func, ast.Attribute):
+            # `model.to(device).train()`: the mode switch applies to the module at the head of the chain.
+            base = K.unwrap_moves(func.value)
+            if isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute) and base.func.attr in K._MOVES:
+                recv = self.resolve(receiver_key(base.func.value), state)
         if attr in ("eval", "train") and not call.keywords and recv:
             train = attr == "train" and not (call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value is False)
             self._emit(TRAIN if train else EVAL, call, state, target=recv)
@@ -398,7 +408,7 @@ class StreamBuilder:
         else:
             # `model(x)`, `self.model(x)`: the called object itself is the model.
             callee = self.resolve(receiver_key(func), state)
-            if callee and model.objects.kind(callee) == K.MODEL:
+            if callee and model.objects.kind(callee) == K.MODEL and not _NOT_A_MODEL_CALL.match(last_part(callee)):
                 self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
 

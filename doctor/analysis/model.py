@@ -258,8 +258,9 @@ class TrainingModel:
         return self.same_optimizer(info.optimizer, optimizer, stepped)
 
     def is_plateau(self, sched: Event) -> bool:
+        """Schedulers whose ``step()`` order we cannot judge: metric-driven, explicitly positioned, or custom."""
         info = self.info(sched.target)
-        if info is not None and info.is_plateau:
+        if info is not None and (info.is_plateau or info.custom_scheduler):
             return True
         # `scheduler.step(val_loss)` / `scheduler.step(epoch)`: metric-driven or explicitly positioned.
         return sched.arg is not None or bool(getattr(sched.node, "keywords", None))
@@ -307,7 +308,7 @@ class TrainingModel:
             return Accumulation(step, None, micro_loop, backs)
         return None
 
-    def runs_every_micro_step(self, ev: Event, acc: Accumulation) -> bool:
+    def runs_every_micro_step(self, ev: Event, acc: Accumulation, events: list[Event] = ()) -> bool:
         """Does ``ev`` run on every micro-step of ``acc`` rather than once per window?"""
         if ev.in_accumulate_context:
             return False
@@ -316,6 +317,11 @@ class TrainingModel:
         if ev.loop is not acc.micro_loop:
             return False
         if ev.accumulation_guards():
+            return False
+        # Under a condition that also gates an optimizer step (a final flush of a partial window:
+        # `if i + 1 == len(loader): opt.step(); opt.zero_grad()`) it runs once per window too.
+        own = [g for g in ev.guards if g.loop is acc.micro_loop]
+        if own and any(e.kind == STEP and any(e.guarded_by(g) for g in own) for e in events):
             return False
         return not any(ev.exclusive_with(b) for b in acc.backwards)
 

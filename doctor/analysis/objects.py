@@ -72,6 +72,21 @@ class ObjectInfo:
     def is_plateau(self) -> bool:
         return self.ctor_name == "ReduceLROnPlateau"
 
+    @property
+    def custom_scheduler(self) -> bool:
+        """A scheduler-like object whose ``step()`` we do not know: a class of the file or of another local
+        module that is not a torch LR scheduler (a Noam warm-up, a cycle scheduler setting the LR itself)."""
+        if self.kind != SCHEDULER or not self.ctor:
+            return False
+        parts = self.ctor.split(".")
+        if parts[0] in ("torch", "transformers", "lightning", "pytorch_lightning", "accelerate", "diffusers", "timm", "deepspeed"):
+            return False
+        if self.ctor in ("lightning.lr_schedulers",) or not self.ctor_name[:1].isupper():
+            return False  # factories (`build_lr_scheduler(cfg, opt)`) usually hand back torch schedulers
+        return not self.torch_subclass
+
+    torch_subclass: bool = False
+
 
 def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str]:
     """The kind of object a call to ``qualified`` returns, when we can tell."""
@@ -207,6 +222,11 @@ def _record(table: ObjectTable, target: ast.AST, value: ast.AST, imports: Import
     if key is None:
         return
     info = _info_of(value, table, imports, local_classes)
+    if info is None and isinstance(value, ast.Call) and kind_from_name(key) == SCHEDULER:
+        # `scheduler = NoamWarmup(opt)`: a class that is not a torch scheduler (custom_scheduler tells).
+        q = imports.qualify(unwrap_moves(value).func) or ""  # type: ignore[attr-defined]
+        if q[:1] and q.rsplit(".", 1)[-1][:1].isupper():
+            info = ObjectInfo(SCHEDULER, ctor=q, node=value)
     if info is not None:
         table.set(key, info, override=not info.from_name_only)
     elif isinstance(value, ast.Call) and key not in table.objects:
@@ -217,7 +237,23 @@ def _record(table: ObjectTable, target: ast.AST, value: ast.AST, imports: Import
             table.set(key, ObjectInfo(OTHER, ctor=q))
 
 
+_MOVES = {"to", "cuda", "cpu", "half", "float", "double", "bfloat16", "train", "eval", "requires_grad_", "to_empty", "share_memory"}
+
+
+def unwrap_moves(value: ast.AST) -> ast.AST:
+    """``Net().to(device).train()`` -> ``Net()``: moves and mode switches return the same module."""
+    while (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _MOVES
+        and isinstance(value.func.value, ast.Call)
+    ):
+        value = value.func.value
+    return value
+
+
 def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_classes: dict[str, str]) -> Optional[ObjectInfo]:
+    value = unwrap_moves(value)
     if isinstance(value, ast.Call):
         q = imports.qualify(value.func)
         if q:
@@ -233,7 +269,7 @@ def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_cla
                 return ObjectInfo(SCHEDULER, ctor="lightning.lr_schedulers", node=value)
             kind = classify_ctor(q, local_classes)
             if kind is not None:
-                info = ObjectInfo(kind, ctor=q, node=value)
+                info = ObjectInfo(kind, ctor=q, node=value, torch_subclass=name in local_classes)
                 if kind == OPTIMIZER:
                     first = value.args[0] if value.args else _kw(value, "params")
                     info.param_roots = _roots_of(first) if first is not None else None

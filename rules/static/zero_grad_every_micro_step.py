@@ -102,7 +102,7 @@ for x, y in loader:
                 for c in events:
                     if c.kind != CLEAR or id(c.node) in seen or not m.clears(s.target, c, stepped):
                         continue
-                    if not m.runs_every_micro_step(c, acc):
+                    if not m.runs_every_micro_step(c, acc, events):
                         continue
                     if any(b.order < c.order < s.order for b in acc.backwards):
                         continue  # cleared between backward and step: zero-grad-after-backward reports it

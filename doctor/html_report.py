@@ -1,0 +1,261 @@
+"""A self-contained HTML report: inline SVG charts and CSS, no scripts, nothing fetched at view time.
+
+Input is the JSON payload of ``doctor probe`` (optionally merged with static findings): ``script``,
+``device``, ``checks``, ``series`` and ``findings``/``links``. Every chart degrades to a short note when
+the run recorded no data for it, so a crashed run still renders.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+_STATUS_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781"}
+_SEVERITY_COLOURS = {"error": "#cf222e", "warning": "#9a6700", "info": "#0969da"}
+_VERDICT_COLOURS = {"confirmed": "#cf222e", "contradicted": "#1a7f37", "not-observed": "#6e7781"}
+_PALETTE = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#116329", "#953800", "#6639ba"]
+
+W, H = 640, 260
+PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 28, 36
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _finite(values: Iterable[Optional[float]]) -> list[float]:
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def line_chart(
+    title: str,
+    series: dict[str, Sequence[Optional[float]]],
+    *,
+    x: Optional[Sequence[float]] = None,
+    log_y: bool = False,
+    hlines: Sequence[tuple[str, float]] = (),
+    x_label: str = "optimizer step",
+    chart_id: str = "",
+) -> str:
+    """An SVG line chart; ``None``/non-finite points break the line (a NaN loss shows as a gap)."""
+    all_vals = _finite(v for s in series.values() for v in s) + [v for _, v in hlines]
+    if log_y:
+        all_vals = [v for v in all_vals if v > 0]
+    n = max((len(s) for s in series.values()), default=0)
+    if not all_vals or n == 0:
+        return f'<figure class="chart empty" id="{_esc(chart_id)}"><figcaption>{_esc(title)}</figcaption><p class="note">No data recorded for this chart.</p></figure>'
+    xs = list(x) if x is not None else list(range(n))
+    tx = lambda v: v  # noqa: E731
+    ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)  # noqa: E731
+    lo, hi = min(ty(v) for v in all_vals), max(ty(v) for v in all_vals)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 1, hi + 1
+    pad = (hi - lo) * 0.08
+    lo, hi = lo - pad, hi + pad
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def px(xv: float) -> float:
+        return PAD_L + (tx(xv) - x_lo) / (x_hi - x_lo) * (W - PAD_L - PAD_R)
+
+    def py(yv: float) -> float:
+        return PAD_T + (hi - ty(yv)) / (hi - lo) * (H - PAD_T - PAD_B)
+
+    parts = [f'<svg class="chart-svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{_esc(title)}">']
+    parts.append(f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" height="{H - PAD_T - PAD_B}" fill="#fff" stroke="#d0d7de"/>')
+    for i in range(5):  # y grid and labels
+        val = lo + (hi - lo) * i / 4
+        y = PAD_T + (hi - val) / (hi - lo) * (H - PAD_T - PAD_B)
+        label = _fmt(10 ** val if log_y else val)
+        parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
+        parts.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{label}</text>')
+    for i in range(min(n, 6)):
+        xv = x_lo + (x_hi - x_lo) * i / max(min(n, 6) - 1, 1)
+        parts.append(f'<text x="{px(xv):.1f}" y="{H - PAD_B + 16}" text-anchor="middle" class="tick">{_fmt(xv)}</text>')
+    parts.append(f'<text x="{(PAD_L + W - PAD_R) / 2:.0f}" y="{H - 4}" text-anchor="middle" class="axis">{_esc(x_label)}</text>')
+    for label, value in hlines:
+        if log_y and value <= 0:
+            continue
+        y = py(value)
+        parts.append(f'<line class="limit" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#cf222e" stroke-dasharray="6 4"/>')
+        parts.append(f'<text x="{W - PAD_R - 4}" y="{y - 4:.1f}" text-anchor="end" class="tick limit-label">{_esc(label)} {_fmt(value)}</text>')
+    for k, (name, values) in enumerate(series.items()):
+        colour = _PALETTE[k % len(_PALETTE)]
+        segments, current = [], []
+        for xv, v in zip(xs, values):
+            if isinstance(v, (int, float)) and math.isfinite(v) and (not log_y or v > 0):
+                current.append(f"{px(xv):.1f},{py(v):.1f}")
+            elif current:
+                segments.append(current)
+                current = []
+        if current:
+            segments.append(current)
+        for seg in segments:
+            if len(seg) == 1:
+                cx, cy = seg[0].split(",")
+                parts.append(f'<circle class="series" cx="{cx}" cy="{cy}" r="3" fill="{colour}"/>')
+            else:
+                parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(seg)}"/>')
+    parts.append("</svg>")
+    legend = "".join(
+        f'<span class="key"><i style="background:{_PALETTE[k % len(_PALETTE)]}"></i>{_esc(name)}</span>' for k, name in enumerate(series)
+    )
+    return f'<figure class="chart" id="{_esc(chart_id)}"><figcaption>{_esc(title)}</figcaption>{"".join(parts)}<div class="legend">{legend}</div></figure>'
+
+
+def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float]], *, log_x: bool = True, chart_id: str = "", flagged: Iterable[str] = ()) -> str:
+    """Horizontal bars, one per label (the classic per-layer gradient-flow chart)."""
+    flagged = set(flagged)
+    pairs = [(lab, v) for lab, v in zip(labels, values)]
+    vals = [v for _, v in pairs if isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not log_x)]
+    if not pairs or not vals:
+        return f'<figure class="chart empty" id="{_esc(chart_id)}"><figcaption>{_esc(title)}</figcaption><p class="note">No data recorded for this chart.</p></figure>'
+    t = (lambda v: math.log10(v)) if log_x else (lambda v: v)  # noqa: E731
+    lo, hi = min(t(v) for v in vals), max(t(v) for v in vals)
+    lo = lo - 1 if log_x else min(0.0, lo)
+    if hi - lo < 1e-12:
+        hi = lo + 1
+    row = 18
+    label_w = 230
+    height = PAD_T + row * len(pairs) + 28
+    parts = [f'<svg class="chart-svg" viewBox="0 0 {W} {height}" width="{W}" height="{height}" role="img" aria-label="{_esc(title)}">']
+    for i, (lab, v) in enumerate(pairs):
+        y = PAD_T + i * row
+        short = lab if len(lab) <= 34 else "…" + lab[-33:]
+        colour = "#cf222e" if lab in flagged else "#0969da"
+        parts.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" class="tick">{_esc(short)}</text>')
+        if isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not log_x):
+            width = max(1.0, (t(v) - lo) / (hi - lo) * (W - label_w - PAD_R - 60))
+            parts.append(f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{colour}"/>')
+            parts.append(f'<text x="{label_w + width + 4:.1f}" y="{y + 13}" class="tick">{_fmt(v)}</text>')
+        else:
+            parts.append(f'<text x="{label_w + 4}" y="{y + 13}" class="tick missing">no gradient</text>')
+    parts.append(f'<text x="{(label_w + W) / 2:.0f}" y="{height - 6}" text-anchor="middle" class="axis">{"log10 scale" if log_x else ""}</text>')
+    parts.append("</svg>")
+    return f'<figure class="chart" id="{_esc(chart_id)}"><figcaption>{_esc(title)}</figcaption>{"".join(parts)}</figure>'
+
+
+_CSS = """
+body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1360px;color:#1f2328;background:#f6f8fa}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+.meta{color:#57606a} .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(660px,1fr));gap:16px}
+figure.chart{background:#fff;border:1px solid #d0d7de;border-radius:6px;margin:0;padding:10px}
+figcaption{font-weight:600;margin-bottom:6px} .tick{font-size:11px;fill:#57606a} .axis{font-size:11px;fill:#57606a}
+.legend{font-size:12px;color:#57606a} .key{margin-right:12px} .key i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #d0d7de} th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eaeef2;vertical-align:top}
+th{background:#f6f8fa} .badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
+pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:8px;overflow:auto;margin:6px 0} pre .hit{background:#ffebe9;display:block}
+.finding{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px;margin-bottom:10px} .note{color:#57606a}
+.evidence{color:#57606a;font-size:13px} code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
+"""
+
+
+def _badge(text: str, colour: str) -> str:
+    return f'<span class="badge" style="background:{colour}">{_esc(text)}</span>'
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> str:
+    if not checks:
+        return '<p class="note">No runtime checks in this report.</p>'
+    rows = []
+    for c in checks:
+        status = str(c.get("status", "skip"))
+        advice = c.get("advice") or c.get("what_to_do") or ""
+        rows.append(
+            f'<tr class="check check-{_esc(status)}"><td>{_badge(status, _STATUS_COLOURS.get(status, "#6e7781"))}</td>'
+            f'<td><code>{_esc(c.get("name"))}</code></td><td>{_esc(c.get("summary", ""))}'
+            + (f'<div class="evidence">{_esc(advice)}</div>' if advice else "")
+            + "</td></tr>"
+        )
+    return "<table id=\"checks\"><tr><th>status</th><th>check</th><th>summary</th></tr>" + "".join(rows) + "</table>"
+
+
+def _findings_section(findings: list[dict[str, Any]], links: list[dict[str, Any]]) -> str:
+    if not findings:
+        return '<p class="note">No static findings.</p>'
+    by_key = {(l.get("path"), l.get("line"), l.get("rule")): l for l in links}
+    out = []
+    for f in findings:
+        link = by_key.get((f.get("path"), f.get("line"), f.get("rule")))
+        sev = str(f.get("severity", "error"))
+        head = (
+            f'{_badge(sev, _SEVERITY_COLOURS.get(sev, "#6e7781"))} <code>{_esc(f.get("path"))}:{_esc(f.get("line"))}</code> '
+            f'<b>{_esc(f.get("code"))}</b> <code>{_esc(f.get("rule"))}</code>'
+        )
+        if link is not None:
+            verdict = str(link.get("verdict", "not-observed"))
+            head += " " + _badge(verdict.replace("-", " ") + " at runtime", _VERDICT_COLOURS.get(verdict, "#6e7781"))
+        body = f"<div>{_esc(f.get('message', ''))}</div>"
+        source = f.get("source") or []
+        if source:
+            lines = []
+            for item in source:
+                text = f'{item["line"]:>5}  {item["text"]}'
+                lines.append(f'<span class="hit">{_esc(text)}</span>' if item.get("hit") else _esc(text) + "\n")
+            body += "<pre>" + "".join(lines) + "</pre>"
+        if link is not None and link.get("summary"):
+            body += f'<div class="evidence">{_esc(link["summary"])}</div>'
+        out.append(f'<div class="finding">{head}{body}</div>')
+    return "".join(out)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole report as one HTML string."""
+    script = report.get("script") or {}
+    device = report.get("device") or {}
+    series = report.get("series") or {}
+    checks = report.get("checks") or []
+    findings = report.get("findings") or []
+    links = report.get("links") or []
+    steps = series.get("step") or list(range(len(series.get("loss") or [])))
+
+    charts = []
+    charts.append(line_chart("Loss over probed steps", {"loss": series.get("loss") or []}, x=steps or None, chart_id="chart-loss"))
+    grad_norm = series.get("grad_norm") or []
+    if _finite(grad_norm):
+        charts.append(line_chart("Global gradient norm", {"grad norm": grad_norm}, x=steps or None, log_y=True, chart_id="chart-grad-norm"))
+    layer_norms: dict[str, Optional[float]] = series.get("layer_grad_norms") or {}
+    flagged = set(series.get("layers_without_grad") or [])
+    labels = list(layer_norms) + sorted(flagged - set(layer_norms))
+    values = [layer_norms.get(k) for k in labels]
+    charts.append(bar_chart("Gradient norm per layer (gradient flow)", labels, values, chart_id="chart-gradient-flow", flagged=flagged))
+    ratios: dict[str, Sequence[Optional[float]]] = series.get("update_ratio") or {}
+    charts.append(
+        line_chart("Update / weight ratio ‖Δw‖/‖w‖", dict(ratios), x=series.get("update_ratio_step") or None, log_y=True, hlines=[("healthy ≈", 1e-3)], chart_id="chart-update-ratio")
+    )
+    memory = series.get("memory_gib") or {}
+    limit = device.get("total_memory_gib") or series.get("memory_limit_gib")
+    if memory and any(_finite(v) for v in memory.values()):
+        charts.append(line_chart("GPU memory (GiB)", dict(memory), x=steps or None, hlines=[("device limit", float(limit))] if limit else [], chart_id="chart-memory"))
+    else:
+        reason = "the run was on CPU" if device.get("type", "cpu") != "cuda" else "no memory statistics were recorded"
+        charts.append(f'<figure class="chart empty" id="chart-memory"><figcaption>GPU memory</figcaption><p class="note">No GPU memory chart: {_esc(reason)}.</p></figure>')
+
+    status = str(script.get("status", ""))
+    title = f"doctor report — {script.get('path', report.get('path', ''))}"
+    meta = []
+    if script:
+        meta.append(f"status <b>{_esc(status)}</b>, {_esc(script.get('steps_observed', 0))} optimizer steps, {_esc(round(float(script.get('wall_seconds') or 0), 1))} s")
+        if script.get("error"):
+            err = script["error"]
+            meta.append(f"error: {_esc(err.get('type') if isinstance(err, dict) else err)} {_esc(err.get('message', '') if isinstance(err, dict) else '')}")
+    if device:
+        meta.append("device: " + _esc(device.get("name") or device.get("type", "")))
+    n_err = sum(1 for f in findings if f.get("severity") == "error")
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_esc(title)}</h1><div class=\"meta\">{' · '.join(meta)}</div>"
+        f"<h2>Static findings ({len(findings)}, {n_err} errors)</h2>{_findings_section(findings, links)}"
+        f"<h2>Runtime checks</h2>{_checks_table(checks)}"
+        f"<h2>The run</h2><div class=\"grid\">{''.join(charts)}</div>"
+        "<p class=\"note\">Generated by doctor. Self-contained: no scripts, no network.</p></body></html>"
+    )

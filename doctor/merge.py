@@ -1,0 +1,242 @@
+"""One report: static findings on a script and its local modules, confirmed or contradicted by a probe run.
+
+Each static finding is looked up in what the run measured. A ``Link`` says whether the run *confirmed*
+the mistake (with the numbers), *contradicted* it (the run shows the symptom is absent), or did not
+observe anything either way. The linking rules are small functions keyed by rule name, each reading only
+the probe's JSON payload, so they can be tested on synthetic payloads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from doctor.findings import Finding
+
+CONFIRMED, CONTRADICTED, NOT_OBSERVED = "confirmed", "contradicted", "not-observed"
+
+#: Gradient norm growth over the probed steps that only accumulating (never cleared) gradients explain:
+#: with stable data the norm of a running sum of t gradients grows roughly like t; healthy runs stay within 2x.
+GRAD_GROWTH_CONFIRMS = 3.0
+#: Below this growth over >= 5 steps, gradients are plainly being cleared somewhere.
+GRAD_GROWTH_CONTRADICTS = 1.5
+#: Accumulating k undivided micro-steps makes the step's gradient about k times one micro-step's; a ratio
+#: above half of k cannot come from a divided loss (which keeps it near 1).
+ACCUM_RATIO_FRACTION = 0.5
+
+
+@dataclass
+class Link:
+    finding: Finding
+    verdict: str
+    summary: str
+    checks: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.finding.path,
+            "line": self.finding.line,
+            "rule": self.finding.rule,
+            "code": self.finding.code,
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "checks": self.checks,
+            "evidence": self.evidence,
+        }
+
+
+Linker = Callable[[Finding, dict[str, Any]], Optional[Link]]
+_LINKERS: dict[str, Linker] = {}
+
+
+def linker(*rules: str) -> Callable[[Linker], Linker]:
+    def register(fn: Linker) -> Linker:
+        for r in rules:
+            _LINKERS[r] = fn
+        return fn
+
+    return register
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _check(probe: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
+    return next((c for c in probe.get("checks", []) if c.get("name") == name), None)
+
+
+def _trained(probe: dict[str, Any]) -> bool:
+    return int((probe.get("script") or {}).get("steps_observed") or 0) > 0
+
+
+@linker("scheduler-before-optimizer")
+def _scheduler(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    warned = [w for w in probe.get("warnings", []) if "lr_scheduler.step()" in str(w.get("message", "")) and "optimizer.step()" in str(w.get("message", ""))]
+    lrs = (probe.get("series") or {}).get("lr") or []
+    first = [g[:4] for g in lrs if g]
+    evidence: dict[str, Any] = {"lr_first_steps": first}
+    if warned:
+        msg = str(warned[0].get("message", "")).split(".")[0]
+        evidence["warning"] = warned[0].get("message")
+        return Link(f, CONFIRMED, f"confirmed at runtime: PyTorch warned during the run ({msg}); learning rates of the first steps: {first}", ["training-loop"], evidence)
+    if _trained(probe):
+        return Link(f, NOT_OBSERVED, "the run raised no scheduler-order warning (warnings may be filtered by the script)", [], evidence)
+    return None
+
+
+@linker("missing-zero-grad")
+def _zero_grad(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    series = probe.get("series") or {}
+    norms = _finite(series.get("grad_norm") or [])
+    losses = _finite(series.get("loss") or [])
+    if len(norms) < 3 or norms[0] <= 0:
+        return None
+    growth = norms[-1] / norms[0]
+    loss_change = abs(losses[-1] - losses[0]) / abs(losses[0]) if len(losses) >= 2 and losses[0] else None
+    evidence = {"grad_norm_first": norms[0], "grad_norm_last": norms[-1], "growth": growth, "sampled_steps": len(norms), "loss_relative_change": loss_change}
+    if growth >= GRAD_GROWTH_CONFIRMS:
+        return Link(
+            f, CONFIRMED,
+            f"confirmed at runtime: the gradient norm grew {growth:.1f}x over {len(norms)} sampled steps ({norms[0]:.3g} -> {norms[-1]:.3g})"
+            + (f" while the loss changed by {loss_change:.0%}" if loss_change is not None else "")
+            + ": gradients are adding up across steps",
+            ["gradient-flow"], evidence,
+        )
+    if growth <= GRAD_GROWTH_CONTRADICTS and len(norms) >= 5:
+        return Link(f, CONTRADICTED, f"the run contradicts it: the gradient norm stayed within {growth:.2f}x over {len(norms)} sampled steps, so gradients are cleared somewhere the static analysis did not see", ["gradient-flow"], evidence)
+    return Link(f, NOT_OBSERVED, f"the gradient norm changed {growth:.2f}x over {len(norms)} sampled steps: not conclusive", ["gradient-flow"], evidence)
+
+
+@linker("unscaled-accumulation-loss")
+def _accumulation(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    series = probe.get("series") or {}
+    micro = [int(v) for v in series.get("backwards") or [] if isinstance(v, (int, float))]
+    ratios = _finite(series.get("accumulation_grad_ratio") or [])
+    if not micro or not ratios:
+        return None
+    k = max(set(micro), key=micro.count)
+    ratio = sorted(ratios)[len(ratios) // 2]
+    evidence = {"micro_steps_per_update": k, "grad_norm_ratio_step_vs_first_micro_step": ratio}
+    if k <= 1:
+        return Link(f, NOT_OBSERVED, "the run made one backward pass per optimizer step: no accumulation was observed", [], evidence)
+    if ratio >= ACCUM_RATIO_FRACTION * k:
+        return Link(f, CONFIRMED, f"confirmed at runtime: {k} backward passes per optimizer step and the gradient at the step is {ratio:.1f}x that of one micro-step (a divided loss keeps it near 1x)", ["gradient-flow"], evidence)
+    return Link(f, CONTRADICTED, f"the run contradicts it: {k} micro-steps per update but the gradient at the step is only {ratio:.1f}x one micro-step's: the loss is scaled somewhere", ["gradient-flow"], evidence)
+
+
+def _input_range(probe: dict[str, Any], kinds: tuple[str, ...]) -> Optional[dict[str, Any]]:
+    loss = probe.get("loss") or {}
+    infos = loss.get("inputs") or ([loss] if loss.get("kind") else [])
+    for info in infos:
+        if info.get("kind") in kinds and info.get("input_min") is not None:
+            return info
+    return None
+
+
+@linker("softmax-before-cross-entropy")
+def _softmax(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    info = _input_range(probe, ("cross_entropy",))
+    if info is None:
+        return None
+    lo, hi, row = info.get("input_min"), info.get("input_max"), info.get("input_row_sum")
+    evidence = {"input_min": lo, "input_max": hi, "input_row_sum": row, "classes": info.get("classes")}
+    if lo is not None and hi is not None and lo >= 0 and hi <= 1 and row is not None and abs(row - 1) < 1e-3:
+        c = info.get("classes") or 0
+        floor = math.log(1 + (c - 1) / math.e) if c else None
+        extra = f"; the loss can never go below {floor:.2f} (ln(1+(C-1)/e) for C={c})" if floor else ""
+        return Link(f, CONFIRMED, f"confirmed at runtime: every input to cross_entropy lies in [{lo:.3g}, {hi:.3g}] and rows sum to {row:.4f}: these are probabilities, not logits{extra}", ["initial-loss"], evidence)
+    return Link(f, CONTRADICTED, f"the run contradicts it: inputs to cross_entropy range over [{lo:.3g}, {hi:.3g}] (row sum {row if row is None else round(row, 3)}), which are not probabilities", ["initial-loss"], evidence)
+
+
+@linker("sigmoid-before-bce-with-logits")
+def _sigmoid(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    info = _input_range(probe, ("bce_logits",))
+    if info is None:
+        return None
+    lo, hi = info.get("input_min"), info.get("input_max")
+    evidence = {"input_min": lo, "input_max": hi}
+    if lo is not None and hi is not None and lo >= 0 and hi <= 1:
+        return Link(f, CONFIRMED, f"confirmed at runtime: every input to binary_cross_entropy_with_logits lies in [{lo:.3g}, {hi:.3g}]: sigmoid outputs, so the predicted probability is squashed into [0.5, 0.73] and the loss cannot fall below ~0.31 for positives", ["initial-loss"], evidence)
+    return Link(f, CONTRADICTED, f"the run contradicts it: inputs range over [{lo:.3g}, {hi:.3g}], outside [0, 1]", ["initial-loss"], evidence)
+
+
+@linker("bad-init")
+def _init(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    names = ("initial-loss", "dead-activations", "output-diversity", "gradient-flow")
+    bad = [c for c in (_check(probe, n) for n in names) if c and c.get("status") in ("fail", "warn")]
+    ran = [c for c in (_check(probe, n) for n in names) if c and c.get("status") in ("pass",)]
+    if bad:
+        text = "; ".join(f"{c['name']}: {c.get('summary', '')}" for c in bad)
+        return Link(f, CONFIRMED, f"confirmed at runtime: {text}", [c["name"] for c in bad], {c["name"]: c.get("evidence") for c in bad})
+    if ran and len(ran) >= 2:
+        return Link(f, NOT_OBSERVED, "the run showed no init symptom (initial loss, dead units, output diversity all passed)", [c["name"] for c in ran], {})
+    return None
+
+
+@linker("detached-loss-input", "non-leaf-parameter")
+def _flow(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    check = _check(probe, "gradient-flow")
+    if check is None or check.get("status") == "skip":
+        return None
+    ev = check.get("evidence") or {}
+    missing = ev.get("no_gradient") or ev.get("none_grads") or ev.get("missing") or []
+    if check.get("status") in ("fail", "warn") and missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        return Link(f, CONFIRMED, f"confirmed at runtime: {len(missing)} parameter(s) got no gradient after backward ({shown})", ["gradient-flow"], {"no_gradient": missing})
+    if check.get("status") == "pass":
+        return Link(f, CONTRADICTED, "the run contradicts it: every trainable parameter received a gradient", ["gradient-flow"], {})
+    return Link(f, NOT_OBSERVED, f"gradient-flow: {check.get('summary', '')}", ["gradient-flow"], {})
+
+
+def link_findings(findings: list[Finding], probe: dict[str, Any]) -> list[Link]:
+    """Links for the findings whose rule has runtime evidence in ``probe`` (the probe's JSON payload)."""
+    out = []
+    for f in findings:
+        fn = _LINKERS.get(f.rule)
+        if fn is None:
+            continue
+        link = fn(f, probe)
+        if link is not None:
+            out.append(link)
+    return out
+
+
+def source_context(f: Finding, radius: int = 2) -> list[dict[str, Any]]:
+    """The finding's lines with a little context, for the HTML report."""
+    try:
+        with open(f.path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    lo, hi = max(1, f.line - radius), min(len(lines), f.end_line + radius)
+    return [{"line": i, "text": lines[i - 1], "hit": f.line <= i <= f.end_line} for i in range(lo, hi + 1)]
+
+
+def merged_payload(findings: list[Finding], probe: dict[str, Any], errors: list[tuple[str, str]]) -> dict[str, Any]:
+    """The merged JSON report: the static contract (``findings``) + the probe contract + ``links``."""
+    links = link_findings(findings, probe)
+    by_key = {(l.finding.path, l.finding.line, l.finding.rule): l for l in links}
+    static = []
+    for f in findings:
+        d = f.to_dict()
+        link = by_key.get((f.path, f.line, f.rule))
+        if link is not None:
+            d["runtime"] = {"verdict": link.verdict, "summary": link.summary, "evidence": link.evidence, "checks": link.checks}
+        d["source"] = source_context(f)
+        static.append(d)
+    payload = dict(probe)
+    # One finding type: static findings (with their runtime verdict) and the probe's own source-pointing
+    # findings side by side, told apart by `origin`.
+    payload["findings"] = static + list(probe.get("findings", []))
+    payload["static_errors"] = [{"path": p, "message": m} for p, m in errors]
+    payload["links"] = [l.to_dict() for l in links]
+    return payload
+
+
+def display(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
