@@ -126,19 +126,31 @@ def check(
     if fail_on:
         changes["fail_on"] = Severity.parse(fail_on)
     settings = replace(settings, **changes)
-    unknown = validate_selectors(settings.select + settings.ignore + settings.extend_select)
-    if unknown:
-        click.echo(f"doctor: error: unknown rule selector(s): {', '.join(unknown)} (see `doctor rules`)", err=True)
-        sys.exit(EXIT_ERROR)
-    rules = select_rules(settings.select, settings.ignore, settings.extend_select)
-    files = [display_path(p) for p in discover(path_list, settings)]
-    cache = None
-    if not no_cache and not statistics:
-        from doctor.cache import open_cache
+    use_cache = not no_cache and not statistics
+    result = None
+    files: Optional[list[str]] = None
+    if use_cache and not (fix or diff):
+        # Nothing changed since the last run: answer from the cache without importing a single rule
+        # (importing the rules and the analysis is most of a warm run's time).
+        from doctor.cache import cached_run
 
-        # --cache-dir, else $DOCTOR_CACHE_DIR, else the config's cache-dir, else .doctor_cache in the root.
-        cache = open_cache(cache_dir, settings, rules)
-    result = check_files(files, settings, rules, jobs=jobs, timing=statistics, cache=cache)
+        files = [display_path(p) for p in discover(path_list, settings)]
+        result = cached_run(cache_dir, settings, files)
+    if result is None:
+        unknown = validate_selectors(settings.select + settings.ignore + settings.extend_select)
+        if unknown:
+            click.echo(f"doctor: error: unknown rule selector(s): {', '.join(unknown)} (see `doctor rules`)", err=True)
+            sys.exit(EXIT_ERROR)
+        rules = select_rules(settings.select, settings.ignore, settings.extend_select)
+        if files is None:
+            files = [display_path(p) for p in discover(path_list, settings)]
+        cache = None
+        if use_cache:
+            from doctor.cache import open_cache
+
+            # --cache-dir, else $DOCTOR_CACHE_DIR, else the config's cache-dir, else .doctor_cache in the root.
+            cache = open_cache(cache_dir, settings, rules)
+        result = check_files(files, settings, rules, jobs=jobs, timing=statistics, cache=cache)
     if fix or diff:
         from doctor.fixer import apply_fixes
 

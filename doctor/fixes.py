@@ -51,7 +51,7 @@ def _block_text(ctx: FileContext, stmt: ast.stmt) -> list[str]:
 
 def move_after(ctx: FileContext, stmt: ast.stmt, anchor: ast.stmt, description: str) -> Optional[Fix]:
     """Move ``stmt`` to just after ``anchor``; both must be whole-line statements of the same block."""
-    if ctx.source.cells or not _siblings(ctx, stmt, anchor):
+    if not _siblings(ctx, stmt, anchor):
         return None
     if not (_alone_on_lines(ctx, stmt) and _alone_on_lines(ctx, anchor)):
         return None
@@ -63,7 +63,7 @@ def move_after(ctx: FileContext, stmt: ast.stmt, anchor: ast.stmt, description: 
 
 
 def insert_before(ctx: FileContext, anchor: ast.stmt, code: str, description: str, applicability=Applicability.UNSAFE) -> Optional[Fix]:
-    if ctx.source.cells or not _alone_on_lines(ctx, anchor):
+    if not _alone_on_lines(ctx, anchor):
         return None
     line = anchor.lineno
     text = indentation(ctx, anchor) + code + ctx.source.newline
@@ -71,7 +71,7 @@ def insert_before(ctx: FileContext, anchor: ast.stmt, code: str, description: st
 
 
 def insert_after(ctx: FileContext, anchor: ast.stmt, code: str, description: str, applicability=Applicability.UNSAFE) -> Optional[Fix]:
-    if ctx.source.cells or not _alone_on_lines(ctx, anchor):
+    if not _alone_on_lines(ctx, anchor):
         return None
     line = anchor.end_lineno + 1  # type: ignore[operator]
     text = indentation(ctx, anchor) + code + ctx.source.newline
@@ -79,8 +79,6 @@ def insert_after(ctx: FileContext, anchor: ast.stmt, code: str, description: str
 
 
 def replace_node(ctx: FileContext, node: ast.AST, code: str, description: str, applicability=Applicability.UNSAFE) -> Optional[Fix]:
-    if ctx.source.cells:
-        return None
     start = ctx.char_column(node.lineno, node.col_offset)  # type: ignore[attr-defined]
     end = ctx.char_column(node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
     return Fix(description, applicability, (Edit(node.lineno, start, node.end_lineno, end, code),))  # type: ignore[attr-defined]

@@ -38,10 +38,15 @@ def render_text(findings: list[Finding], errors: list[tuple[str, str]], *, colou
     if findings:
         parts = [f"{counts[s]} {s.value}{'s' if counts[s] != 1 else ''}" for s in (Severity.ERROR, Severity.WARNING, Severity.INFO) if counts[s]]
         summary = f"Found {len(findings)} problem{'s' if len(findings) != 1 else ''} ({', '.join(parts)}) in {files} file{'s' if files != 1 else ''} checked."
-        n_fix = sum(1 for f in findings if f.fix is not None)
-        if n_fix and fixable_hint:
-            summary += f"\n[*] {n_fix} fixable with `doctor check --fix` (unsafe ones need --unsafe-fixes)."
+        n_safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability.value == "safe")
+        n_unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability.value == "unsafe")
+        if fixable_hint and n_safe:
+            summary += f"\n[*] {n_safe} fixable with `doctor check --fix`" + (f" ({n_unsafe} more with `--fix --unsafe-fixes`)." if n_unsafe else ".")
+        elif fixable_hint and n_unsafe:
+            summary += f"\n[*] {n_unsafe} fixable with `doctor check --fix --unsafe-fixes` (these change training numerics: review the diff)."
         out.append(summary)
+    elif errors:
+        out.append(f"No problems found, but {len(errors)} file{'s' if len(errors) != 1 else ''} could not be checked ({files} checked).")
     else:
         out.append(style(f"All checks passed ({files} file{'s' if files != 1 else ''} checked).", fg="green"))
     return "\n".join(out)

@@ -69,6 +69,23 @@ def encode_python(source: Source, text: str) -> bytes:
 
 
 _MAGIC = re.compile(r"^\s*(%|!)")
+# Other IPython-only lines: `x = !ls`, `t = %time f()`, `obj?`, `??obj`, and the pip/conda automagics.
+_IPYTHON_ONLY = re.compile(
+    r"^\s*[\w.,\s]+=\s*[!%]"
+    r"|^\s*[\w.\[\]()'\"]+\s*\?{1,2}\s*$"
+    r"|^\s*\?{1,2}\s*[\w.]+\s*$"
+    r"|^\s*(pip|conda)\s+(install|uninstall|list)\b"
+)
+# Cell magics whose body is still Python; any other `%%magic` (bash, html, writefile...) makes the cell not Python.
+_PYTHON_CELL_MAGICS = {"time", "timeit", "capture", "prun", "debug", "memit", "mprun", "skip", "autoreload"}
+
+
+def _python_lines(cell_lines: list[str]) -> list[str]:
+    """The cell's lines with IPython-only lines blanked (a whole cell for a non-Python `%%magic`)."""
+    first = next((line.strip() for line in cell_lines if line.strip()), "")
+    if first.startswith("%%") and first[2:].split(" ")[0] not in _PYTHON_CELL_MAGICS:
+        return ["" for _ in cell_lines]
+    return ["" if _MAGIC.match(line) or _IPYTHON_ONLY.match(line) else line for line in cell_lines]
 
 
 def decode_notebook(data: bytes) -> Source:
@@ -92,12 +109,35 @@ def decode_notebook(data: bytes) -> Source:
         text = "".join(src) if isinstance(src, list) else str(src)
         cell_lines = text.splitlines()
         first = len(lines) + 1
-        for line in cell_lines:
-            # A magic or shell line is not Python; keep the line so positions stay right.
-            lines.append("" if _MAGIC.match(line) else line)
+        # A magic or shell line is not Python; keep the line, blanked, so positions stay right.
+        lines.extend(_python_lines(cell_lines))
         cells.append((index, first, len(cell_lines)))
         lines.append("")  # a separator line between cells
     return Source(text="\n".join(lines) + "\n", cells=cells, notebook=nb)
+
+
+def encode_notebook(original: bytes, nb: dict) -> bytes:
+    """Serialise ``nb`` in the layout of the ``original`` file: indent, ASCII escaping, line ending, final newline, BOM.
+
+    Key order is kept (no sorting), so a notebook written by Jupyter (``indent=1``) comes back byte-for-byte
+    except where its cells' sources changed.
+    """
+    bom = original.startswith(b"\xef\xbb\xbf")
+    body = original[3:] if bom else original
+    indent: "int | str | None" = None
+    m = re.match(rb"\s*[\[{]\r?\n([ \t]*)\S", body)
+    if m:
+        ws = m.group(1)
+        indent = "\t" if ws.startswith(b"\t") else len(ws)
+    separators = (",", ": ") if indent is not None else ((", ", ": ") if b'": ' in body else (",", ":"))
+    ensure_ascii = body.isascii() and b"\\u" in body
+    text = json.dumps(nb, indent=indent, ensure_ascii=ensure_ascii, separators=separators)
+    if body.rstrip(b" \t").endswith(b"\n"):
+        text += "\n"
+    if b"\r\n" in body:
+        text = text.replace("\n", "\r\n")  # JSON strings escape their newlines: these are all layout
+    data = text.encode("utf-8")
+    return (b"\xef\xbb\xbf" + data) if bom else data
 
 
 def cell_position(source: Source, line: int) -> tuple[Optional[int], int]:

@@ -224,4 +224,5 @@ def _fix(ctx, b, acc):
     text = ctx.segment(target)
     if not text:
         return None
-    return replace_node(ctx, target, f"({text}) / {divisor}" if not isinstance(target, ast.Name) else f"{text} / {divisor}", f"divide the loss by {divisor}")
+    # Always parenthesised: the expression may be the receiver of `.backward()`.
+    return replace_node(ctx, target, f"({text} / {divisor})", f"divide the loss by {divisor}")
