@@ -32,6 +32,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _user_tb(exc: BaseException, script_path: str) -> Any:
+    """The traceback from the first frame in the user's script (the whole one if the script has none)."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.realpath(tb.tb_frame.f_code.co_filename) != os.path.realpath(script_path):
+        tb = tb.tb_next
+    return tb if tb is not None else exc.__traceback__
+
+
 def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
     from doctor.probe.hooks import user_site
 
@@ -42,7 +50,7 @@ def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
         path, line = exc.filename, exc.lineno
     message = str(exc)
     oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in message.lower()
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    tb = traceback.format_exception(type(exc), exc, _user_tb(exc, script_path))
     return {
         "type": type(exc).__name__,
         "message": message.splitlines()[0][:500] if message else "",
@@ -66,12 +74,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if opts.device == "cuda" and not cuda:
         emitter.emit("usage_error", message="--device cuda: no CUDA device is available to PyTorch")
         return EXIT_USAGE
-    device = {"type": "cuda" if cuda else "cpu", "cuda_available": cuda, "torch": torch.__version__}
+    # "cpu" until the optimizer's parameters turn out to live on a GPU (the hooks then send a device event).
+    device = {"type": "cpu", "cuda_available": cuda, "torch": torch.__version__}
 
     from doctor.probe.hooks import Probe, ProbeStop
 
     probe = Probe(emitter, script, steps=opts.steps, sample_every=opts.sample_every)
     _capture_warnings(emitter)
+    _flush_on_sigterm(probe, emitter)
     probe.install()
     emitter.emit("start", pid=os.getpid(), device=device, startup_s=time.perf_counter() - T0, python=sys.version.split()[0])
 
@@ -100,6 +110,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             outcome = {"kind": "stopped", "code": 0}
         else:
             outcome = {"kind": "crash", "code": 1, "error": _error(exc, script)}
+            # what Python itself would have shown, from the script's first frame on (not runpy's or the probe's)
+            traceback.print_exception(type(exc), exc, _user_tb(exc, script))
     try:
         probe.finish()
     finally:
@@ -111,6 +123,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         except Exception:
             pass
     return EXIT_OK if outcome["code"] == 0 else EXIT_FAILED
+
+
+def _flush_on_sigterm(probe: Any, emitter: Emitter) -> None:
+    """On the parent's timeout SIGTERM, send the steps not flushed yet, then leave at once (the script may be stuck)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            probe.finish()
+            emitter.emit("exit", kind="timeout", code=124)
+        finally:
+            os._exit(124)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _capture_warnings(emitter: Emitter) -> None:

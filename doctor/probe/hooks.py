@@ -33,6 +33,9 @@ UNIT_ROWS = 256
 #: Rows of the model output used for diversity and the predicted-class histogram.
 OUTPUT_ROWS = 256
 
+#: What a CUDA context takes outside PyTorch's allocator (driver, cuBLAS/cuDNN workspaces): roughly 0.5 GiB.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
 SATURATING = (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.Hardtanh)
 
@@ -70,12 +73,13 @@ class _Pending:
         self.items: list[tuple[torch.Tensor, Callable[[list[float]], None]]] = []
 
     def add(self, tensor: torch.Tensor, setter: Callable[[list[float]], None]) -> None:
-        self.items.append((tensor.detach().reshape(-1).float(), setter))
+        self.items.append((tensor, setter))  # converted at resolve: unsampled steps stay as cheap as possible
 
     def resolve(self) -> None:
         items, self.items = self.items, []
         by_device: dict[torch.device, list] = {}
         for t, setter in items:
+            t = t.detach().reshape(-1).float()
             by_device.setdefault(t.device, []).append((t, setter))
         for group in by_device.values():
             flat = torch.cat([t for t, _ in group]).tolist() if group else []
@@ -334,7 +338,6 @@ class Probe:
     def _activation(self, module: Any, out: torch.Tensor) -> None:
         name = self._module_name(module)
         x = out.detach()
-        units_dim = 1 if x.dim() >= 3 else x.dim() - 1  # channels for conv maps, features otherwise
         if x.dim() < 1 or x.numel() == 0:
             return
         flat = x.reshape(-1)
@@ -343,13 +346,13 @@ class Probe:
         step = self.step
         if isinstance(module, RELU_FAMILY):
             self.act_types[name] = type(module).__name__
-            rows = x.movedim(units_dim, -1).reshape(-1, x.shape[units_dim]) if x.dim() >= 2 else x.reshape(1, -1)
-            rstride = max(1, rows.shape[0] // UNIT_ROWS)
-            fired = (rows[::rstride][:UNIT_ROWS] > 0).any(dim=0)
+            fired = _units_fired(x)
             prev = self.dead.get(name)
             never = ~fired if prev is None or prev.shape != fired.shape else prev & ~fired
             self.dead[name] = never
-            stat = torch.stack([never.sum().float(), torch.tensor(float(never.numel()), device=never.device), (sample <= 0).float().mean()])
+            # new_full, not torch.tensor(..., device=): a fill kernel instead of a host-to-device copy
+            stat = torch.stack([never.sum().float(), never.new_full((), float(never.numel()), dtype=torch.float32),
+                                (sample <= 0).float().mean()])
 
             def set_relu(v: list[float]) -> None:
                 acts = self.records.setdefault(step, {}).setdefault("activations", {})
@@ -378,7 +381,7 @@ class Probe:
         sub = rows[:, ::cstride]
         spread = sub.std(dim=0, unbiased=False).mean() if sub.shape[0] > 1 else sub.new_zeros(())
         scale = sub.pow(2).mean().sqrt()
-        parts = [spread, scale, torch.tensor(float(rows.shape[0]), device=x.device)]
+        parts = [spread, scale, spread.new_full((), float(rows.shape[0]))]
         classify = x.dim() == 2 and ncols >= 2
         if classify:
             pred = rows.argmax(dim=1)
@@ -483,14 +486,15 @@ class Probe:
     def _update_ratio(self, opt: Any, rec: dict) -> None:
         prev = self.prev_params or []
         self.prev_params = None
-        params = [p.detach() for g in opt.param_groups for p in g["params"]]
+        originals = [p for g in opt.param_groups for p in g["params"]]
+        params = [p.detach() for p in originals]
         if not params or len(prev) != len(params):
             return
         torch._foreach_sub_(prev, params)  # prev now holds -Δw; its norm is ‖Δw‖
         dn = _stack_norms(prev)
         wn = _stack_norms(params)
         sizes = [len(g["params"]) for g in opt.param_groups]
-        names = [self.names.get(id(p), "?") for p in params]
+        names = [self.names.get(id(p), "?") for p in originals]
         del prev
 
         def setter(v: list[float]) -> None:
@@ -596,6 +600,20 @@ def _first_tensor(output: Any) -> Optional[torch.Tensor]:
     return logits if isinstance(logits, torch.Tensor) else None
 
 
+def _units_fired(x: torch.Tensor) -> torch.Tensor:
+    """Per unit, whether it was positive anywhere in a strided subset of the batch (no full-tensor copy).
+
+    Units are channels (dim 1) of conv maps (4-D/5-D), and the last dimension otherwise ((N, F) and the
+    (N, T, F) of sequence models).
+    """
+    if x.dim() >= 4:
+        sub = x[: max(1, UNIT_ROWS // max(1, x[0, 0].numel()))]
+        return (sub > 0).transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() >= 2 else x.reshape(1, -1)
+    rstride = max(1, rows.shape[0] // UNIT_ROWS)
+    return (rows[::rstride][:UNIT_ROWS] > 0).any(dim=0)
+
+
 def _stack_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-tensor L2 norms as one 1-D float tensor, in one fused kernel where the platform has it."""
     try:
@@ -628,11 +646,20 @@ def _nvml_memory(pynvml: Any, index: int) -> dict[str, float]:
         handle = pynvml.nvmlDeviceGetHandleByIndex(_physical_index(index))
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         me = os.getpid()
-        others = 0
+        others, found_me = 0, False
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid != me and proc.usedGpuMemory:
+            if proc.pid == me:
+                found_me = True
+            elif proc.usedGpuMemory:
                 others += int(proc.usedGpuMemory)
-        return {"nvml_total": float(info.total), "nvml_used": float(info.used), "nvml_others": float(others)}
+        out = {"nvml_total": float(info.total), "nvml_used": float(info.used), "nvml_others": float(others)}
+        if not found_me:
+            # In a container NVML reports host PIDs (or none): estimate the others as what is used beyond our
+            # allocator's reservation and a CUDA context allowance, rather than counting ourselves as "other".
+            reserved = float(torch.cuda.memory_reserved())
+            out["nvml_others"] = max(0.0, float(info.used) - reserved - CUDA_CONTEXT_BYTES)
+            out["nvml_others_estimated"] = 1.0
+        return out
     except Exception:
         return {}
 

@@ -23,6 +23,8 @@ from doctor.probe.trace import COMPLETED, CRASHED, STOPPED, TIMEOUT, ProbeRun, S
 
 #: Seconds the child may keep running after it reported the last step: enough to flush and exit by itself.
 STOP_GRACE_S = 1.0
+#: Seconds a timed-out child gets to flush after SIGTERM before the group is killed.
+TERM_GRACE_S = 1.0
 #: Lines of the script's own output kept for the report.
 OUTPUT_TAIL_LINES = 40
 DEVICES = ("auto", "cpu", "cuda")
@@ -158,7 +160,7 @@ def collect(
             now = time.monotonic()
             if now - t0 > timeout:
                 timed_out = True
-                _kill_group(proc)
+                _terminate(proc)
                 break
             if done_at and now - done_at[0] > STOP_GRACE_S:
                 stopped_by_us = True
@@ -210,6 +212,16 @@ def _set_status(run: ProbeRun, events: list[dict[str, Any]], code: int, timed_ou
             run.error = ScriptError(type=name, message=f"the script was killed by {name}{why}")
         else:
             run.error = ScriptError(type="ProcessExit", message=f"the probe child exited with status {code} without a report")
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM first: the child then sends the steps it has not flushed yet; SIGKILL the group after a grace."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=TERM_GRACE_S)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -95,6 +95,8 @@ class ProbeRun:
     output_tail: list[str] = field(default_factory=list)
     optimizers: int = 0
     other_optimizer_steps: int = 0
+    #: Errors inside the probe's own hooks (swallowed so the script runs on): shown to debug the probe.
+    internal_errors: list[str] = field(default_factory=list)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -150,6 +152,8 @@ class ProbeRun:
                 run.warnings.append({k: v for k, v in ev.items() if k != "ev"})
             elif kind == "other_step":
                 run.other_optimizer_steps = int(ev.get("count", 0))
+            elif kind == "internal" and len(run.internal_errors) < 20:
+                run.internal_errors.append(str(ev.get("error")))
             elif kind == "exit" and ev.get("error"):
                 run.error = ScriptError(**ev["error"])
         run.steps = [by_step[k] for k in sorted(by_step)]

@@ -12,6 +12,9 @@ change is only called real when it is larger than ``NOISE_Z`` standard errors of
 
 Needs at least ``MIN_STEPS`` losses; with LR warm-up over many steps a short probe can look flat, so
 probe more steps (``--steps``) before acting on a warning.
+
+What to do: flat — check that labels match inputs and that ``optimizer.step()`` follows ``backward()``
+with the gradients intact, then raise the LR; growing — lower the LR, clip gradients, check the sign.
 """
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""``doctor probe``: run a training script for a few steps under instrumentation and report what only a run shows.
+
+Kept free of torch imports: the CLI imports this module at start-up for every command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import click
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+@click.command(context_settings={"ignore_unknown_options": False, "help_option_names": ["-h", "--help"]})
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Optimizer steps to observe before stopping the script.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="cpu hides GPUs from the script; cuda requires one.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True, help="Seconds before the script is killed.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report to a file.")
+@click.option("--sample-every", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Full statistics on steps 0, 1, 2 and every N-th step.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not pass the script's own output through (to stderr).")
+@click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
+def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, timeout: float, fmt: str,
+          output: Optional[str], sample_every: int, quiet: bool, color: Optional[bool]) -> None:
+    """Run SCRIPT for a few optimizer steps and check what only a run shows.
+
+    The script runs unmodified as __main__ in a child process, with SCRIPT_ARGS (put them after `--`).
+    Its output goes to stderr; the report to stdout (or --output). Exit 0 when no check fails, 1 when one
+    does or the script crashed, timed out or never trained, 2 on usage errors.
+    """
+    from doctor.probe import report
+    from doctor.probe.runner import ProbeUsageError, run_probe
+
+    if not os.path.isfile(script):
+        click.echo(f"doctor: error: no such script: {script}", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        result = run_probe(script, list(script_args), steps=steps, device=device, timeout=timeout,
+                           sample_every=sample_every, echo=None if quiet else sys.stderr)
+    except ProbeUsageError as exc:
+        click.echo(f"doctor: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if fmt == "json":
+        text = report.render_json(result)
+    else:
+        use_colour = color if color is not None else (output is None and sys.stdout.isatty())
+        text = report.render_text(result, colour=use_colour)
+    if output:
+        from doctor.fsutil import atomic_write_text
+
+        atomic_write_text(output, text + "\n")
+    else:
+        click.echo(text)
+    sys.exit(result.exit_code)

@@ -1,0 +1,177 @@
+"""Render a probe result: a ten-second terminal view, and the JSON contract (with per-step series for charts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+from doctor.probe.checks import fmt
+
+SPARKS = "▁▂▃▄▅▆▇█"
+BAR_WIDTH = 28
+MAX_BARS = 16
+COLOURS = {"pass": "32", "warn": "33", "fail": "31", "skip": "2"}
+JSON_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+def _finite(value: Any) -> Any:
+    """Strict JSON: NaN/Inf become null (the non-finite-loss evidence spells them out as strings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def series(run: Any) -> dict[str, Any]:
+    """Per-step series for charts: one entry per observed step (null where a step was not sampled)."""
+    steps = run.steps
+    names: list[str] = []
+    for s in steps:
+        for n in list(s.param_grad_norms) + list(s.param_update_ratio):
+            if n not in names:
+                names.append(n)
+    groups = max((len(s.lr) for s in steps), default=0)
+    out: dict[str, Any] = {
+        "step": [s.step for s in steps],
+        "sampled": [s.sampled for s in steps],
+        "loss": [s.loss for s in steps],
+        "lr": [[s.lr[g] if g < len(s.lr) else None for s in steps] for g in range(groups)],
+        "step_seconds": [s.wall_s for s in steps],
+        "data_wait_seconds": [s.data_wait_s for s in steps],
+        "grad_norm": [s.grad_norm for s in steps],
+        "param_grad_norm": {n: [s.param_grad_norms.get(n) for s in steps] for n in names},
+        "update_ratio": [[s.update_ratio[g] if g < len(s.update_ratio) else None for s in steps] for g in range(groups)],
+        "param_update_ratio": {n: [s.param_update_ratio.get(n) for s in steps] for n in names},
+    }
+    if any(s.memory for s in steps):
+        keys = ("allocated", "reserved", "peak_allocated", "peak_reserved")
+        out["memory_bytes"] = {k: [s.memory.get(k) for s in steps] for k in keys}
+    return out
+
+
+def result_to_dict(result: Any) -> dict[str, Any]:
+    """The JSON contract of ``doctor probe --format json``."""
+    run = result.run
+    data = {
+        "version": JSON_VERSION,
+        "script": {
+            "path": run.script,
+            "args": run.args,
+            "status": run.status,
+            "error": run.error.to_dict() if run.error else None,
+            "steps_observed": run.steps_observed,
+            "steps_requested": run.steps_requested,
+            "wall_seconds": run.wall_seconds,
+            "exit_code": run.exit_code,
+            "output_tail": run.output_tail,
+        },
+        "device": run.device or {"type": "unknown"},
+        "exit_code": result.exit_code,
+        "checks": [c.to_dict() for c in result.checks],
+        "findings": [f.to_dict() for f in result.findings],
+        "loss": run.loss_info,
+        "warnings": run.warnings,
+        "params": [p.__dict__ for p in run.params],
+        "series": series(run),
+        "probe": {"startup_seconds": run.startup_seconds, "internal_errors": run.internal_errors},
+    }
+    return _finite(data)
+
+
+def render_json(result: Any) -> str:
+    return json.dumps(result_to_dict(result), indent=2, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------- text
+def sparkline(values: list[Optional[float]]) -> str:
+    """One character per value; non-finite values show as ``×``, missing ones as a space."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    out = []
+    for v in values:
+        if v is None:
+            out.append(" ")
+        elif not math.isfinite(v):
+            out.append("×")
+        else:
+            out.append(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * (len(SPARKS) - 1) + 0.5))])
+    return "".join(out)
+
+
+def _bars(values: dict[str, float]) -> list[str]:
+    """Log-scale bars: gradient norms span orders of magnitude, and the small ones are the interesting ones."""
+    vals = {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
+    if not vals:
+        return []
+    pos = [v for v in vals.values() if v > 0]
+    lo, hi = (math.log10(min(pos)), math.log10(max(pos))) if pos else (0.0, 0.0)
+    span = hi - lo or 1.0
+    width = min(36, max(len(k) for k in vals))
+    names = list(vals)
+    shown = names if len(names) <= MAX_BARS else names[: MAX_BARS // 2] + names[-MAX_BARS // 2 :]
+    lines = []
+    for i, name in enumerate(shown):
+        if len(names) > MAX_BARS and i == MAX_BARS // 2:
+            lines.append(f"    {'…':<{width}}  ({len(names) - MAX_BARS} more)")
+        v = vals[name]
+        n = 0 if v <= 0 else 1 + int((math.log10(v) - lo) / span * (BAR_WIDTH - 1))
+        label = name if len(name) <= width else "…" + name[-(width - 1):]
+        lines.append(f"    {label:<{width}}  {'█' * n:<{BAR_WIDTH}} {fmt(v)}")
+    return lines
+
+
+def _colour(text: str, status: str, colour: bool) -> str:
+    return f"\033[{COLOURS[status]}m{text}\033[0m" if colour else text
+
+
+def render_text(result: Any, colour: bool = False) -> str:
+    """A report a person reads in ten seconds: outcome, check table, loss sparkline, grad bars, memory."""
+    run = result.run
+    script = os.path.relpath(run.script) if not os.path.relpath(run.script).startswith("..") else run.script
+    dev = run.device.get("name") or run.device.get("type", "unknown")
+    lines = [f"doctor probe {script}: {run.status} after {run.steps_observed}/{run.steps_requested} step(s) "
+             f"in {run.wall_seconds:.1f} s on {dev}"]
+    if run.error:
+        where = f" ({os.path.relpath(run.error.path)}:{run.error.line})" if run.error.path and run.error.line else ""
+        lines.append(f"  error: {run.error.type}: {run.error.message}{where}")
+    lines.append("")
+    width = max((len(c.name) for c in result.checks), default=10)
+    for c in result.checks:
+        status = _colour(f"{c.status:<4}", c.status, colour)
+        lines.append(f"  {c.code}  {c.name:<{width}}  {status}  {c.summary}")
+    losses = run.losses
+    if any(v is not None for v in losses):
+        finite = [v for v in losses if v is not None and math.isfinite(v)]
+        ends = f"  {fmt(finite[0])} → {fmt(finite[-1])}" if finite else ""
+        lines += ["", f"  loss  {sparkline(losses)}{ends}"]
+    med = next((c.evidence.get("median_grad_norm") for c in result.checks if c.name == "gradient-flow"), None)
+    if med:
+        lines += ["", "  gradient norm per parameter (median of sampled steps, log scale)"] + _bars(med)
+    mem = next((c for c in result.checks if c.name == "memory-headroom"), None)
+    if mem is not None:
+        lines += ["", f"  memory  {mem.summary}"]
+    problems = [c for c in result.checks if c.status in ("warn", "fail") and c.advice]
+    if problems:
+        lines.append("")
+        for c in problems:
+            lines.append(f"  {c.name}: {c.advice}")
+    for f in result.findings:
+        lines.append(f"  {f.path}:{f.line}: {f.code} {f.message}")
+    if run.warnings:
+        lines += ["", f"  {len(run.warnings)} Python warning(s) during the run:"]
+        for w in run.warnings[:5]:
+            lines.append(f"    {w.get('category')}: {str(w.get('message')).splitlines()[0][:160]}")
+    if run.status == "crashed" and run.output_tail:
+        lines += ["", "  last output of the script:"] + [f"    {ln}" for ln in run.output_tail[-8:]]
+    verdict = "FAILED" if result.failed else "ok"
+    lines += ["", f"  {verdict}: " + ", ".join(f"{sum(c.status == s for c in result.checks)} {s}" for s in ("pass", "warn", "fail", "skip"))]
+    return "\n".join(lines)
