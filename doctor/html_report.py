@@ -28,12 +28,16 @@ def _finite(values: Iterable[Optional[float]]) -> list[float]:
     return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float, span: Optional[float] = None) -> str:
+    """A tick label with enough digits to tell neighbouring ticks apart (``span``: the axis range)."""
     if v == 0:
         return "0"
     if abs(v) >= 1e4 or abs(v) < 1e-3:
         return f"{v:.1e}"
-    return f"{v:.3g}"
+    digits = 3
+    if span and span > 0:
+        digits = max(3, min(8, int(math.ceil(math.log10(abs(v) / span))) + 2))
+    return f"{v:.{digits}g}"
 
 
 def line_chart(
@@ -45,8 +49,10 @@ def line_chart(
     hlines: Sequence[tuple[str, float]] = (),
     x_label: str = "optimizer step",
     chart_id: str = "",
+    connect_missing: bool = False,
 ) -> str:
-    """An SVG line chart; ``None``/non-finite points break the line (a NaN loss shows as a gap)."""
+    """An SVG line chart. Non-finite points break the line (a NaN loss shows as a gap); ``None`` points
+    break it too unless ``connect_missing`` (series recorded only on sampled steps)."""
     all_vals = _finite(v for s in series.values() for v in s) + [v for _, v in hlines]
     if log_y:
         all_vals = [v for v in all_vals if v > 0]
@@ -74,12 +80,12 @@ def line_chart(
     for i in range(5):  # y grid and labels
         val = lo + (hi - lo) * i / 4
         y = PAD_T + (hi - val) / (hi - lo) * (H - PAD_T - PAD_B)
-        label = _fmt(10 ** val if log_y else val)
+        label = _fmt(10 ** val, None) if log_y else _fmt(val, hi - lo)
         parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
         parts.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{label}</text>')
-    for i in range(min(n, 6)):
-        xv = x_lo + (x_hi - x_lo) * i / max(min(n, 6) - 1, 1)
-        parts.append(f'<text x="{px(xv):.1f}" y="{H - PAD_B + 16}" text-anchor="middle" class="tick">{_fmt(xv)}</text>')
+    ticks = sorted({round(x_lo + (x_hi - x_lo) * i / 5) for i in range(6)})  # whole steps
+    for xv in ticks:
+        parts.append(f'<text x="{px(xv):.1f}" y="{H - PAD_B + 16}" text-anchor="middle" class="tick">{xv}</text>')
     parts.append(f'<text x="{(PAD_L + W - PAD_R) / 2:.0f}" y="{H - 4}" text-anchor="middle" class="axis">{_esc(x_label)}</text>')
     for label, value in hlines:
         if log_y and value <= 0:
@@ -93,6 +99,8 @@ def line_chart(
         for xv, v in zip(xs, values):
             if isinstance(v, (int, float)) and math.isfinite(v) and (not log_y or v > 0):
                 current.append(f"{px(xv):.1f},{py(v):.1f}")
+            elif v is None and connect_missing:
+                continue
             elif current:
                 segments.append(current)
                 current = []
@@ -116,9 +124,10 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float
     flagged = set(flagged)
     pairs = [(lab, v) for lab, v in zip(labels, values)]
     vals = [v for _, v in pairs if isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not log_x)]
-    if not pairs or not vals:
+    if not pairs:
         return f'<figure class="chart empty" id="{_esc(chart_id)}"><figcaption>{_esc(title)}</figcaption><p class="note">No data recorded for this chart.</p></figure>'
     t = (lambda v: math.log10(v)) if log_x else (lambda v: v)  # noqa: E731
+    vals = vals or [1.0]
     lo, hi = min(t(v) for v in vals), max(t(v) for v in vals)
     lo = lo - 1 if log_x else min(0.0, lo)
     if hi - lo < 1e-12:
@@ -136,6 +145,8 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float
             width = max(1.0, (t(v) - lo) / (hi - lo) * (W - label_w - PAD_R - 60))
             parts.append(f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{colour}"/>')
             parts.append(f'<text x="{label_w + width + 4:.1f}" y="{y + 13}" class="tick">{_fmt(v)}</text>')
+        elif v == 0:
+            parts.append(f'<text x="{label_w + 4}" y="{y + 13}" class="tick missing">0 (all-zero gradient)</text>')
         else:
             parts.append(f'<text x="{label_w + 4}" y="{y + 13}" class="tick missing">no gradient</text>')
     parts.append(f'<text x="{(label_w + W) / 2:.0f}" y="{height - 6}" text-anchor="middle" class="axis">{"log10 scale" if log_x else ""}</text>')
@@ -207,37 +218,50 @@ def _findings_section(findings: list[dict[str, Any]], links: list[dict[str, Any]
     return "".join(out)
 
 
+def _layer_norms(series: dict[str, Any]) -> dict[str, float]:
+    """Per-layer gradient norm (median over sampled steps), parameters of one module combined."""
+    per_layer: dict[str, float] = {}
+    for name, values in (series.get("param_grad_norm") or {}).items():
+        vals = sorted(_finite(values))
+        if not vals:
+            continue
+        layer = name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1] in ("weight", "bias") and "." in name else name
+        med = vals[len(vals) // 2]
+        per_layer[layer] = math.sqrt(per_layer.get(layer, 0.0) ** 2 + med**2)
+    return per_layer
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole report as one HTML string."""
     script = report.get("script") or {}
     device = report.get("device") or {}
     series = report.get("series") or {}
     checks = report.get("checks") or []
-    findings = report.get("findings") or []
+    findings = [f for f in report.get("findings") or [] if f.get("origin", "static") == "static"]
+    runtime_findings = [f for f in report.get("findings") or [] if f.get("origin") == "runtime"]
     links = report.get("links") or []
     steps = series.get("step") or list(range(len(series.get("loss") or [])))
 
     charts = []
     charts.append(line_chart("Loss over probed steps", {"loss": series.get("loss") or []}, x=steps or None, chart_id="chart-loss"))
-    grad_norm = series.get("grad_norm") or []
-    if _finite(grad_norm):
-        charts.append(line_chart("Global gradient norm", {"grad norm": grad_norm}, x=steps or None, log_y=True, chart_id="chart-grad-norm"))
-    layer_norms: dict[str, Optional[float]] = series.get("layer_grad_norms") or {}
-    flagged = set(series.get("layers_without_grad") or [])
-    labels = list(layer_norms) + sorted(flagged - set(layer_norms))
-    values = [layer_norms.get(k) for k in labels]
-    charts.append(bar_chart("Gradient norm per layer (gradient flow)", labels, values, chart_id="chart-gradient-flow", flagged=flagged))
-    ratios: dict[str, Sequence[Optional[float]]] = series.get("update_ratio") or {}
-    charts.append(
-        line_chart("Update / weight ratio ‖Δw‖/‖w‖", dict(ratios), x=series.get("update_ratio_step") or None, log_y=True, hlines=[("healthy ≈", 1e-3)], chart_id="chart-update-ratio")
-    )
-    memory = series.get("memory_gib") or {}
-    limit = device.get("total_memory_gib") or series.get("memory_limit_gib")
+    charts.append(line_chart("Global gradient norm (sampled steps)", {"grad norm": series.get("grad_norm") or []}, x=steps or None, log_y=True, chart_id="chart-grad-norm", connect_missing=True))
+    layer_norms = _layer_norms(series)
+    flow = next((c for c in checks if c.get("name") == "gradient-flow"), {})
+    flow_ev = flow.get("evidence") or {}
+    missing = [n.rsplit(".", 1)[0] if n.endswith((".weight", ".bias")) else n for n in (flow_ev.get("no_grad") or []) + (flow_ev.get("all_zero") or [])]
+    labels = list(layer_norms) + sorted(set(missing) - set(layer_norms))
+    charts.append(bar_chart("Gradient norm per layer (gradient flow)", labels, [layer_norms.get(k) for k in labels], chart_id="chart-gradient-flow", flagged=missing))
+    ratios = {f"group {g}": vals for g, vals in enumerate(series.get("update_ratio") or [])}
+    charts.append(line_chart("Update / weight ratio ‖Δw‖/‖w‖ per parameter group", ratios, x=steps or None, log_y=True, hlines=[("healthy ≈", 1e-3)], chart_id="chart-update-ratio", connect_missing=True))
+    memory = series.get("memory_bytes") or {}
+    limit = device.get("total_bytes")
     if memory and any(_finite(v) for v in memory.values()):
-        charts.append(line_chart("GPU memory (GiB)", dict(memory), x=steps or None, hlines=[("device limit", float(limit))] if limit else [], chart_id="chart-memory"))
+        gib = {k: [v / 2**30 if isinstance(v, (int, float)) else None for v in vals] for k, vals in memory.items()}
+        charts.append(line_chart("GPU memory (GiB)", gib, x=steps or None, hlines=[("device limit", limit / 2**30)] if limit else [], chart_id="chart-memory"))
     else:
         reason = "the run was on CPU" if device.get("type", "cpu") != "cuda" else "no memory statistics were recorded"
         charts.append(f'<figure class="chart empty" id="chart-memory"><figcaption>GPU memory</figcaption><p class="note">No GPU memory chart: {_esc(reason)}.</p></figure>')
+    findings = findings + runtime_findings
 
     status = str(script.get("status", ""))
     title = f"doctor report — {script.get('path', report.get('path', ''))}"

@@ -114,15 +114,17 @@ def _zero_grad(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
 @linker("unscaled-accumulation-loss")
 def _accumulation(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
     series = probe.get("series") or {}
-    micro = [int(v) for v in series.get("backwards") or [] if isinstance(v, (int, float))]
-    ratios = _finite(series.get("accumulation_grad_ratio") or [])
-    if not micro or not ratios:
+    micro = [int(v) for v in series.get("backwards") or [] if isinstance(v, (int, float)) and v]
+    if not micro:
         return None
     k = max(set(micro), key=micro.count)
+    if k <= 1:
+        return Link(f, NOT_OBSERVED, "the run made one backward pass per optimizer step: no accumulation was observed", [], {"micro_steps_per_update": k})
+    ratios = _finite(series.get("accumulation_grad_ratio") or [])
+    if not ratios:
+        return Link(f, NOT_OBSERVED, f"{k} backward passes per optimizer step, but the gradient ratio was not measured (GradScaler in use)", [], {"micro_steps_per_update": k})
     ratio = sorted(ratios)[len(ratios) // 2]
     evidence = {"micro_steps_per_update": k, "grad_norm_ratio_step_vs_first_micro_step": ratio}
-    if k <= 1:
-        return Link(f, NOT_OBSERVED, "the run made one backward pass per optimizer step: no accumulation was observed", [], evidence)
     if ratio >= ACCUM_RATIO_FRACTION * k:
         return Link(f, CONFIRMED, f"confirmed at runtime: {k} backward passes per optimizer step and the gradient at the step is {ratio:.1f}x that of one micro-step (a divided loss keeps it near 1x)", ["gradient-flow"], evidence)
     return Link(f, CONTRADICTED, f"the run contradicts it: {k} micro-steps per update but the gradient at the step is only {ratio:.1f}x one micro-step's: the loss is scaled somewhere", ["gradient-flow"], evidence)
@@ -179,11 +181,16 @@ def _init(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
 
 @linker("detached-loss-input", "non-leaf-parameter")
 def _flow(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    error = (probe.get("script") or {}).get("error") or {}
+    if f.rule == "non-leaf-parameter" and "non-leaf" in str(error.get("message", "")):
+        # Current PyTorch refuses a non-leaf tensor in an optimizer outright.
+        where = f" at line {error['line']}" if error.get("line") else ""
+        return Link(f, CONFIRMED, f"confirmed at runtime: the script crashed{where} with {error.get('type')}: {error.get('message')}", ["training-loop"], {"error": error})
     check = _check(probe, "gradient-flow")
     if check is None or check.get("status") == "skip":
         return None
     ev = check.get("evidence") or {}
-    missing = ev.get("no_gradient") or ev.get("none_grads") or ev.get("missing") or []
+    missing = ev.get("no_grad") or []
     if check.get("status") in ("fail", "warn") and missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         return Link(f, CONFIRMED, f"confirmed at runtime: {len(missing)} parameter(s) got no gradient after backward ({shown})", ["gradient-flow"], {"no_gradient": missing})
@@ -240,3 +247,56 @@ def merged_payload(findings: list[Finding], probe: dict[str, Any], errors: list[
 def display(path: str) -> str:
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
+
+
+def static_findings_for(script: str) -> tuple[list[Finding], list[tuple[str, str]]]:
+    """Default static rules (with the script's own configuration) on the script and its local modules."""
+    from doctor.config import resolve_settings
+    from doctor.engine import check_files
+    from doctor.localmods import local_modules
+    from doctor.registry import select_rules
+
+    settings = resolve_settings([script], None)
+    rules = select_rules(settings.select, settings.ignore, settings.extend_select)
+    files = [display(p) for p in local_modules(script)]
+    result = check_files(files, settings, rules, jobs=1)
+    return result.findings, result.errors
+
+
+def render_merged(script: str, result: Any, fmt: str, *, colour: bool) -> tuple[str, bool]:
+    """The merged report in ``fmt`` (text, json, html); also whether a static error-severity finding exists."""
+    import json
+
+    from doctor.engine import failing
+    from doctor.findings import Severity
+
+    findings, errors = static_findings_for(script)
+    payload = merged_payload(findings, result.to_dict(), errors)
+    failed = failing(findings, Severity.ERROR)
+    if fmt == "json":
+        return json.dumps(payload, indent=2, allow_nan=False), failed
+    if fmt == "html":
+        from doctor.html_report import render_html
+
+        return render_html(payload), failed
+    from doctor.probe.report import render_text as probe_text
+    from doctor.report import location
+
+    import click
+
+    def style(t: str, **kw: Any) -> str:
+        return click.style(t, **kw) if colour else t
+
+    lines = [style(f"Static findings on {display(script)} and its local modules: {len(findings)}", bold=True)]
+    by_key = {(l["path"], l["line"], l["rule"]): l for l in payload["links"]}
+    for f in findings:
+        lines.append(f"{location(f)}: {style(f.code, bold=True)} {f.message} [{f.rule}]")
+        link = by_key.get((f.path, f.line, f.rule))
+        if link is not None:
+            colour_of = {CONFIRMED: "red", CONTRADICTED: "green", NOT_OBSERVED: "white"}[link["verdict"]]
+            lines.append("    " + style(f"runtime: {link['summary']}", fg=colour_of))
+    for path, message in errors:
+        lines.append(f"{path}: error: {message}")
+    lines.append("")
+    lines.append(probe_text(result, colour=colour))
+    return "\n".join(lines), failed

@@ -54,7 +54,7 @@ def test_softmax_and_sigmoid_ranges():
 def test_bad_init_and_gradient_flow_from_checks():
     p = probe(checks=[{"name": "output-diversity", "status": "fail", "summary": "all rows identical", "evidence": {}}])
     assert verdict("bad-init", p) == CONFIRMED
-    p = probe(checks=[{"name": "gradient-flow", "status": "fail", "summary": "2 params without grad", "evidence": {"no_gradient": ["fc.weight", "fc.bias"]}}])
+    p = probe(checks=[{"name": "gradient-flow", "status": "fail", "summary": "2 params without grad", "evidence": {"no_grad": ["fc.weight", "fc.bias"]}}])
     assert verdict("detached-loss-input", p) == CONFIRMED
     assert verdict("non-leaf-parameter", p) == CONFIRMED
     p = probe(checks=[{"name": "gradient-flow", "status": "pass", "summary": "ok", "evidence": {}}])

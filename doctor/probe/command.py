@@ -21,14 +21,17 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="cpu hides GPUs from the script; cuda requires one.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True, help="Seconds before the script is killed.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
+              help="html: one self-contained file with charts (use with --output).")
+@click.option("--with-static", is_flag=True,
+              help="Also run the static checker on the script and the local modules it imports, and link its findings to the run.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report to a file.")
 @click.option("--sample-every", type=click.IntRange(min=1), default=5, show_default=True,
               help="Full statistics on steps 0, 1, 2 and every N-th step.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not pass the script's own output through (to stderr).")
 @click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
 def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, timeout: float, fmt: str,
-          output: Optional[str], sample_every: int, quiet: bool, color: Optional[bool]) -> None:
+          with_static: bool, output: Optional[str], sample_every: int, quiet: bool, color: Optional[bool]) -> None:
     """Run SCRIPT for a few optimizer steps and check what only a run shows.
 
     The script runs unmodified as __main__ in a child process, with SCRIPT_ARGS (put them after `--`).
@@ -47,10 +50,20 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
     except ProbeUsageError as exc:
         click.echo(f"doctor: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    if fmt == "json":
+    use_colour = color if color is not None else (output is None and sys.stdout.isatty())
+    exit_code = result.exit_code
+    if with_static:
+        from doctor.merge import render_merged
+
+        text, static_failed = render_merged(script, result, fmt, colour=use_colour)
+        exit_code = max(exit_code, 1 if static_failed else 0)
+    elif fmt == "json":
         text = report.render_json(result)
+    elif fmt == "html":
+        from doctor.html_report import render_html
+
+        text = render_html(result.to_dict())
     else:
-        use_colour = color if color is not None else (output is None and sys.stdout.isatty())
         text = report.render_text(result, colour=use_colour)
     if output:
         from doctor.fsutil import atomic_write_text
@@ -58,4 +71,4 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
         atomic_write_text(output, text + "\n")
     else:
         click.echo(text)
-    sys.exit(result.exit_code)
+    sys.exit(exit_code)

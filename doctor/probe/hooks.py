@@ -114,6 +114,10 @@ class Probe:
         self.params_sent = False
         self.loss_info_sent: set[str] = set()
         self.in_backward = 0
+        #: Backward passes since the last optimizer step (micro-steps of an accumulation window), whether
+        #: a GradScaler scaled this window's losses, and the gradient norm right after its first backward.
+        self.backwards = 0
+        self.window_scaled = False
         self.scaled: dict[int, torch.Tensor] = {}
         self.loss_acc: Optional[torch.Tensor] = None
         self.loss_count = 0
@@ -215,11 +219,20 @@ class Probe:
             if probe.in_backward == 0 and isinstance(tensors, torch.Tensor) and tensors.dim() == 0:
                 loss = probe.scaled.pop(id(tensors), None)
                 probe._add_loss(loss if loss is not None else tensors.detach())
+            outermost = probe.in_backward == 0
             probe.in_backward += 1
             try:
-                return fn(tensors, *args, **kwargs)
+                out = fn(tensors, *args, **kwargs)
             finally:
                 probe.in_backward -= 1
+            if outermost:
+                probe.backwards += 1
+                if probe.backwards == 1 and probe.sampling:
+                    try:
+                        probe._first_backward_norm()
+                    except Exception as exc:  # instrumentation must never break the user's run
+                        probe._internal(exc)
+            return out
 
         backward.__wrapped__ = fn  # type: ignore[attr-defined]
         return backward
@@ -231,6 +244,7 @@ class Probe:
             out = fn(scaler, outputs)
             if isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
                 probe.scaled = {id(out): outputs.detach()}  # keep one: the scaled loss of this micro-batch
+                probe.window_scaled = True
             return out
 
         return scale
@@ -271,6 +285,21 @@ class Probe:
             info["classes"] = int(inp.shape[1]) if inp.dim() >= 2 else int(inp.shape[0])
             if isinstance(tgt, torch.Tensor):
                 self._target_stats(inp, tgt)
+        if kind in ("cross_entropy", "nll", "bce_logits") and inp.is_floating_point() and inp.numel():
+            # Range of what the loss receives: probabilities (in [0, 1], rows summing to 1) where logits
+            # are expected is the runtime trace of a softmax/sigmoid in front of the loss.
+            x = inp.detach().float()
+            rows = x.sum(1).mean() if (kind != "bce_logits" and x.dim() >= 2) else x.new_full((), float("nan"))
+            stats = torch.stack([x.min(), x.max(), rows])
+
+            def set_range(v: list[float], info: dict = info) -> None:
+                info["input_min"], info["input_max"] = v[0], v[1]
+                if v[2] == v[2]:  # not NaN
+                    info["input_row_sum"] = v[2]
+                self.emitter.emit("loss_info", **info)
+
+            self.pending.add(stats, set_range)
+            return
         elif kind in ("bce", "bce_logits", "mse") and isinstance(tgt, torch.Tensor) and tgt.numel():
             t = tgt.detach().float().reshape(-1)
             stats = torch.stack([t.mean(), t.var(unbiased=False) if t.numel() > 1 else t.new_zeros(()), (t * t).mean()])
@@ -431,6 +460,8 @@ class Probe:
                 data_wait_s=self.data_wait,
                 batches=self.batches,
                 batch_size=self.batch_size,
+                backwards=self.backwards,
+                loss_scaled=self.window_scaled,
             )
             loss = self.loss_acc / self.loss_count if self.loss_acc is not None else self.last_fn_loss
             if loss is not None:
@@ -445,6 +476,7 @@ class Probe:
         was_sampling = self.sampling
         self.loss_acc, self.loss_count, self.last_fn_loss = None, 0, None
         self.data_wait, self.batches = 0.0, 0
+        self.backwards, self.window_scaled = 0, False
         self.step += 1
         if self.step >= self.max_steps:
             self.done = True
@@ -459,6 +491,19 @@ class Probe:
         if self.done:
             self.emitter.emit("done", steps=self.step)
             raise ProbeStop()
+
+    def _first_backward_norm(self) -> None:
+        """Global gradient norm of the primary optimizer right after the first backward of a window: with k
+        accumulated micro-steps the norm at the step is about k times this unless the loss was divided."""
+        opt = self.primary() if self.primary is not None else None
+        if opt is None:
+            return
+        grads = [p.grad.detach() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        rec = self.records.setdefault(self.step, {})
+        total = _stack_norms(grads).double().pow(2).sum().sqrt().float().reshape(1)
+        self.pending.add(total, lambda v, rec=rec: rec.__setitem__("first_backward_grad_norm", v[0]))
 
     def _grad_stats(self, opt: Any) -> None:
         names, grads, none = [], [], []

@@ -49,6 +49,15 @@ def series(run: Any) -> dict[str, Any]:
         "update_ratio": [[s.update_ratio[g] if g < len(s.update_ratio) else None for s in steps] for g in range(groups)],
         "param_update_ratio": {n: [s.param_update_ratio.get(n) for s in steps] for n in names},
     }
+    out["backwards"] = [s.backwards for s in steps]
+    # Gradient at the step over gradient after the first micro-step (only without a GradScaler, whose
+    # unscale_ before the step would change the scale between the two readings).
+    out["accumulation_grad_ratio"] = [
+        (s.grad_norm / s.first_backward_grad_norm)
+        if (s.grad_norm is not None and s.first_backward_grad_norm and not s.loss_scaled and s.backwards > 1)
+        else None
+        for s in steps
+    ]
     if any(s.memory for s in steps):
         keys = ("allocated", "reserved", "peak_allocated", "peak_reserved")
         out["memory_bytes"] = {k: [s.memory.get(k) for s in steps] for k in keys}

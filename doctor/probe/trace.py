@@ -34,6 +34,9 @@ class StepRecord:
     activations: dict[str, dict[str, Any]] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
     batch_size: Optional[int] = None
+    backwards: int = 0
+    loss_scaled: bool = False
+    first_backward_grad_norm: Optional[float] = None
 
     @classmethod
     def from_event(cls, ev: dict[str, Any]) -> "StepRecord":
@@ -144,7 +147,11 @@ class ProbeRun:
                 run.params = [ParamInfo(**p) for p in ev.get("params", [])]
                 run.optimizers = int(ev.get("optimizers", 1))
             elif kind == "loss_info":
-                run.loss_info.update({k: v for k, v in ev.items() if k != "ev"})
+                info = {k: v for k, v in ev.items() if k != "ev"}
+                run.loss_info.update(info)
+                # Every loss kind the script used, each with what its input looked like.
+                inputs = run.loss_info.setdefault("inputs", [])
+                inputs[:] = [i for i in inputs if i.get("kind") != info.get("kind")] + [dict(info)]
             elif kind == "step":
                 rec = StepRecord.from_event(ev)
                 by_step[rec.step] = rec
