@@ -1,0 +1,94 @@
+"""adam-weight-decay: torch.optim.Adam with weight_decay > 0 (L2 in the gradient) where AdamW is meant."""
+
+from __future__ import annotations
+
+import ast
+
+from doctor.analysis.values import literal_number
+from doctor.findings import Severity
+from doctor.registry import Rule
+
+#: Positional index of ``weight_decay`` in ``Adam(params, lr, betas, eps, weight_decay, ...)``.
+_WD_INDEX = 4
+
+
+class AdamWeightDecay(Rule):
+    name = "adam-weight-decay"
+    code = "DR801"
+    severity = Severity.WARNING
+    summary = "`torch.optim.Adam` is given weight_decay > 0: that is an L2 penalty scaled by Adam, not decoupled weight decay."
+    why = """
+        `Adam(weight_decay=wd)` adds `wd * w` to the gradient, which Adam then divides by its running RMS of
+        gradients: weights with large gradients are barely regularised and the effective decay changes during
+        training. That is not the weight decay of the papers and recipes people copy hyper-parameters from
+        (BERT, ViT, GPT...), which use decoupled decay: `torch.optim.AdamW`. With the same number, Adam+L2 usually
+        generalises worse. Use `AdamW` (or `Adam(..., decoupled_weight_decay=True)`), re-tuning the value
+        (AdamW decays by `lr * wd` per step, so typical values are larger: 0.01-0.1).
+    """
+    bad = """
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    """
+    good = """
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    """
+    fires = (
+        """
+import torch
+optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4)
+""",
+        """
+from torch.optim import Adam
+WEIGHT_DECAY = 5e-4
+opt = Adam([{"params": backbone.parameters(), "weight_decay": WEIGHT_DECAY}, {"params": head.parameters()}], lr=1e-3)
+""",
+    )
+    silent = (
+        """
+import torch
+a = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0)
+b = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+c = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
+d = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=args.wd)
+""",
+        """
+import torch
+import apex
+opt = apex.optimizers.FusedAdam(model.parameters(), lr=1e-3, weight_decay=0.01)
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        for call in m.nodes(ast.Call):
+            q = m.imports.qualify(call.func) or ""
+            parts = q.split(".")
+            if parts[-1] != "Adam" or parts[0] != "torch":
+                continue
+            if any(kw.arg == "decoupled_weight_decay" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False) for kw in call.keywords):
+                continue
+            for node, value in _weight_decays(call):
+                wd = literal_number(m, value)
+                if wd is not None and wd > 0:
+                    yield self.finding(
+                        ctx,
+                        node,
+                        f"Adam with weight_decay={wd:g} adds an L2 term to the gradient that Adam rescales per weight; "
+                        "decoupled weight decay is `torch.optim.AdamW`",
+                    )
+                    break
+
+
+def _weight_decays(call: ast.Call):
+    """(node to report, value) for each weight_decay given: keyword, positional, or in a param-group dict."""
+    for kw in call.keywords:
+        if kw.arg == "weight_decay":
+            yield kw.value, kw.value
+    if len(call.args) > _WD_INDEX:
+        yield call.args[_WD_INDEX], call.args[_WD_INDEX]
+    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+    if isinstance(groups, (ast.List, ast.Tuple)):
+        for g in groups.elts:
+            if isinstance(g, ast.Dict):
+                for k, v in zip(g.keys, g.values):
+                    if isinstance(k, ast.Constant) and k.value == "weight_decay":
+                        yield v, v

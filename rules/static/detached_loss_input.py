@@ -1,0 +1,115 @@
+"""detached-loss-input: the model's prediction is detached before the loss, so no gradient reaches the model."""
+
+from __future__ import annotations
+
+from doctor.findings import Severity
+from doctor.registry import Rule
+
+
+class DetachedLossInput(Rule):
+    name = "detached-loss-input"
+    code = "DR404"
+    severity = Severity.ERROR
+    summary = "A backpropagated loss is computed on a detached prediction (.detach(), .data, .item(), .numpy())."
+    why = """
+        `.detach()`, `.data`, `.item()` and `.numpy()` cut a tensor off from the autograd graph. When the
+        model's prediction goes through one of them before the loss, `loss.backward()` either fails ("element 0
+        of tensors does not require grad") or, after the usual workaround `loss.requires_grad = True`, runs and
+        leaves every parameter's `.grad` at None: the optimizer steps on nothing and the model never learns.
+        Detaching the *target* (a DQN target network, a teacher's outputs, `fake.detach()` for the discriminator
+        step) is correct and not reported, and neither are losses computed only for logging or loss terms summed
+        with another term that does train the model.
+    """
+    bad = """
+        output = model(x)
+        loss = criterion(output.detach(), y)
+        loss.requires_grad = True
+        loss.backward()
+    """
+    good = """
+        output = model(x)
+        loss = criterion(output, y)
+        loss.backward()
+    """
+    fires = (
+        """
+import torch
+criterion = torch.nn.MSELoss()
+for x, y in loader:
+    optimizer.zero_grad()
+    output = model(x)
+    loss = criterion(output.detach(), y)
+    loss.requires_grad = True
+    loss.backward()
+    optimizer.step()
+""",
+        """
+import torch
+import torch.nn.functional as F
+for x, y in loader:
+    pred = model(x).data
+    loss = F.mse_loss(pred, y)
+    loss.backward()
+""",
+    )
+    silent = (
+        """
+import torch
+import torch.nn.functional as F
+for s, a, r, s2 in replay:
+    q = policy_net(s).gather(1, a)
+    q_target = r + gamma * target_net(s2).max(1)[0].detach()
+    loss = F.smooth_l1_loss(q, q_target.unsqueeze(1))
+    loss.backward()
+""",
+        """
+import torch
+criterion = torch.nn.BCELoss()
+for real in loader:
+    fake = netG(noise)
+    loss_d = criterion(netD(fake.detach()), zeros)
+    loss_d.backward()
+""",
+        """
+import torch
+import torch.nn.functional as F
+for x, y in loader:
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    logged = F.cross_entropy(out.detach(), y).item()
+    loss.backward()
+""",
+        """
+import torch
+import torch.nn.functional as F
+for x, y in loader:
+    with torch.no_grad():
+        t = teacher(x).detach()
+    loss = F.kl_div(F.log_softmax(student(x), -1), F.softmax(t, -1)) + F.mse_loss(t, student(x))
+    loss.backward()
+""",
+    )
+
+    def check(self, ctx):
+        values = ctx.model.values
+        reached = values.backpropagated_losses()
+        for lc in values.loss_calls:
+            if id(lc.node) not in reached or lc.input is None:
+                continue
+            cut = values.detached_model_output(lc.input)
+            if cut is None:
+                continue
+            others = [a for a in lc.args if a is not lc.input]
+            if any(values.attached_model_output(a) for a in others):
+                continue  # the gradient flows through another argument (target-side detach)
+            backward, sources = reached[id(lc.node)]
+            inputs = [o.input for o in values.loss_calls if o.node is not lc.node and any(o.node is s for s in sources)]
+            if any(values.attached_model_output(i) for i in inputs):
+                continue  # another loss term of the same backward trains the model
+            how = "" if cut.node is lc.input else f" (by `{ctx.segment(cut.node)}`)"
+            yield self.finding(
+                ctx,
+                lc.input,
+                f"the prediction `{ctx.segment(lc.input)}` is cut from autograd{how} before the loss backpropagated on "
+                f"line {backward.lineno}: no gradient reaches the model",
+            )

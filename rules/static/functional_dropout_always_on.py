@@ -1,0 +1,147 @@
+"""functional-dropout-always-on: F.dropout in a module without training=self.training stays on in eval."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from doctor.findings import Applicability, Edit, Fix, Severity
+from doctor.registry import Rule
+
+#: Functional dropouts whose ``training`` parameter defaults to True, with its positional index.
+#: (``alpha_dropout`` and ``feature_alpha_dropout`` default to ``training=False``: not this bug.)
+_DROPOUTS = {"dropout": 2, "dropout1d": 2, "dropout2d": 2, "dropout3d": 2}
+_NS = {"torch.nn.functional", "F", "nn.functional", "functional"}
+#: A comment on the call's line saying the dropout is meant to stay on.
+_INTENT = re.compile(
+    r"always (on|appl|use|drop|active|enabled)|(at|in|during) (inference|eval|test)|monte carlo|\bmc[ _-]dropout"
+    r"|on purpose|intentional|deliberate",
+    re.I,
+)
+
+
+class FunctionalDropoutAlwaysOn(Rule):
+    name = "functional-dropout-always-on"
+    code = "DR506"
+    severity = Severity.ERROR
+    fixable = Applicability.UNSAFE
+    summary = "`F.dropout(x, p)` inside an nn.Module without `training=self.training` also drops units in eval mode."
+    why = """
+        Unlike `nn.Dropout`, the functional `F.dropout` does not look at the module's mode: its `training`
+        argument defaults to True. Inside a module's `forward`, `model.eval()` therefore leaves dropout on, so
+        validation scores are noisy and pessimistic, predictions are not deterministic, and the deployed model is
+        worse than the one you measured. Pass `training=self.training`, or use an `nn.Dropout` submodule.
+        An explicit `training=` (True for Monte Carlo dropout), `p=0`, and a call whose line carries a comment
+        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet) are not reported.
+    """
+    bad = """
+        class Net(nn.Module):
+            def forward(self, x):
+                x = F.dropout(F.relu(self.fc1(x)), p=0.5)
+                return self.fc2(x)
+    """
+    good = """
+        class Net(nn.Module):
+            def forward(self, x):
+                x = F.dropout(F.relu(self.fc1(x)), p=0.5, training=self.training)
+                return self.fc2(x)
+    """
+    fires = (
+        """
+import torch.nn as nn
+import torch.nn.functional as F
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 256)
+        self.fc2 = nn.Linear(256, 10)
+    def forward(self, x):
+        x = F.dropout(F.relu(self.fc1(x)), 0.5)
+        return self.fc2(x)
+""",
+        """
+import torch
+from torch import nn
+from torch.nn import functional as F
+class Block(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+    def forward(self, x):
+        return F.dropout2d(x, p=self.p)
+""",
+    )
+    silent = (
+        """
+import torch.nn as nn
+import torch.nn.functional as F
+class SNN(nn.Module):
+    def forward(self, x):
+        return F.alpha_dropout(F.selu(x), p=0.1)  # training defaults to False here
+""",
+        """
+import torch.nn as nn
+import torch.nn.functional as F
+class Net(nn.Module):
+    def forward(self, x):
+        x = F.dropout(x, p=0.5, training=self.training)
+        x = F.dropout(x, 0.1, self.training)
+        return F.dropout(x, p=0.2, training=True)  # Monte Carlo dropout, on purpose
+""",
+        """
+import torch.nn.functional as F
+def augment(x):
+    return F.dropout(x, 0.1)
+""",
+        """
+import torch.nn as nn
+import torch.nn.functional as F
+class Net(nn.Module):
+    def forward(self, x):
+        return F.dropout(x, p=0.0)
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        for call in m.nodes(ast.Call):
+            q = m.imports.qualify(call.func) or ""
+            ns, _, name = q.rpartition(".")
+            if ns not in _NS or name not in _DROPOUTS:
+                continue
+            if len(call.args) > _DROPOUTS[name] or any(kw.arg in ("training", None) for kw in call.keywords):
+                continue
+            if any(isinstance(a, ast.Starred) for a in call.args) or _zero_p(call):
+                continue
+            if _INTENT.search(ctx.lines[call.lineno - 1].partition("#")[2]):
+                continue  # the line's comment says it is on purpose (Tacotron's prenet, MC dropout)
+            fn = m.enclosing_function(call)
+            cls = m.class_of(fn)
+            if cls is None or not m.values.is_local_module_class(cls):
+                continue
+            yield self.finding(
+                ctx,
+                call,
+                f"`{ctx.segment(call.func)}` without `training=self.training` keeps dropping units after `model.eval()`: "
+                "pass `training=self.training` (or use an nn.Dropout submodule)",
+                fix=_fix(ctx, call, fn),
+            )
+
+
+def _zero_p(call: ast.Call) -> bool:
+    p = call.args[1] if len(call.args) > 1 else next((kw.value for kw in call.keywords if kw.arg == "p"), None)
+    return isinstance(p, ast.Constant) and p.value == 0
+
+
+def _fix(ctx, call: ast.Call, fn: ast.AST):
+    """Insert ``, training=self.training`` after the last argument."""
+    args = getattr(fn, "args", None)
+    first = (args.posonlyargs + args.args)[0].arg if args is not None and (args.posonlyargs + args.args) else None
+    if first != "self" or ctx.source.cells:
+        return None
+    last = max(list(call.args) + [kw.value for kw in call.keywords], key=lambda n: (n.end_lineno, n.end_col_offset), default=None)
+    if last is None:
+        return None
+    line, col = last.end_lineno, ctx.char_column(last.end_lineno, last.end_col_offset)
+    edit = Edit(line, col, line, col, ", training=self.training")
+    return Fix("pass training=self.training", Applicability.UNSAFE, (edit,))

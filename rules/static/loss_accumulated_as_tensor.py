@@ -1,0 +1,232 @@
+"""loss-accumulated-as-tensor: a running total of attached loss tensors keeps every iteration's graph alive."""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator, Optional
+
+from doctor.analysis.events import BACKWARD
+from doctor.analysis.names import receiver_key
+from doctor.analysis.values import DETACH
+from doctor.findings import Applicability, Severity
+from doctor.fixes import replace_node
+from doctor.registry import Rule
+
+class LossAccumulatedAsTensor(Rule):
+    name = "loss-accumulated-as-tensor"
+    code = "DR501"
+    severity = Severity.WARNING
+    fixable = Applicability.SAFE
+    summary = "A running total adds up attached loss tensors across iterations (`total += loss`), keeping their graphs alive."
+    why = """
+        A loss tensor that was backpropagated still references its autograd graph. Adding it to a running
+        total (`total_loss += loss`) makes the total a tensor whose graph links every iteration's loss, so the
+        graph (and, for losses not yet backpropagated, the activations it saved) can never be freed: memory
+        grows with every step until the epoch ends or the GPU runs out. Accumulate a plain number
+        (`loss.item()`, `float(loss)`) or a detached tensor (`loss.detach()`, which avoids a GPU sync).
+        A sum of losses that is itself backpropagated (`loss += w * term` then `loss.backward()`) is correct.
+    """
+    bad = """
+        total_loss = 0
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss
+    """
+    good = """
+        total_loss = 0
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach()
+    """
+    fires = (
+        """
+import torch
+total_loss = 0
+for x, y in loader:
+    optimizer.zero_grad()
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()
+    total_loss += loss
+""",
+        """
+import torch
+def train_epoch(model, loader, optimizer, scaler):
+    running = 0.0
+    for x, y in loader:
+        loss = model(x, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        running = running + loss * x.size(0)
+    return running / len(loader)
+""",
+    )
+    silent = (
+        """
+import torch
+total_loss = 0
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+    total_loss += loss.item()
+""",
+        """
+import torch
+running = 0
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+    running += loss.detach().float()
+""",
+        """
+import torch
+for x in loader:
+    optimizer.zero_grad()
+    loss = 0
+    for layer, target in zip(style_layers, targets):
+        loss += mse(features[layer], target)
+    loss.backward()
+    optimizer.step()
+""",
+        """
+import torch
+total = 0
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+    total += float(loss)
+""",
+        """
+import torch
+with torch.no_grad():
+    total = 0
+    for x, y in val_loader:
+        loss = criterion(model(x), y)
+        total += loss
+""",
+    )
+
+    def check(self, ctx):
+        m = ctx.model
+        backwards_in: dict[int, list] = {}
+        micro: set[int] = set()
+        for loop, events in m.loop_views():
+            backwards_in.setdefault(id(loop.node), []).extend(e for e in events if e.kind == BACKWARD and not e.no_grad)
+            if loop.looks_like_micro_steps():
+                micro.add(id(loop.node))
+        for stmt, acc, value in _running_totals(m):
+            loop = _innermost_loop(m, stmt)
+            backs = backwards_in.get(id(loop), []) if loop is not None else []
+            if not backs or m.modes.grad_disabled_at(stmt) or _reset_inside(loop, acc, stmt):
+                continue
+            if id(loop) in micro:
+                continue  # summing the micro-steps of one accumulation window: bounded, released each window
+            fn = m.enclosing_function(stmt)
+            if any(acc in _keys(m, b.arg) for b in m.all_events() if b.kind == BACKWARD and b.arg is not None
+                   and m.enclosing_function(b.node) is fn):
+                continue  # the total is itself backpropagated: a sum of loss terms
+            leaf = next((l for l in _leaves(value) if _backpropagated_here(m, l, stmt, loop, backs)), None)
+            if leaf is None:
+                continue
+            text = ctx.segment(value)
+            simple = isinstance(value, (ast.Name, ast.Attribute, ast.Subscript, ast.Call))
+            fix = replace_node(
+                ctx, value, f"{text}.detach()" if simple else f"({text}).detach()",
+                "accumulate a detached copy", Applicability.SAFE,
+            )
+            yield self.finding(
+                ctx,
+                stmt,
+                f"`{ctx.segment(stmt)}` adds the attached loss `{ctx.segment(leaf)}` to a running total on every "
+                "iteration, keeping each iteration's autograd graph alive: accumulate `.detach()` or `.item()`",
+                fix=fix,
+            )
+
+
+def _running_totals(m) -> Iterator[tuple[ast.stmt, str, ast.AST]]:
+    """``total += v`` and ``total = total + v``: the statement, the total's key and ``v``."""
+    for node in m.nodes(ast.AugAssign, ast.Assign):
+        if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
+            key = receiver_key(node.target)
+            if key:
+                yield node, key, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.value, ast.BinOp):
+            key = receiver_key(node.targets[0])
+            bop = node.value
+            if key and isinstance(bop.op, ast.Add) and receiver_key(bop.left) == key:
+                yield node, key, bop.right
+
+
+def _innermost_loop(m, node: ast.AST) -> Optional[ast.AST]:
+    cur = m.parents.get(id(node))
+    while cur is not None and not isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        if isinstance(cur, (ast.For, ast.AsyncFor, ast.While)):
+            return cur
+        cur = m.parents.get(id(cur))
+    return None
+
+
+def _reset_inside(loop: ast.AST, acc: str, stmt: ast.stmt) -> bool:
+    """The total is re-initialised inside the loop: it only sums terms of one iteration."""
+    for node in ast.walk(loop):
+        if isinstance(node, ast.Assign) and node is not stmt and any(receiver_key(t) == acc for t in node.targets):
+            return True
+    return False
+
+
+def _keys(m, expr: Optional[ast.AST]) -> set[str]:
+    """Names and attribute keys an expression reads, also one assignment deep (``loss = total / n``)."""
+    out: set[str] = set()
+    if expr is None:
+        return out
+    for node in ast.walk(expr):
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            key = receiver_key(node)
+            if key:
+                out.add(key)
+            if isinstance(node, ast.Name):
+                value = m.values.value_of(node)
+                if value is not None:
+                    out.update(k for n in ast.walk(value) if isinstance(n, (ast.Name, ast.Attribute)) for k in [receiver_key(n)] if k)
+    return out
+
+
+def _leaves(expr: ast.AST) -> Iterator[ast.AST]:
+    if isinstance(expr, ast.BinOp):
+        yield from _leaves(expr.left)
+        yield from _leaves(expr.right)
+    else:
+        yield expr
+
+
+def _backpropagated_here(m, leaf: ast.AST, stmt: ast.stmt, loop: ast.AST, backs: list) -> bool:
+    """``leaf`` is certainly the tensor a ``backward()`` of this iteration ran on (so `.detach()` on it is
+    safe): a plain name, backpropagated directly in the loop on the same control path as ``stmt`` (no
+    ``if``/``try`` arm between them that holds one but not the other), and not rebound in between."""
+    if not isinstance(leaf, ast.Name) or m.values.trace(leaf)[0].kind == DETACH:
+        return False
+    here = m.values.definition(leaf)
+    for b in backs:
+        if b.via or b.arg is None or not _same_path(m, b.node, stmt, loop):
+            continue
+        for name in ast.walk(b.arg):
+            if isinstance(name, ast.Name) and name.id == leaf.id:
+                there = m.values.definition(name)
+                if here is not None and there is not None and here[0] is there[0]:
+                    return True
+    return False
+
+
+def _same_path(m, a: ast.AST, b: ast.AST, loop: ast.AST) -> bool:
+    """Every conditional block between ``a`` and ``loop`` also holds ``b``."""
+    for anc in m.index.ancestors(a):
+        if anc is loop:
+            return True
+        if isinstance(anc, (ast.If, ast.Try, ast.ExceptHandler, ast.For, ast.AsyncFor, ast.While)) or type(anc).__name__ in ("match_case", "TryStar"):
+            if not m.values.contains(anc, b):
+                return False
+    return False

@@ -1,0 +1,116 @@
+"""sigmoid-before-bce-with-logits: sigmoid output fed to a loss that applies the sigmoid itself."""
+
+from __future__ import annotations
+
+from doctor.analysis.values import SIGMOID
+from doctor.findings import Applicability, Severity
+from doctor.fixes import replace_node
+from doctor.registry import Rule
+
+
+class SigmoidBeforeBceWithLogits(Rule):
+    name = "sigmoid-before-bce-with-logits"
+    code = "DR402"
+    severity = Severity.ERROR
+    fixable = Applicability.UNSAFE
+    summary = "Sigmoid outputs are passed to BCEWithLogitsLoss / binary_cross_entropy_with_logits, which expects logits."
+    why = """
+        `BCEWithLogitsLoss` applies the sigmoid itself (in a numerically stable form). Fed a sigmoid output it
+        computes `sigmoid(sigmoid(z))`, which only ranges over [0.5, 0.73]: predictions can never approach 0,
+        the loss has a high floor and gradients all but vanish. Training runs without an error and converges
+        to a poor model. Either drop the sigmoid or use `BCELoss` on probabilities (less stable).
+        A sigmoid used only for metrics or thresholding, with the raw logits passed to the loss, is fine.
+    """
+    bad = """
+        logits = model(x)
+        loss = nn.BCEWithLogitsLoss()(torch.sigmoid(logits), y)
+    """
+    good = """
+        logits = model(x)
+        loss = nn.BCEWithLogitsLoss()(logits, y)
+        preds = torch.sigmoid(logits) > 0.5  # only for metrics
+    """
+    fires = (
+        """
+import torch
+import torch.nn as nn
+criterion = nn.BCEWithLogitsLoss()
+for x, y in loader:
+    logits = model(x)
+    loss = criterion(torch.sigmoid(logits), y)
+    loss.backward()
+""",
+        """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+class Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(256, 1)
+    def forward(self, x):
+        return torch.sigmoid(self.head(x)).squeeze(-1)
+model = Detector()
+for x, y in loader:
+    out = model(x)
+    loss = F.binary_cross_entropy_with_logits(out, y.float())
+    loss.backward()
+""",
+    )
+    silent = (
+        """
+import torch
+import torch.nn as nn
+criterion = nn.BCEWithLogitsLoss()
+for x, y in loader:
+    logits = model(x)
+    loss = criterion(logits, y)
+    preds = (torch.sigmoid(logits) > 0.5).float()
+    acc = (preds == y).float().mean()
+    loss.backward()
+""",
+        """
+import torch
+import torch.nn as nn
+model = nn.Sequential(nn.Linear(10, 1), nn.Sigmoid())
+criterion = nn.BCELoss()
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+""",
+        """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+class GatedHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(64, 64)
+        self.out = nn.Linear(64, 1)
+    def forward(self, x):
+        g = torch.sigmoid(self.gate(x))
+        return self.out(g * x)
+model = GatedHead()
+for x, y in loader:
+    loss = F.binary_cross_entropy_with_logits(model(x), y)
+""",
+    )
+
+    def check(self, ctx):
+        values = ctx.model.values
+        for lc in values.loss_calls:
+            if lc.kind != "bce_with_logits" or lc.input is None:
+                continue
+            act = values.activation(lc.input)
+            if act is None or act.kind != SIGMOID:
+                continue
+            where = "" if act.node.lineno == lc.input.lineno else f" (sigmoid applied on line {act.node.lineno})"
+            found = values.removable_activation(lc.input, act)
+            fix = replace_node(ctx, found[0], ctx.segment(found[1]), "drop the sigmoid") if found else None
+            yield self.finding(
+                ctx,
+                lc.input,
+                f"`{ctx.segment(lc.input)}` is a sigmoid output{where}, but BCE-with-logits applies the sigmoid itself: "
+                "pass the raw logits (or use BCELoss on probabilities)",
+                fix=fix,
+            )

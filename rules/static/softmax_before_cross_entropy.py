@@ -1,0 +1,128 @@
+"""softmax-before-cross-entropy: probabilities fed to a loss that applies log_softmax itself."""
+
+from __future__ import annotations
+
+from doctor.analysis.values import SOFTMAX
+from doctor.findings import Applicability, Severity
+from doctor.fixes import replace_node
+from doctor.registry import Rule
+
+
+class SoftmaxBeforeCrossEntropy(Rule):
+    name = "softmax-before-cross-entropy"
+    code = "DR401"
+    severity = Severity.ERROR
+    fixable = Applicability.UNSAFE
+    summary = "Softmax probabilities are passed to CrossEntropyLoss / F.cross_entropy, which expects raw logits."
+    why = """
+        `nn.CrossEntropyLoss` and `F.cross_entropy` apply `log_softmax` to their input themselves. Given
+        probabilities they compute `log_softmax(softmax(z))`: the inputs are squeezed into [0, 1], so the loss
+        can never get near zero, its gradients shrink as the model becomes confident, and training stalls at a
+        worse accuracy than the same model trained on logits. Nothing errors: the loss just decreases slowly.
+        Softmax on the *target* side (soft labels, distillation targets) is correct and not reported.
+    """
+    bad = """
+        logits = model(x)
+        loss = F.cross_entropy(F.softmax(logits, dim=1), y)
+    """
+    good = """
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        probs = F.softmax(logits, dim=1)  # only for metrics
+    """
+    fires = (
+        """
+import torch.nn.functional as F
+for x, y in loader:
+    logits = model(x)
+    loss = F.cross_entropy(F.softmax(logits, dim=1), y)
+    loss.backward()
+""",
+        """
+import torch
+import torch.nn as nn
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10), nn.Softmax(dim=1))
+    def forward(self, x):
+        return self.net(x)
+model = Classifier()
+criterion = nn.CrossEntropyLoss()
+for x, y in loader:
+    loss = criterion(model(x), y)
+    loss.backward()
+""",
+        """
+import torch
+import torch.nn.functional as F
+def train(model, loader):
+    for x, y in loader:
+        probs = torch.softmax(model(x), dim=-1)
+        loss = F.cross_entropy(probs, y)
+        loss.backward()
+""",
+    )
+    silent = (
+        """
+import torch.nn.functional as F
+for x, y in loader:
+    logits = model(x)
+    probs = F.softmax(logits, dim=-1)
+    acc = (probs.argmax(-1) == y).float().mean()
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+""",
+        """
+import torch.nn.functional as F
+for x, _ in loader:
+    with torch.no_grad():
+        soft_targets = F.softmax(teacher(x) / T, dim=-1)
+    loss = F.cross_entropy(student(x), soft_targets)
+    loss.backward()
+""",
+        """
+import torch.nn as nn
+import torch.nn.functional as F
+class Attention(nn.Module):
+    def forward(self, q, k, v):
+        weights = F.softmax(q @ k.transpose(-2, -1), dim=-1)
+        return weights @ v
+criterion = nn.CrossEntropyLoss()
+for x, y in loader:
+    loss = criterion(model(x), y)
+""",
+        """
+import torch.nn.functional as F
+for x, y in loader:
+    out = model(x)
+    if args.use_probs:
+        out = F.softmax(out, dim=1)
+    loss = F.cross_entropy(out, y)
+""",
+    )
+
+    def check(self, ctx):
+        values = ctx.model.values
+        for lc in values.loss_calls:
+            if lc.kind != "cross_entropy" or lc.input is None:
+                continue
+            act = values.activation(lc.input)
+            if act is None or act.kind != SOFTMAX:
+                continue
+            where = "" if act.node.lineno == lc.input.lineno else f" (softmax applied on line {act.node.lineno})"
+            yield self.finding(
+                ctx,
+                lc.input,
+                f"`{ctx.segment(lc.input)}` holds softmax probabilities{where}, but cross-entropy applies log_softmax "
+                "itself: pass the raw logits",
+                fix=_fix(ctx, values, lc.input, act),
+            )
+
+
+def _fix(ctx, values, expr, act):
+    found = values.removable_activation(expr, act)
+    if found is None:
+        return None
+    node, replacement = found
+    return replace_node(ctx, node, ctx.segment(replacement), "pass the logits instead of the softmax output")
