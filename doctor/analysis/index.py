@@ -22,6 +22,7 @@ class NodeIndex:
         self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
         self.parents: dict[int, ast.AST] = {}
         self._lines: dict[type, list[int]] = {}
+        self._all: Optional[list[ast.AST]] = None
         by_type = self._by_type
         parents = self.parents
         stack = [tree]
@@ -42,6 +43,12 @@ class NodeIndex:
         # Source order (the stack visits in reverse); rules report in a stable order.
         for nodes in by_type.values():
             nodes.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+
+    def all(self) -> list[ast.AST]:
+        """Every node of the file (a cached list: iterating it costs no tree traversal)."""
+        if self._all is None:
+            self._all = [n for nodes in self._by_type.values() for n in nodes]
+        return self._all
 
     def of(self, *types: type[T]) -> list[T]:
         """All nodes of the given types, in source order."""

@@ -143,7 +143,7 @@ optimizer.load_state_dict(extra["optimizer"])
         }
         if not schedulers:
             return
-        calls = [n for n in ast.walk(m.tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+        calls = [n for n in m.index.all() if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
         for call in calls:
             if call.func.attr != "load_state_dict":  # type: ignore[attr-defined]
                 continue
@@ -182,7 +182,7 @@ def _state_handled(m, key, info, calls) -> bool:
             return True
         if recv in names and "step" in attr and (call.args or call.keywords):
             return True  # `scheduler.step(epoch)` / `step_update(num_updates)`: positioned on every call
-    for node in ast.walk(m.tree):
+    for node in m.index.all():
         if isinstance(node, ast.Call):
             fname = node.func.id if isinstance(node.func, ast.Name) else node.func.attr if isinstance(node.func, ast.Attribute) else ""
             if _CHECKPOINT_HELPER.search(fname) and any(receiver_key(a) in names for a in _all_args(node)):

@@ -289,7 +289,7 @@ def _frozen_on_purpose(m, ev, events) -> bool:
 def _requires_grad_off(m, key) -> bool:
     """The file freezes parameters (``requires_grad_(False)``, ``p.requires_grad = False``, an optimizer over
     ``filter(lambda p: p.requires_grad, ...)``): partial fine-tuning, where eval mode keeps frozen BN statistics."""
-    for node in ast.walk(m.tree):
+    for node in m.index.all():
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "requires_grad_":
             if node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is False:
                 return True
