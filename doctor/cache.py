@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from typing import TYPE_CHECKING, Optional
 
@@ -24,7 +23,7 @@ from doctor.findings import Finding
 
 if TYPE_CHECKING:
     from doctor.config import Settings
-    from doctor.engine import FileResult
+    from doctor.engine import FileResult, RunResult
     from doctor.registry import Rule
 
 DEFAULT_FOLDER = ".doctor_cache"
@@ -49,24 +48,32 @@ def default_folder(settings: "Settings") -> str:
     return os.path.join(settings.root, DEFAULT_FOLDER)
 
 
-def code_fingerprint(rules: list[type["Rule"]]) -> str:
-    """doctor's version plus the size and mtime of its own modules and of the rules' modules.
+def _code_folders() -> list[str]:
+    """doctor's own package and the rules package (installed as ``doctor.rules``, maybe from another folder)."""
+    import importlib.util
 
-    The version alone is not enough: an editable install (or a rule plugin) changes behaviour without a
-    version bump, and a stale cache that hides a finding is worse than no cache. Stat calls on a few dozen
-    files cost well under a millisecond.
+    folders = [os.path.dirname(os.path.abspath(__file__))]
+    try:
+        spec = importlib.util.find_spec("doctor.rules")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        folders.append(os.path.abspath(location))
+    return folders
+
+
+def code_fingerprint() -> str:
+    """doctor's version plus the size and mtime of its own modules and of the rule modules.
+
+    The version alone is not enough: an editable install changes behaviour without a version bump, and a stale
+    cache that hides a finding is worse than no cache. It is computed from the files on disk, without importing
+    the rules, so that a fully cached run never imports them; stat calls on a few dozen files cost about 1 ms.
     """
     files: set[str] = set()
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-    for folder, _dirs, names in os.walk(package_dir):
-        if os.path.basename(folder) in ("__pycache__", "probe"):
-            continue
-        files.update(os.path.join(folder, n) for n in names if n.endswith(".py"))
-    for rule in rules:
-        module = sys.modules.get(rule.__module__)
-        path = getattr(module, "__file__", None)
-        if path:
-            files.add(os.path.abspath(path))
+    for top in _code_folders():
+        for folder, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in ("__pycache__", "probe")]
+            files.update(os.path.join(folder, n) for n in names if n.endswith(".py"))
     h = hashlib.sha256(__version__.encode())
     for path in sorted(files):
         try:
@@ -75,6 +82,11 @@ def code_fingerprint(rules: list[type["Rule"]]) -> str:
             continue
         h.update(f"\0{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()
+
+
+def _selection_key(code: str, settings: "Settings") -> str:
+    selectors = repr((settings.select, settings.ignore, settings.extend_select))
+    return hashlib.sha256(f"{code}\0{selectors}".encode()).hexdigest()[:32]
 
 
 def _prepare_folder(folder: str) -> bool:
@@ -109,15 +121,15 @@ def _write_atomic(path: str, data: bytes) -> None:
 class ResultCache:
     """Lookups and stores of ``FileResult`` by file content. ``get`` remembers the key that ``put`` uses."""
 
-    def __init__(self, folder: str, settings: "Settings", rules: list[type["Rule"]]) -> None:
+    def __init__(self, folder: str, settings: "Settings", rule_names: list[str], code: Optional[str] = None) -> None:
         self.folder = folder
         self.root = os.path.abspath(settings.root)
         self.hits = 0
         self.misses = 0
         h = hashlib.sha256()
-        h.update(code_fingerprint(rules).encode())
+        h.update((code or code_fingerprint()).encode())
         h.update(b"\0" + settings.fingerprint().encode())
-        h.update(b"\0" + ",".join(sorted(r.name for r in rules)).encode())
+        h.update(b"\0" + ",".join(sorted(rule_names)).encode())
         self._salt = h.digest()
         self._keys: dict[str, str] = {}
 
@@ -181,4 +193,52 @@ def open_cache(folder: Optional[str], settings: "Settings", rules: list[type["Ru
     folder = folder or default_folder(settings)
     if not _prepare_folder(folder):
         return None
-    return ResultCache(folder, settings, rules)
+    code = code_fingerprint()
+    names = [r.name for r in rules]
+    # Remember which rules these (valid) selectors enable,
+    # so that the next run over unchanged files can answer from the cache without importing any rule.
+    memo = os.path.join(folder, CACHE_FORMAT, f"selection-{_selection_key(code, settings)}.json")
+    from doctor.registry import validate_selectors
+
+    valid = not validate_selectors(settings.select + settings.ignore + settings.extend_select)
+    if valid and _read_selection(memo) != names:  # missing or corrupt: (re)write it
+        try:
+            _write_atomic(memo, json.dumps({"rules": names}).encode())
+        except OSError:
+            pass
+    return ResultCache(folder, settings, names, code)
+
+
+def _read_selection(memo: str) -> Optional[list[str]]:
+    """The rule names a selection memo records, or None when it is missing or corrupt."""
+    try:
+        with open(memo, encoding="utf-8") as fh:
+            names = json.load(fh)["rules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
+
+
+def cached_run(folder: Optional[str], settings: "Settings", paths: list[str]) -> Optional["RunResult"]:
+    """The whole run from the cache when every file is unchanged since it was checked with these settings.
+
+    None as soon as anything is missing (no cache, selectors never seen, one changed file); the caller then
+    does a normal run, which loads the rules and fills the cache.
+    """
+    from doctor.engine import RunResult
+
+    folder = folder or default_folder(settings)
+    code = code_fingerprint()
+    names = _read_selection(os.path.join(folder, CACHE_FORMAT, f"selection-{_selection_key(code, settings)}.json"))
+    if names is None:
+        return None
+    cache = ResultCache(folder, settings, names, code)
+    results = []
+    for path in paths:
+        hit = cache.get(path)
+        if hit is None:
+            return None
+        results.append(hit)
+    return RunResult(files=results)
