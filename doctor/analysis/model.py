@@ -308,6 +308,18 @@ class TrainingModel:
             return Accumulation(step, None, micro_loop, backs)
         return None
 
+    def accumulations(self) -> Iterator[tuple[list[Event], set[str], Accumulation]]:
+        """Every optimizer step that runs once per accumulation window, with its stream's events and the
+        keys of the optimizers stepped there."""
+        for stream in self.streams:
+            events = list(stream.events)
+            stepped = {e.target for e in events if e.kind == STEP and e.target}
+            for s in events:
+                if s.kind == STEP:
+                    acc = self.accumulation_of(s, events)
+                    if acc is not None:
+                        yield events, stepped, acc
+
     def runs_every_micro_step(self, ev: Event, acc: Accumulation, events: list[Event] = ()) -> bool:
         """Does ``ev`` run on every micro-step of ``acc`` rather than once per window?"""
         if ev.in_accumulate_context:

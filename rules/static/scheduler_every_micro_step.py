@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from doctor.analysis.events import SCHED_STEP, STEP
+from doctor.analysis.events import SCHED_STEP
 from doctor.findings import Severity
 from doctor.registry import Rule
 
@@ -81,24 +81,17 @@ for epoch in range(epochs):
     def check(self, ctx):
         m = ctx.model
         seen = set()
-        for stream in m.streams:
-            events = list(stream.events)
-            stepped = {e.target for e in events if e.kind == STEP and e.target}
-            for s in events:
-                if s.kind != STEP:
+        for events, stepped, acc in m.accumulations():
+            s = acc.step
+            for k in events:
+                if k.kind != SCHED_STEP or id(k.node) in seen or m.is_plateau(k):
                     continue
-                acc = m.accumulation_of(s, events)
-                if acc is None:
+                if not m.scheduler_drives(k.target, s.target, stepped) or not m.runs_every_micro_step(k, acc, events):
                     continue
-                for k in events:
-                    if k.kind != SCHED_STEP or id(k.node) in seen or m.is_plateau(k):
-                        continue
-                    if not m.scheduler_drives(k.target, s.target, stepped) or not m.runs_every_micro_step(k, acc, events):
-                        continue
-                    seen.add(id(k.node))
-                    yield self.finding(
-                        ctx,
-                        k.node,
-                        f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` (line {s.node.lineno}) "
-                        "steps once per accumulation window: the schedule runs k times too fast; step it with the optimizer",
-                    )
+                seen.add(id(k.node))
+                yield self.finding(
+                    ctx,
+                    k.node,
+                    f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                    "steps once per accumulation window: the schedule runs k times too fast; step it with the optimizer",
+                )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from doctor.analysis.events import STEP
 from doctor.findings import Applicability, Severity
 from doctor.fixes import replace_node
 from doctor.registry import Rule
@@ -162,29 +161,23 @@ for i, (x, y) in enumerate(loader):
     def check(self, ctx):
         m = ctx.model
         seen = set()
-        for stream in m.streams:
-            for s in stream.events:
-                if s.kind != STEP:
+        for _, _, acc in m.accumulations():
+            for b in acc.backwards:
+                if b.in_accumulate_context or id(b.node) in seen:
                     continue
-                acc = m.accumulation_of(s, list(stream.events))
-                if acc is None:
+                if b.flavor in _SELF_SCALING and not _accelerator_without_accumulation(m, b):
                     continue
-                for b in acc.backwards:
-                    if b.in_accumulate_context or id(b.node) in seen:
-                        continue
-                    if b.flavor in _SELF_SCALING and not _accelerator_without_accumulation(m, b):
-                        continue
-                    if m.loss_status(b.arg, b.node) != "raw":
-                        continue
-                    seen.add(id(b.node))
-                    how = f"`{ctx.segment(acc.guard.test)}`" if acc.guard is not None else f"the micro-step loop on line {acc.micro_loop.node.lineno}"
-                    yield self.finding(
-                        ctx,
-                        b.node,
-                        f"gradients are accumulated ({s.target or 'optimizer'} steps only when {how}) but the loss passed to "
-                        "backward() is not divided by the number of micro-steps: updates are k times too large",
-                        fix=_fix(ctx, b, acc),
-                    )
+                if m.loss_status(b.arg, b.node) != "raw":
+                    continue
+                seen.add(id(b.node))
+                how = f"`{ctx.segment(acc.guard.test)}`" if acc.guard is not None else f"the micro-step loop on line {acc.micro_loop.node.lineno}"
+                yield self.finding(
+                    ctx,
+                    b.node,
+                    f"gradients are accumulated ({acc.step.target or 'optimizer'} steps only when {how}) but the loss passed to "
+                    "backward() is not divided by the number of micro-steps: updates are k times too large",
+                    fix=_fix(ctx, b, acc),
+                )
 
 
 def _accelerator_without_accumulation(m, b) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from doctor.analysis.events import CLEAR, STEP
+from doctor.analysis.events import CLEAR
 from doctor.findings import Severity
 from doctor.registry import Rule
 
@@ -90,26 +90,19 @@ for x, y in loader:
     def check(self, ctx):
         m = ctx.model
         seen = set()
-        for stream in m.streams:
-            events = list(stream.events)
-            stepped = {e.target for e in events if e.kind == STEP and e.target}
-            for s in events:
-                if s.kind != STEP:
+        for events, stepped, acc in m.accumulations():
+            s = acc.step
+            for c in events:
+                if c.kind != CLEAR or id(c.node) in seen or not m.clears(s.target, c, stepped):
                     continue
-                acc = m.accumulation_of(s, events)
-                if acc is None:
+                if not m.runs_every_micro_step(c, acc, events):
                     continue
-                for c in events:
-                    if c.kind != CLEAR or id(c.node) in seen or not m.clears(s.target, c, stepped):
-                        continue
-                    if not m.runs_every_micro_step(c, acc, events):
-                        continue
-                    if any(b.order < c.order < s.order for b in acc.backwards):
-                        continue  # cleared between backward and step: zero-grad-after-backward reports it
-                    seen.add(id(c.node))
-                    yield self.finding(
-                        ctx,
-                        c.node,
-                        f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` (line {s.node.lineno}) "
-                        "steps once per accumulation window: only the last micro-batch's gradients survive; clear right after the step",
-                    )
+                if any(b.order < c.order < s.order for b in acc.backwards):
+                    continue  # cleared between backward and step: zero-grad-after-backward reports it
+                seen.add(id(c.node))
+                yield self.finding(
+                    ctx,
+                    c.node,
+                    f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                    "steps once per accumulation window: only the last micro-batch's gradients survive; clear right after the step",
+                )
