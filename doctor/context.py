@@ -26,7 +26,7 @@ class FileContext:
     def model(self) -> "TrainingModel":
         from doctor.analysis.model import TrainingModel
 
-        return TrainingModel(self.tree)
+        return TrainingModel(self.tree, path=self.path)
 
     def char_column(self, line: int, byte_col: int) -> int:
         """ast columns count UTF-8 bytes; editors and SARIF count characters."""

@@ -111,6 +111,15 @@ class Event:
     def loop(self) -> Optional[Loop]:
         return self.loops[-1] if self.loops else None
 
+    def site(self, other: "Event") -> ast.AST:
+        """Where this event is ordered against ``other``: the call itself when both run in the same function,
+        else the helper call (in the function they share) that this event was inlined through. Order mistakes
+        are reported where the order was written."""
+        depth = 0
+        while depth < min(len(self.via), len(other.via)) and self.via[depth] is other.via[depth]:
+            depth += 1
+        return self.via[depth] if depth < len(self.via) else self.node
+
     def in_loop(self, loop: Loop) -> bool:
         return loop in self.loops
 

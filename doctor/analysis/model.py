@@ -63,11 +63,14 @@ class Accumulation:
 
 
 class TrainingModel:
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, path: Optional[str] = None) -> None:
         self.tree = tree
+        self.path = path
         self.index = NodeIndex(tree)
         self.imports = ImportTable(tree, self.index)
         self.objects = K.build_objects(tree, self.imports, self.index)
+        if path:
+            K.resolve_local_schedulers(self.objects, path)
         self.functions: dict[str, ast.AST] = {}
         self.methods: dict[str, dict[str, ast.AST]] = {}
         self._class_of: dict[int, str] = {}
@@ -184,6 +187,8 @@ class TrainingModel:
             groups: dict[Optional[int], tuple[Optional[Loop], list[Event]]] = {}
             for ev in stream.events:
                 loop = ev.loop
+                if ev.kind == CLEAR and loop is not None and _clears_every_parameter(ev, loop):
+                    loop = loop.parent  # `for p in model.parameters(): p.grad = None` is one clearing step
                 groups.setdefault(loop.id if loop else None, (loop, []))[1].append(ev)
             yield from groups.values()
 
@@ -249,7 +254,15 @@ class TrainingModel:
         roots = info.param_roots if info is not None else None
         if roots is None or ev.target is None:
             return True
-        return self._modules_related(ev.target, roots)
+        if self._modules_related(ev.target, roots):
+            return True
+        # Not provably this optimizer's module: it is another one's only if another optimizer of the file is
+        # built from it (GANs: `netD.zero_grad()` does not clear the generator's optimizer). A `self.model`
+        # that is the constructor's `model` under another name must still count as clearing.
+        return not any(
+            o.kind == K.OPTIMIZER and o.param_roots and o is not info and self._modules_related(ev.target, o.param_roots)
+            for o in self.objects.objects.values()
+        )
 
     def scheduler_drives(self, scheduler: Optional[str], optimizer: Optional[str], stepped: set[str] = frozenset()) -> bool:
         info = self.info(scheduler)
@@ -453,6 +466,18 @@ class TrainingModel:
 
 
 _RAW_MARK = ast.Constant(value="raw loss")
+_PARAM_ITER = re.compile(r"param", re.I)
+
+
+def _clears_every_parameter(ev: Event, loop: Loop) -> bool:
+    """A ``p.grad = None`` / ``p.grad.zero_()`` run unconditionally for every parameter of a loop over parameters."""
+    if ev.flavor != "params" or any(g.loop is loop for g in ev.guards):
+        return False
+    it = loop.iter
+    if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute):
+        return it.func.attr in ("parameters", "named_parameters")
+    key = receiver_key(it) if it is not None else None
+    return bool(key and _PARAM_ITER.search(key.rsplit(".", 1)[-1]))
 
 
 def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:

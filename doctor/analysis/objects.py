@@ -365,3 +365,54 @@ def qualified_call(call: ast.Call, imports: ImportTable) -> str:
 
 
 __all__ = ["ObjectInfo", "ObjectTable", "build_objects", "classify_ctor", "kind_from_name", "dotted_name", "qualified_call"]
+
+
+#: torch schedulers a project's own scheduler class may subclass.
+_TORCH_SCHEDULER_BASES = {
+    "_LRScheduler", "LRScheduler", "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ExponentialLR",
+    "CosineAnnealingLR", "OneCycleLR", "CyclicLR", "SequentialLR", "ChainedScheduler", "LinearLR", "ConstantLR",
+    "PolynomialLR", "CosineAnnealingWarmRestarts",
+}
+_LOCAL_CLASS_CACHE: dict[str, dict[str, list[str]]] = {}
+
+
+def _classes_in(path: str) -> dict[str, list[str]]:
+    """Base-class names of every class in a local module (cached: several files import the same utils)."""
+    if path not in _LOCAL_CLASS_CACHE:
+        bases: dict[str, list[str]] = {}
+        try:
+            with open(path, "rb") as fh:
+                tree = ast.parse(fh.read())
+            for node in tree.body:
+                if isinstance(node, ast.ClassDef):
+                    bases[node.name] = [(dotted_name(b) or "").rsplit(".", 1)[-1] for b in node.bases]
+        except (OSError, SyntaxError, ValueError, RecursionError):
+            pass
+        _LOCAL_CLASS_CACHE[path] = bases
+    return _LOCAL_CLASS_CACHE[path]
+
+
+def resolve_local_schedulers(table: ObjectTable, path: str) -> None:
+    """A scheduler class imported from a module next to the file (`from utils import WarmUpLR`) is a torch
+    scheduler when that module's class subclasses one. Unresolvable classes stay custom (we stay quiet)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    for info in table.objects.values():
+        if not info.custom_scheduler or "." not in info.ctor:
+            continue
+        module, _, cls = info.ctor.rpartition(".")
+        rel = module.replace(".", os.sep)
+        for candidate in (os.path.join(folder, rel + ".py"), os.path.join(folder, rel, "__init__.py")):
+            if os.path.isfile(candidate):
+                seen: set[str] = set()
+                name, classes = cls, _classes_in(candidate)
+                # Follow subclasses defined in the same module (WarmupCosine(WarmupBase(LambdaLR))).
+                while name in classes and name not in seen:
+                    seen.add(name)
+                    bases = classes[name]
+                    if any(b in _TORCH_SCHEDULER_BASES for b in bases):
+                        info.torch_subclass = True
+                        break
+                    name = next((b for b in bases if b in classes), "")
+                break

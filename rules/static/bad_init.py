@@ -355,6 +355,8 @@ def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -
         if isinstance(cur, ast.If):
             in_body = any(s is child for s in cur.body)
             tested = _tested_types(cur.test, var)
+            if in_body and _narrowed_by_name(cur.test, var):
+                return None  # `if name == "head":` picks one layer, it is not generic
             if in_body:
                 types.extend(tested)
             elif tested and not (isinstance(child, ast.If) and child in cur.orelse):
@@ -381,6 +383,14 @@ def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -
             if var in params and (cur.name in apply_fns or re.search(r"init", cur.name, re.I)):
                 how = "every matching module (through `apply`)"
             break
+        if isinstance(cur, ast.Lambda):
+            if var in [a.arg for a in cur.args.args] and _applied_lambda(m, cur, apply_fns):
+                how = "every matching module (through `apply`)"
+            break
+        if isinstance(cur, ast.IfExp) and any(n is child for n in (cur.body,)):
+            types.extend(_tested_types(cur.test, var))
+            if _narrowed_by_name(cur.test, var):
+                return None
         child = cur
     if how is None or negative:
         return None
@@ -420,6 +430,32 @@ def _generic_parameter(ctx, name: ast.Name) -> Optional[str]:
     return None
 
 
+_TYPE_WORD = re.compile(r"^(Conv|Linear|BatchNorm|LayerNorm|GroupNorm|Embedding|Norm)", re.I)
+
+
+def _narrowed_by_name(test: ast.AST, var: str) -> bool:
+    """A condition on a module *name* (`name == "head"`, `"classifier" in name`, `n.startswith("fc")`)."""
+    for node in ast.walk(test):
+        if isinstance(node, ast.Compare):
+            consts = [c for c in [node.left, *node.comparators] if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            if consts and not any(_TYPE_WORD.match(c.value) for c in consts):
+                return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("startswith", "endswith"):
+            a = node.args[0] if node.args else None
+            if isinstance(a, ast.Constant) and isinstance(a.value, str) and not _TYPE_WORD.match(a.value):
+                return True
+    return False
+
+
+def _applied_lambda(m, lam: ast.Lambda, apply_fns: set[str]) -> bool:
+    parent = m.index.parent(lam)
+    if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute) and parent.func.attr == "apply":
+        return True
+    if isinstance(parent, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id in apply_fns for t in parent.targets)
+    return False
+
+
 def _binds(target: ast.AST, var: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == var for n in ast.walk(target))
 
@@ -433,7 +469,11 @@ def _tested_types(test: ast.AST, var: str) -> list[str]:
                 classes = node.args[1].elts if isinstance(node.args[1], (ast.Tuple, ast.List)) else [node.args[1]]
                 out.extend((dotted_name(c) or "?").rsplit(".", 1)[-1] for c in classes)
         elif isinstance(node, ast.Compare):
-            for side in [node.left, *node.comparators]:
+            sides = [node.left, *node.comparators]
+            for side in list(sides):
+                if isinstance(side, (ast.List, ast.Tuple, ast.Set)):
+                    sides.extend(side.elts)
+            for side in sides:
                 if isinstance(side, ast.Constant) and isinstance(side.value, str) and re.match(r"^(Conv|Linear|BatchNorm|LayerNorm|Embedding|GroupNorm)", side.value):
                     out.append(re.match(r"^\w+", side.value).group(0))  # type: ignore[union-attr]
                 elif isinstance(side, (ast.Attribute, ast.Name)) and (dotted_name(side) or "").rsplit(".", 1)[-1] in ("Linear", "Conv2d", "Conv1d", "Conv3d"):

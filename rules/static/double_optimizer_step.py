@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from doctor.analysis.events import STEP
+from doctor.analysis.events import BACKWARD, STEP
 from doctor.analysis.modes import report_node
 from doctor.findings import Severity
 from doctor.registry import Rule
@@ -170,6 +170,12 @@ for x, y in loader:
                         continue
                     if _ifexp_arms(ctx, first.node, second.node):
                         continue  # `opt.step() if closure is None else opt.step(closure)`
+                    if any(
+                        e.kind == BACKWARD and first.order < e.order < second.order
+                        and not e.exclusive_with(second) and not e.exclusive_with(first)
+                        for e in stream.events
+                    ):
+                        continue  # new gradients in between: two deliberate updates (e.g. a consistency step)
                     node = report_node(second, first)
                     if id(node) in seen:
                         break

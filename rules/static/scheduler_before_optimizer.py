@@ -137,7 +137,7 @@ for x in loader:
             events = stream.events
             stepped = {e.target for e in events if e.kind == STEP and e.target}
             for k in events:
-                if k.kind != SCHED_STEP or m.is_plateau(k):
+                if k.kind != SCHED_STEP or m.is_plateau(k) or _skips_first_iteration(k):
                     continue
                 scope = k.loop
                 same_iter = [
@@ -169,7 +169,32 @@ for x in loader:
                     fix = None
                 else:
                     continue
-                yield self.finding(ctx, k.node, msg, fix=fix)
+                yield self.finding(ctx, k.site(s), msg, fix=fix)
+
+
+def _skips_first_iteration(k) -> bool:
+    """`if epoch > 0: scheduler.step()` at the top of an iteration steps after the previous iteration's optimizer."""
+    import ast
+
+    counters = {"epoch", "step", "global_step", "iteration", "it", "i", "batch_idx", "idx", "n_iter", "iter_num"}
+    if k.loop is not None and k.loop.target is not None:
+        counters |= {n.id for n in ast.walk(k.loop.target) if isinstance(n, ast.Name)}
+    for g in k.guards:
+        if g.loop is not k.loop or g.negated:
+            continue
+        t = g.test
+        if isinstance(t, ast.Name) and t.id in counters:  # `if epoch:`
+            return True
+        if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and isinstance(t.operand, ast.Name) and "first" in t.operand.id.lower():
+            return True
+        if (
+            isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.left, ast.Name) and t.left.id in counters
+            and isinstance(t.comparators[0], ast.Constant)
+        ):
+            op, c = t.ops[0], t.comparators[0].value
+            if (isinstance(op, (ast.Gt, ast.NotEq)) and c == 0) or (isinstance(op, ast.GtE) and c == 1):
+                return True
+    return False
 
 
 def _fix(ctx, k, s):

@@ -91,7 +91,7 @@ for epoch in range(epochs):
                 seen.add(id(k.node))
                 yield self.finding(
                     ctx,
-                    k.node,
+                    k.site(s),
                     f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` (line {s.node.lineno}) "
                     "steps once per accumulation window: the schedule runs k times too fast; step it with the optimizer",
                 )

@@ -113,7 +113,7 @@ for i, (x, y) in enumerate(loader):
                         break  # the clear follows a step: it belongs to the next iteration
                     yield self.finding(
                         ctx,
-                        c.node,
+                        c.site(before[-1]),
                         f"`{ctx.segment(c.node)}` clears the gradients computed by `backward()` on line "
                         f"{before[-1].node.lineno} before `{ctx.segment(s.node)}` (line {s.node.lineno}) uses them: "
                         "the optimizer steps on zeros; clear before backward() or after the step",

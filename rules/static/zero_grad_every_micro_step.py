@@ -97,12 +97,12 @@ for x, y in loader:
                     continue
                 if not m.runs_every_micro_step(c, acc, events):
                     continue
-                if any(b.order < c.order < s.order for b in acc.backwards):
-                    continue  # cleared between backward and step: zero-grad-after-backward reports it
+                if acc.guard is not None and any(b.order < c.order < s.order for b in acc.backwards):
+                    continue  # cleared between backward and a gated step: zero-grad-after-backward reports it
                 seen.add(id(c.node))
                 yield self.finding(
                     ctx,
-                    c.node,
+                    c.site(acc.backwards[0]),
                     f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` (line {s.node.lineno}) "
                     "steps once per accumulation window: only the last micro-batch's gradients survive; clear right after the step",
                 )
