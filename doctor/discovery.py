@@ -86,27 +86,31 @@ class _GitIgnore:
 
     def __init__(self) -> None:
         self._cache: dict[str, list[_IgnoreRule]] = {}
+        self._chains: dict[tuple[str, str], list[tuple[str, list[_IgnoreRule]]]] = {}
 
     def _rules(self, folder: str) -> list[_IgnoreRule]:
         if folder not in self._cache:
             self._cache[folder] = _read_gitignore(folder)
         return self._cache[folder]
 
+    def _chain(self, folder: str, root: str) -> list[tuple[str, list[_IgnoreRule]]]:
+        """The folders from ``root`` down to ``folder`` that have .gitignore rules (memoised per folder)."""
+        key = (folder, root)
+        if key not in self._chains:
+            parent = os.path.dirname(folder)
+            above = [] if folder == root or parent == folder else self._chain(parent, root)
+            rules = self._rules(folder)
+            self._chains[key] = above + [(folder, rules)] if rules else above
+        return self._chains[key]
+
     def ignored(self, path: str, is_dir: bool, root: Optional[str]) -> bool:
         if root is None:
             return False
         path = os.path.abspath(path)
-        folders = []
-        here = os.path.dirname(path)
-        while True:
-            folders.append(here)
-            if here == root or os.path.dirname(here) == here:
-                break
-            here = os.path.dirname(here)
         result = False
-        for folder in reversed(folders):
+        for folder, rules in self._chain(os.path.dirname(path), root):
             rel = os.path.relpath(path, folder).replace(os.sep, "/")
-            for rule in self._rules(folder):
+            for rule in rules:
                 if rule.dir_only and not is_dir:
                     continue
                 if rule.regex.match(rel):
@@ -114,8 +118,18 @@ class _GitIgnore:
         return result
 
 
-def _excluded(name: str, rel: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(name, p) or ("/" in p and _glob_match(rel, p)) for p in patterns)
+_NAME_PATTERNS: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def _excluded(name: str, path: str, root: str, patterns: tuple[str, ...]) -> bool:
+    regex = _NAME_PATTERNS.get(patterns)
+    if regex is None:  # one regex for all name patterns instead of one fnmatch per pattern per entry
+        regex = _NAME_PATTERNS[patterns] = re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)")
+    if regex.match(name):
+        return True
+    # Only patterns with a folder part need the path relative to the config root.
+    with_folder = [p for p in patterns if "/" in p]
+    return bool(with_folder) and any(_glob_match(_relative(path, root), p) for p in with_folder)
 
 
 def discover(paths: list[str], settings: Settings) -> Iterator[str]:
@@ -145,8 +159,7 @@ def discover(paths: list[str], settings: Settings) -> Iterator[str]:
             except OSError:
                 continue
             for entry in entries:
-                rel = _relative(entry.path, settings.root)
-                if _excluded(entry.name, rel, excludes):
+                if _excluded(entry.name, entry.path, settings.root, excludes):
                     continue
                 try:
                     is_dir = entry.is_dir()
