@@ -94,8 +94,8 @@ def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str
     name = parts[-1]
     if name in local_classes:
         return local_classes[name]
-    if "lr_scheduler" in parts or (parts[0] == "transformers" and "schedule" in name.lower()):
-        return SCHEDULER
+    if ("lr_scheduler" in parts and (parts[0] == "torch" or name[:1].isupper())) or (parts[0] == "transformers" and "schedule" in name.lower()):
+        return SCHEDULER  # not `self.lr_scheduler.step_update(...)`: a method of a scheduler returns a number
     if name in ("get_scheduler",) or re.match(r"get_\w*schedule", name):
         return SCHEDULER
     if name == "DistributedOptimizer":
