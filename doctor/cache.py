@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING, Optional
 
 from doctor import __version__
 from doctor.findings import Finding
+from doctor.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from doctor.config import Settings
@@ -104,18 +104,7 @@ def _prepare_folder(folder: str) -> bool:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    # No fsync: a cache entry lost in a crash is just a miss, but a half-written one must never be read.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data, durable=False)
 
 
 class ResultCache:

@@ -6,8 +6,12 @@ import os
 import tempfile
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same folder, keep the file mode, then rename over the target."""
+def atomic_write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
+    """Write to a temporary file in the same folder, keep the file mode, then rename over the target.
+
+    ``durable=False`` skips the fsync: right for caches, where an entry lost in a crash is only a miss
+    (a half-written one can still never be read).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777
@@ -17,8 +21,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
