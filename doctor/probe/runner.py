@@ -102,6 +102,14 @@ def collect(
         raise ProbeUsageError("--timeout must be positive")
     if device not in DEVICES:
         raise ProbeUsageError(f"--device must be one of {', '.join(DEVICES)}")
+    if python is None:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            # The linter is installed without torch (pre-commit, CI); the probe needs it to run the script.
+            raise ProbeUsageError(
+                "the probe needs PyTorch in this environment: install it (e.g. pip install 'torch-doctor[probe]')"
+            )
 
     env = dict(os.environ)
     if device == "cpu":
