@@ -137,7 +137,7 @@ def _fix(ctx, call: ast.Call, fn: ast.AST):
     """Insert ``, training=self.training`` after the last argument."""
     args = getattr(fn, "args", None)
     first = (args.posonlyargs + args.args)[0].arg if args is not None and (args.posonlyargs + args.args) else None
-    if first != "self" or ctx.source.cells:
+    if first != "self":
         return None
     last = max(list(call.args) + [kw.value for kw in call.keywords], key=lambda n: (n.end_lineno, n.end_col_offset), default=None)
     if last is None:
