@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Optional
 
@@ -13,6 +14,10 @@ from doctor.source import Source, cell_position
 if TYPE_CHECKING:
     from doctor.analysis.model import TrainingModel
     from doctor.registry import Rule
+
+
+#: Line references inside rule messages ("(line 17)"); in notebooks they are rewritten to cell lines.
+_LINE_REF = re.compile(r"\bline (\d+)")
 
 
 class FileContext:
@@ -45,6 +50,11 @@ class FileContext:
         text = self.lines[line - 1].strip() if 1 <= line <= len(self.lines) else ""
         return hashlib.sha1(f"{rule}\0{text}".encode("utf-8", "replace")).hexdigest()[:16]
 
+    def _cell_ref(self, line: int) -> str:
+        """`line 17` of the joined notebook program as the user sees it: `cell 3, line 2`."""
+        cell, cell_line = cell_position(self.source, line)
+        return f"line {line}" if cell is None else f"cell {cell + 1}, line {cell_line}"
+
     def make_finding(
         self,
         rule: "type[Rule] | Rule",
@@ -65,6 +75,7 @@ class FileContext:
             _, cell_end = cell_position(self.source, end_line)
             end_line = cell_end
             line = cell_line
+            message = _LINE_REF.sub(lambda m: self._cell_ref(int(m.group(1))), message)
         return Finding(
             path=self.path,
             line=line,
