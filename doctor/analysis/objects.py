@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from doctor.analysis.names import ImportTable, call_name, dotted_name, last_part, receiver_key
 
@@ -416,3 +416,20 @@ def resolve_local_schedulers(table: ObjectTable, path: str) -> None:
                         break
                     name = next((b for b in bases if b in classes), "")
                 break
+
+
+def optimizer_hyperparameter(call: ast.Call, name: str, position: int) -> Iterator[ast.AST]:
+    """Every value an optimizer constructor gets for ``name``: the keyword, the positional argument at
+    ``position``, and the entries of per-parameter-group dicts (``[{"params": ..., "lr": 1e-4}]``)."""
+    for kw in call.keywords:
+        if kw.arg == name:
+            yield kw.value
+    if len(call.args) > position:
+        yield call.args[position]
+    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+    if isinstance(groups, (ast.List, ast.Tuple)):
+        for g in groups.elts:
+            if isinstance(g, ast.Dict):
+                for k, v in zip(g.keys, g.values):
+                    if isinstance(k, ast.Constant) and k.value == name:
+                        yield v

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 
+from doctor.analysis import objects as K
 from doctor.analysis.values import literal_number
 from doctor.findings import Severity
 from doctor.registry import Rule
@@ -80,15 +81,7 @@ opt = apex.optimizers.FusedAdam(model.parameters(), lr=1e-3, weight_decay=0.01)
 
 def _weight_decays(call: ast.Call):
     """(node to report, value) for each weight_decay given: keyword, positional, or in a param-group dict."""
-    for kw in call.keywords:
-        if kw.arg == "weight_decay":
-            yield kw.value, kw.value
-    if len(call.args) > _WD_INDEX:
-        yield call.args[_WD_INDEX], call.args[_WD_INDEX]
-    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
-    if isinstance(groups, (ast.List, ast.Tuple)):
-        for g in groups.elts:
-            if isinstance(g, ast.Dict):
-                for k, v in zip(g.keys, g.values):
-                    if isinstance(k, ast.Constant) and k.value == "weight_decay":
-                        yield v, v
+    for value in K.optimizer_hyperparameter(call, "weight_decay", _WD_INDEX):
+        yield value, value
+
+

@@ -127,18 +127,8 @@ def _few_parameter_fit(m) -> bool:
 
 
 def _learning_rates(call: ast.Call) -> Iterator[tuple[ast.AST, ast.AST]]:
-    for kw in call.keywords:
-        if kw.arg == "lr":
-            yield kw.value, kw.value
-    if len(call.args) > 1:
-        yield call.args[1], call.args[1]
-    groups = call.args[0] if call.args else None
-    if isinstance(groups, (ast.List, ast.Tuple)):
-        for g in groups.elts:
-            if isinstance(g, ast.Dict):
-                for k, v in zip(g.keys, g.values):
-                    if isinstance(k, ast.Constant) and k.value == "lr":
-                        yield v, v
+    for value in K.optimizer_hyperparameter(call, "lr", 1):
+        yield value, value
 
 
 def _lr_rewritten(m) -> bool:
