@@ -423,6 +423,13 @@ def _generic_parameter(ctx, name: ast.Name) -> Optional[str]:
             words = " ".join(ast.unparse(t) for t in tests)
             if re.search(r"bias|norm|bn|ln|embed|lora|scale|gamma", words, re.I):
                 return None
+            # Only an initialisation: a weight-selecting condition, or a function named for init. Zeroing
+            # every parameter on purpose (`_zero_model` in a test, EMA accumulators) is not one.
+            fn_name = getattr(m.enclosing_function(name), "name", "")
+            if re.search(r"zero|clear|reset_grad|accum|ema|average", fn_name, re.I):
+                return None
+            if not (re.search(r"weight|dim\(\)|ndim", words) or re.search(r"init|reset_param", fn_name, re.I)):
+                return None
             return f"every parameter of `{owner}`" + (f" where `{words}`" if words else "")
         if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             return None
