@@ -73,19 +73,31 @@ class ObjectInfo:
         return self.ctor_name == "ReduceLROnPlateau"
 
     @property
-    def custom_scheduler(self) -> bool:
-        """A scheduler-like object whose ``step()`` we do not know: a class of the file or of another local
-        module that is not a torch LR scheduler (a Noam warm-up, a cycle scheduler setting the LR itself)."""
+    def foreign_scheduler_class(self) -> bool:
+        """A scheduler built by a class that is neither torch's nor a known framework's."""
         if self.kind != SCHEDULER or not self.ctor:
             return False
         parts = self.ctor.split(".")
         if parts[0] in ("torch", "transformers", "lightning", "pytorch_lightning", "accelerate", "diffusers", "timm", "deepspeed"):
             return False
-        if self.ctor in ("lightning.lr_schedulers",) or not self.ctor_name[:1].isupper():
-            return False  # factories (`build_lr_scheduler(cfg, opt)`) usually hand back torch schedulers
-        return not self.torch_subclass
+        # Factories (`build_lr_scheduler(cfg, opt)`) usually hand back torch schedulers.
+        return self.ctor not in ("lightning.lr_schedulers",) and self.ctor_name[:1].isupper()
+
+    @property
+    def custom_scheduler(self) -> bool:
+        """A scheduler-like object whose ``step()`` we do not know: a class of the file or of another local
+        module that is not a torch LR scheduler (a Noam warm-up, a cycle scheduler setting the LR itself).
+
+        When the class's source is out of reach, a torch-style name (``WarmUpLR``, ``WarmupLinearSchedule``,
+        the well-known ``GradualWarmupScheduler``) counts as a torch scheduler; other names stay unknown.
+        """
+        if not self.foreign_scheduler_class or self.torch_subclass:
+            return False
+        return self.source_seen or not _TORCH_LIKE_SCHEDULER.search(self.ctor_name)
 
     torch_subclass: bool = False
+    #: We read the class's definition (this file or a local module): its bases decided, not its name.
+    source_seen: bool = False
 
 
 def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str]:
@@ -211,6 +223,10 @@ def build_objects(tree: ast.AST, imports: ImportTable, index=None) -> ObjectTabl
             for target in targets:
                 _record(table, target, value, imports, local_classes)
     _infer_from_usage(index, table)
+    defined_here = {c.name for c in index.of(ast.ClassDef)}
+    for info in table.objects.values():
+        if info.kind == SCHEDULER and info.ctor_name in defined_here and "." not in info.ctor:
+            info.source_seen = True
     return table
 
 
@@ -392,6 +408,11 @@ def _classes_in(path: str) -> dict[str, list[str]]:
     return _LOCAL_CLASS_CACHE[path]
 
 
+_TORCH_LIKE_SCHEDULER = re.compile(
+    r"(LR|Schedule)$|^(GradualWarmupScheduler|CosineAnnealingWarmupRestarts|LinearWarmupCosineAnnealingLR|WarmupMultiStepLR)$"
+)
+
+
 def resolve_local_schedulers(table: ObjectTable, path: str) -> None:
     """A scheduler class imported from a module next to the file (`from utils import WarmUpLR`) is a torch
     scheduler when that module's class subclasses one. Unresolvable classes stay custom (we stay quiet)."""
@@ -399,7 +420,7 @@ def resolve_local_schedulers(table: ObjectTable, path: str) -> None:
 
     folder = os.path.dirname(os.path.abspath(path))
     for info in table.objects.values():
-        if not info.custom_scheduler or "." not in info.ctor:
+        if not info.foreign_scheduler_class or info.torch_subclass or info.source_seen or "." not in info.ctor:
             continue
         module, _, cls = info.ctor.rpartition(".")
         rel = module.replace(".", os.sep)
@@ -407,6 +428,7 @@ def resolve_local_schedulers(table: ObjectTable, path: str) -> None:
             if os.path.isfile(candidate):
                 seen: set[str] = set()
                 name, classes = cls, _classes_in(candidate)
+                info.source_seen = cls in classes
                 # Follow subclasses defined in the same module (WarmupCosine(WarmupBase(LambdaLR))).
                 while name in classes and name not in seen:
                     seen.add(name)
