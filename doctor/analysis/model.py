@@ -202,7 +202,16 @@ class TrainingModel:
             yield from seen.values()
 
     # -- objects -----------------------------------------------------------------------------------------
-    def info(self, key: Optional[str]) -> Optional[K.ObjectInfo]:
+    def info(self, key: Optional[str], at: Optional[ast.AST] = None) -> Optional[K.ObjectInfo]:
+        """What ``key`` is; with ``at`` (a use site), the binding made in the same function when a local name
+        is bound to different objects in different functions."""
+        if key and at is not None:
+            bound = self.objects.history.get(key, [])
+            if len(bound) > 1:
+                fn = self.enclosing_function(at)
+                local = [i for i in bound if self.enclosing_function(i.node) is fn]
+                if local:
+                    return local[-1]
         return self.objects.get(key)
 
     def same_optimizer(self, a: Optional[str], b: Optional[str], stepped: set[str] = frozenset()) -> bool:
@@ -250,7 +259,7 @@ class TrainingModel:
             return self.same_optimizer(optimizer, ev.target, stepped)
         if ev.flavor == "params":
             return True
-        info = self.info(optimizer)
+        info = self.info(optimizer, at=ev.node)
         roots = info.param_roots if info is not None else None
         if roots is None or ev.target is None:
             return True
@@ -264,15 +273,15 @@ class TrainingModel:
             for o in self.objects.objects.values()
         )
 
-    def scheduler_drives(self, scheduler: Optional[str], optimizer: Optional[str], stepped: set[str] = frozenset()) -> bool:
-        info = self.info(scheduler)
+    def scheduler_drives(self, scheduler: Optional[str], optimizer: Optional[str], stepped: set[str] = frozenset(), at: Optional[ast.AST] = None) -> bool:
+        info = self.info(scheduler, at=at)
         if info is None or info.optimizer is None:
             return True
         return self.same_optimizer(info.optimizer, optimizer, stepped)
 
     def is_plateau(self, sched: Event) -> bool:
         """Schedulers whose ``step()`` order we cannot judge: metric-driven, explicitly positioned, or custom."""
-        info = self.info(sched.target)
+        info = self.info(sched.target, at=sched.node)
         if info is not None and (info.is_plateau or info.custom_scheduler):
             return True
         # `scheduler.step(val_loss)` / `scheduler.step(epoch)`: metric-driven or explicitly positioned.

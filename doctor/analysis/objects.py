@@ -178,6 +178,9 @@ def _roots_of(expr: ast.AST) -> Optional[frozenset[str]]:
 @dataclass
 class ObjectTable:
     objects: dict[str, ObjectInfo] = field(default_factory=dict)
+    #: Every constructor-backed object a key was bound to, in source order: the same local name
+    #: (`scheduler`) often holds different objects in different functions of one file.
+    history: dict[str, list[ObjectInfo]] = field(default_factory=dict)
 
     def kind(self, key: Optional[str]) -> Optional[str]:
         if not key:
@@ -191,6 +194,10 @@ class ObjectTable:
         return self.objects.get(key) if key else None
 
     def set(self, key: str, info: ObjectInfo, *, override: bool = False) -> None:
+        if info.node is not None and not info.from_name_only:
+            seen = self.history.setdefault(key, [])
+            if not any(i.node is info.node for i in seen):
+                seen.append(info)
         old = self.objects.get(key)
         if old is None or override or (old.from_name_only and not info.from_name_only) or old.kind == OTHER:
             self.objects[key] = info

@@ -143,7 +143,7 @@ for x in loader:
                 same_iter = [
                     s for s in events
                     if s.kind == STEP and (scope is None or scope in s.loops)
-                    and m.scheduler_drives(k.target, s.target, stepped) and not s.exclusive_with(k)
+                    and m.scheduler_drives(k.target, s.target, stepped, at=k.node) and not s.exclusive_with(k)
                 ]
                 if any(s.order < k.order for s in same_iter):
                     continue  # the scheduler follows an optimizer step of this iteration

@@ -86,7 +86,7 @@ for epoch in range(epochs):
             for k in events:
                 if k.kind != SCHED_STEP or id(k.node) in seen or m.is_plateau(k):
                     continue
-                if not m.scheduler_drives(k.target, s.target, stepped) or not m.runs_every_micro_step(k, acc, events):
+                if not m.scheduler_drives(k.target, s.target, stepped, at=k.node) or not m.runs_every_micro_step(k, acc, events):
                     continue
                 seen.add(id(k.node))
                 yield self.finding(
