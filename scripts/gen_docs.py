@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from doctor.registry import all_rule_infos, static_rules
+from doctor.lint.registry import all_rule_infos, static_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- rules:start -->", "<!-- rules:end -->"

@@ -76,7 +76,7 @@ def run_doctor_line(args: list[str], cwd) -> subprocess.CompletedProcess:
 
 def expected_findings(folder) -> set[tuple[str, int, str]]:
     """(file, line, rule) that the fixtures' `# expect: rule` comments promise for the default rules."""
-    from doctor.registry import static_rules
+    from doctor.lint.registry import static_rules
 
     default_on = {r.name for r in static_rules().values() if r.default_enabled}
     expected = set()
@@ -91,7 +91,7 @@ def expected_findings(folder) -> set[tuple[str, int, str]]:
 
 def reported(fmt: str, out: str) -> set[tuple[str, int, str]]:
     """(file, line, rule) of each finding in one output format."""
-    from doctor.registry import static_rules
+    from doctor.lint.registry import static_rules
 
     by_code = {r.code: r.name for r in static_rules().values()}
     if fmt == "github":
@@ -120,8 +120,8 @@ def check_outputs(args: list[str], proc: subprocess.CompletedProcess, cwd, expec
     if "--exit-zero" in args:
         assert proc.returncode == 0
     else:  # the gate fails exactly when a finding is at or above --fail-on (default: error)
-        from doctor.findings import Severity
-        from doctor.registry import lookup
+        from doctor.core.findings import Severity
+        from doctor.lint.registry import lookup
 
         threshold = Severity.parse(args[args.index("--fail-on") + 1] if "--fail-on" in args else "error")
         fails = any(lookup(rule).severity.rank >= threshold.rank for _, _, rule in expected)

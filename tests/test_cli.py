@@ -251,7 +251,7 @@ def test_noqa_inside_string_is_not_a_suppression(run_doctor, tmp_path):
 
 # -- rules / explain --------------------------------------------------------------------------------------
 def test_rules_lists_every_rule(run_doctor):
-    from doctor.registry import static_rules
+    from doctor.lint.registry import static_rules
 
     p = run_doctor("rules")
     assert p.returncode == 0
@@ -342,7 +342,7 @@ def test_unreadable_notebook_is_reported_not_crashed(run_doctor, tmp_path):
 def test_runs_with_torch_unimportable(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "from doctor.cli import main\n"
+        "from doctor.cli.main import main\n"
         "sys.argv = ['doctor', 'check', sys.argv[1], '--format', sys.argv[2]]\n"
         "main()\n"
     )

@@ -11,12 +11,12 @@ import textwrap
 import libcst
 import pytest
 
-from doctor import fixer
-from doctor.config import Settings
-from doctor.engine import RunResult, check_file
-from doctor.findings import Applicability, Edit, Fix
-from doctor.fixer import apply_fixes, fix_file
-from doctor.registry import Rule, static_rules
+from doctor.lint import fixer
+from doctor.lint.config import Settings
+from doctor.lint.engine import RunResult, check_file
+from doctor.core.findings import Applicability, Edit, Fix
+from doctor.lint.fixer import apply_fixes, fix_file
+from doctor.lint.registry import Rule, static_rules
 
 ALL_RULES = list(static_rules().values())
 FIXABLE = [r for r in ALL_RULES if r.fixable is not None]
@@ -353,8 +353,8 @@ def test_inserted_newlines_follow_the_file(tmp_path):
 
 
 def test_text_report_counts_safe_and_unsafe_fixes_apart():
-    from doctor.findings import Finding, Severity
-    from doctor.report import render_text
+    from doctor.core.findings import Finding, Severity
+    from doctor.report.lint import render_text
 
     def finding(line, applicability):
         fix = Fix("t", applicability, (Edit(line, 0, line, 0, "x"),)) if applicability else None

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from doctor.config import Settings
-from doctor.engine import check_file
-from doctor.registry import static_rules
+from doctor.lint.config import Settings
+from doctor.lint.engine import check_file
+from doctor.lint.registry import static_rules
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "static")
 EXPECT = re.compile(r"#\s*expect:\s*([a-z0-9\-, ]+)")

@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from doctor.html_report import bar_chart, line_chart, render_html
+from doctor.report.html import bar_chart, line_chart, render_html
 
 from conftest import FIXTURES
 

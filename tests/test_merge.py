@@ -1,7 +1,7 @@
 """Linking static findings with runtime evidence, on synthetic probe payloads (no torch needed)."""
 
-from doctor.findings import Finding, Severity
-from doctor.merge import CONFIRMED, CONTRADICTED, NOT_OBSERVED, link_findings, merged_payload
+from doctor.core.findings import Finding, Severity
+from doctor.report.merged import CONFIRMED, CONTRADICTED, NOT_OBSERVED, link_findings, merged_payload
 
 
 def finding(rule, line=10, path="train.py"):

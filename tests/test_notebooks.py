@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
-from doctor.config import Settings
-from doctor.engine import check_file
-from doctor.fixer import fix_file
-from doctor.registry import static_rules
-from doctor.source import decode_notebook, encode_notebook
+from doctor.lint.config import Settings
+from doctor.lint.engine import check_file
+from doctor.lint.fixer import fix_file
+from doctor.lint.registry import static_rules
+from doctor.core.source import decode_notebook, encode_notebook
 
 from conftest import FIXTURES
 
@@ -157,8 +157,8 @@ def test_every_fix_lands_in_the_cell_as_it_does_in_a_script(rule, i, code, tmp_p
 
 
 def test_fix_spanning_a_magic_line_is_not_applied(tmp_path):
-    from doctor.findings import Applicability, Edit, Fix
-    from doctor.registry import Rule
+    from doctor.core.findings import Applicability, Edit, Fix
+    from doctor.lint.registry import Rule
 
     class ReplaceFirstTwoLines(Rule):
         name, code, fixable = "replace-two-lines", "DR907", Applicability.SAFE

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from doctor.probe.checks import evaluate_all, load_checks
-from doctor.probe.report import render_text, result_to_dict, sparkline
+from doctor.report.probe import render_text, result_to_dict, sparkline
 from doctor.probe.runner import ProbeResult
 from doctor.probe.stream import _clean, restore
 from doctor.probe.trace import ProbeRun, ScriptError, StepRecord

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from doctor.registry import static_rules
-from doctor.testing import check_snippet
+from doctor.lint.registry import static_rules
+from doctor.lint.testing import check_snippet
 
 RULES = list(static_rules().values())
 FIRES = [(r, i, code) for r in RULES for i, code in enumerate(r.fires)]

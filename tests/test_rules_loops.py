@@ -8,10 +8,10 @@ import textwrap
 import pytest
 
 from doctor.analysis.model import TrainingModel
-from doctor.config import Settings
-from doctor.fixer import fix_file
-from doctor.registry import lookup, select_rules, static_rules
-from doctor.testing import check_snippet
+from doctor.lint.config import Settings
+from doctor.lint.fixer import fix_file
+from doctor.lint.registry import lookup, select_rules, static_rules
+from doctor.lint.testing import check_snippet
 
 OWN = [
     "double-optimizer-step", "clip-after-step", "clip-before-unscale", "eval-without-no-grad", "missing-eval-mode",

@@ -14,9 +14,9 @@ import textwrap
 import pytest
 
 from doctor.analysis.model import TrainingModel
-from doctor.findings import Applicability, Edit, Finding
-from doctor.registry import lookup
-from doctor.testing import check_snippet
+from doctor.core.findings import Applicability, Edit, Finding
+from doctor.lint.registry import lookup
+from doctor.lint.testing import check_snippet
 
 
 def findings(code: str, rule: str) -> list[Finding]:

@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
-from doctor.baseline import BaselineError, load_baseline, write_baseline
-from doctor.cache import open_cache
-from doctor.config import Settings
-from doctor.engine import check_files
-from doctor.registry import select_rules
+from doctor.lint.baseline import BaselineError, load_baseline, write_baseline
+from doctor.lint.cache import open_cache
+from doctor.lint.config import Settings
+from doctor.lint.engine import check_files
+from doctor.lint.registry import select_rules
 
 # An error (missing-zero-grad, line 9) in an otherwise ordinary script.
 BUGGY = textwrap.dedent(
@@ -373,7 +373,7 @@ def test_cache_is_invalidated_by_content_config_and_version(tmp_path, monkeypatc
     assert not _run_cached([path], settings, cache_dir, rules=rules).files[0].cached
     # Another doctor version: a miss.
     assert _run_cached([path], settings, cache_dir).files[0].cached
-    monkeypatch.setattr("doctor.cache.__version__", "999.0")
+    monkeypatch.setattr("doctor.lint.cache.__version__", "999.0")
     result = _run_cached([path], settings, cache_dir)
     assert not result.files[0].cached and len(result.findings) == 1
 
@@ -454,7 +454,7 @@ def test_fully_cached_run_loads_no_rule(tmp_path):
     write(tmp_path, "ok.py", CLEAN)
     probe = (
         "import sys\n"
-        "from doctor.cli import main\n"
+        "from doctor.cli.main import main\n"
         "try:\n"
         "    main(['check', '--cache-dir', 'c', '--format', 'json', 'train.py', 'ok.py'])\n"
         "except SystemExit as e:\n"
@@ -496,7 +496,7 @@ def test_fast_path_still_rejects_unknown_selectors(run_doctor, tmp_path):
 
 def test_code_fingerprint_follows_the_rule_sources(tmp_path, monkeypatch):
     """Editing a rule (an editable install, no version bump) must invalidate the cache."""
-    import doctor.cache as cache_mod
+    import doctor.lint.cache as cache_mod
 
     folder = tmp_path / "pkg"
     rule = write(folder, "some_rule.py", "X = 1\n")

@@ -12,7 +12,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from doctor.findings import Finding, Severity
+from doctor.core.findings import Finding, Severity
 from doctor.probe.trace import ProbeRun
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"

@@ -6,8 +6,8 @@ import ast
 
 from doctor.analysis.events import BACKWARD, CLEAR, CLIP, STEP
 from doctor.analysis.modes import report_node
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 
 class ClipAfterStep(Rule):

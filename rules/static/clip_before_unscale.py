@@ -10,9 +10,9 @@ from doctor.analysis import objects as K
 from doctor.analysis.events import BACKWARD, CLIP, STEP, UNSCALE
 from doctor.analysis.modes import report_node
 from doctor.analysis.names import receiver_key
-from doctor.findings import Applicability, Severity
-from doctor.fixes import insert_before, statement_of
-from doctor.registry import Rule
+from doctor.core.findings import Applicability, Severity
+from doctor.lint.fixes import insert_before, statement_of
+from doctor.lint.registry import Rule
 
 
 class ClipBeforeUnscale(Rule):

@@ -7,9 +7,9 @@ from typing import Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.names import receiver_key
-from doctor.findings import Applicability, Severity
-from doctor.fixes import replace_node
-from doctor.registry import Rule
+from doctor.core.findings import Applicability, Severity
+from doctor.lint.fixes import replace_node
+from doctor.lint.registry import Rule
 
 
 class DirectForwardCall(Rule):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 import re
 
-from doctor.findings import Applicability, Edit, Fix, Severity
-from doctor.registry import Rule
+from doctor.core.findings import Applicability, Edit, Fix, Severity
+from doctor.lint.registry import Rule
 
 #: Functional dropouts whose ``training`` parameter defaults to True, with its positional index.
 #: (``alpha_dropout`` and ``feature_alpha_dropout`` default to ``training=False``: not this bug.)

@@ -8,9 +8,9 @@ from typing import Iterator, Optional
 from doctor.analysis.events import BACKWARD
 from doctor.analysis.names import receiver_key
 from doctor.analysis.values import DETACH
-from doctor.findings import Applicability, Severity
-from doctor.fixes import replace_node
-from doctor.registry import Rule
+from doctor.core.findings import Applicability, Severity
+from doctor.lint.fixes import replace_node
+from doctor.lint.registry import Rule
 
 class LossAccumulatedAsTensor(Rule):
     name = "loss-accumulated-as-tensor"

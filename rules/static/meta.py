@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 
 class SyntaxErrorRule(Rule):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from doctor.analysis.values import LINEAR, SOFTMAX
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 
 class NllWithoutLogSoftmax(Rule):

@@ -7,8 +7,8 @@ from typing import Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.names import receiver_key
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 _MOVES = {"to", "cuda", "double", "half", "bfloat16"}
 _DTYPES = {

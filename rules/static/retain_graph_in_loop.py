@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 
 from doctor.analysis.events import BACKWARD
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 
 class RetainGraphInLoop(Rule):

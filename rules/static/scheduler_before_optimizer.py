@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from doctor.analysis.events import BACKWARD, SCHED_STEP, STEP
-from doctor.findings import Applicability, Severity
-from doctor.fixes import move_after, statement_of
-from doctor.registry import Rule
+from doctor.core.findings import Applicability, Severity
+from doctor.lint.fixes import move_after, statement_of
+from doctor.lint.registry import Rule
 
 
 class SchedulerBeforeOptimizer(Rule):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from doctor.analysis.values import SIGMOID
-from doctor.findings import Applicability, Severity
-from doctor.fixes import replace_node
-from doctor.registry import Rule
+from doctor.core.findings import Applicability, Severity
+from doctor.lint.fixes import replace_node
+from doctor.lint.registry import Rule
 
 
 class SigmoidBeforeBceWithLogits(Rule):

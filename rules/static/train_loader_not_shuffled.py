@@ -6,8 +6,8 @@ import ast
 
 from doctor.analysis.events import BACKWARD, STEP
 from doctor.analysis.modes import loop_iterated
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 
 class TrainLoaderNotShuffled(Rule):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from doctor.analysis.events import BACKWARD, CLEAR, STEP
-from doctor.findings import Severity
-from doctor.registry import Rule
+from doctor.core.findings import Severity
+from doctor.lint.registry import Rule
 
 
 class ZeroGradAfterBackward(Rule):

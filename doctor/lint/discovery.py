@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from doctor.config import Settings, _glob_match, _relative
+from doctor.lint.config import Settings, _glob_match, _relative
 
 SUFFIXES = (".py", ".ipynb")
 

@@ -10,7 +10,7 @@ from typing import Optional
 import click
 
 from doctor import __version__
-from doctor.findings import Severity
+from doctor.core.findings import Severity
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -99,11 +99,11 @@ def check(
     """Check training scripts (files or folders, default: the current folder)."""
     from dataclasses import replace
 
-    from doctor import report
-    from doctor.config import ConfigError, resolve_settings
-    from doctor.discovery import discover, display_path
-    from doctor.engine import check_files, failing
-    from doctor.registry import select_rules, validate_selectors
+    from doctor.report import lint as report
+    from doctor.lint.config import ConfigError, resolve_settings
+    from doctor.lint.discovery import discover, display_path
+    from doctor.lint.engine import check_files, failing
+    from doctor.lint.registry import select_rules, validate_selectors
 
     path_list = list(paths) or ["."]
     missing = [p for p in path_list if not os.path.exists(p)]
@@ -132,7 +132,7 @@ def check(
     if use_cache and not (fix or diff):
         # Nothing changed since the last run: answer from the cache without importing a single rule
         # (importing the rules and the analysis is most of a warm run's time).
-        from doctor.cache import cached_run
+        from doctor.lint.cache import cached_run
 
         files = [display_path(p) for p in discover(path_list, settings)]
         result = cached_run(cache_dir, settings, files)
@@ -146,13 +146,13 @@ def check(
             files = [display_path(p) for p in discover(path_list, settings)]
         cache = None
         if use_cache:
-            from doctor.cache import open_cache
+            from doctor.lint.cache import open_cache
 
             # --cache-dir, else $DOCTOR_CACHE_DIR, else the config's cache-dir, else .doctor_cache in the root.
             cache = open_cache(cache_dir, settings, rules)
         result = check_files(files, settings, rules, jobs=jobs, timing=statistics, cache=cache)
     if fix or diff:
-        from doctor.fixer import apply_fixes
+        from doctor.lint.fixer import apply_fixes
 
         outcome = apply_fixes(result, unsafe=unsafe_fixes, write=fix and not diff, rules=rules, settings=settings)
         for message in outcome.messages:
@@ -173,13 +173,13 @@ def check(
     findings = result.findings
     errors = result.errors
     if write_baseline:
-        from doctor.baseline import write_baseline as _write
+        from doctor.lint.baseline import write_baseline as _write
 
         _write(write_baseline, findings)
         click.echo(f"Wrote a baseline of {len(findings)} finding{'s' if len(findings) != 1 else ''} to {write_baseline}.", err=True)
         sys.exit(EXIT_OK)
     if baseline:
-        from doctor.baseline import BaselineError, load_baseline
+        from doctor.lint.baseline import BaselineError, load_baseline
 
         try:
             findings = load_baseline(baseline).new_findings(findings)
@@ -213,7 +213,7 @@ def check(
 
 def _emit(text: str, output: Optional[str]) -> None:
     if output:
-        from doctor.fsutil import atomic_write_text
+        from doctor.core.fsutil import atomic_write_text
 
         atomic_write_text(output, text + ("\n" if text else ""))
     elif text:
@@ -227,7 +227,7 @@ def rules_cmd(fmt: str, show_all: bool) -> None:
     """List the rules: code, name, severity, default on/off, fixable."""
     import json
 
-    from doctor.registry import all_rule_infos
+    from doctor.lint.registry import all_rule_infos
 
     infos = [i for i in all_rule_infos() if show_all or i.kind == "static"]
     if fmt == "json":
@@ -250,7 +250,7 @@ def rules_cmd(fmt: str, show_all: bool) -> None:
 @click.argument("rule")
 def explain(rule: str) -> None:
     """Explain a rule (by name or code): what it catches, why it is wrong, and how to fix it."""
-    from doctor.registry import lookup, runtime_checks
+    from doctor.lint.registry import lookup, runtime_checks
 
     r = lookup(rule)
     if r is None:
@@ -287,7 +287,7 @@ def _runtime_doc(name: str) -> str:
 
 def _register_optional_commands() -> None:
     try:
-        from doctor.probe.command import probe
+        from doctor.cli.probe import probe
     except ImportError:
         return
     main.add_command(probe)

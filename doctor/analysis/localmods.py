@@ -6,7 +6,7 @@ import ast
 import os
 from typing import Optional
 
-from doctor.source import decode_python
+from doctor.core.source import decode_python
 
 MAX_MODULES = 64
 

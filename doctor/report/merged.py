@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from doctor.findings import Finding
+from doctor.core.findings import Finding
 
 CONFIRMED, CONTRADICTED, NOT_OBSERVED = "confirmed", "contradicted", "not-observed"
 
@@ -251,10 +251,10 @@ def display(path: str) -> str:
 
 def static_findings_for(script: str) -> tuple[list[Finding], list[tuple[str, str]]]:
     """Default static rules (with the script's own configuration) on the script and its local modules."""
-    from doctor.config import resolve_settings
-    from doctor.engine import check_files
-    from doctor.localmods import local_modules
-    from doctor.registry import select_rules
+    from doctor.lint.config import resolve_settings
+    from doctor.lint.engine import check_files
+    from doctor.analysis.localmods import local_modules
+    from doctor.lint.registry import select_rules
 
     settings = resolve_settings([script], None)
     rules = select_rules(settings.select, settings.ignore, settings.extend_select)
@@ -267,8 +267,8 @@ def render_merged(script: str, result: Any, fmt: str, *, colour: bool) -> tuple[
     """The merged report in ``fmt`` (text, json, html); also whether a static error-severity finding exists."""
     import json
 
-    from doctor.engine import failing
-    from doctor.findings import Severity
+    from doctor.lint.engine import failing
+    from doctor.core.findings import Severity
 
     findings, errors = static_findings_for(script)
     payload = merged_payload(findings, result.to_dict(), errors)
@@ -276,11 +276,11 @@ def render_merged(script: str, result: Any, fmt: str, *, colour: bool) -> tuple[
     if fmt == "json":
         return json.dumps(payload, indent=2, allow_nan=False), failed
     if fmt == "html":
-        from doctor.html_report import render_html
+        from doctor.report.html import render_html
 
         return render_html(payload), failed
-    from doctor.probe.report import render_text as probe_text
-    from doctor.report import location
+    from doctor.report.probe import render_text as probe_text
+    from doctor.report.lint import location
 
     import click
 

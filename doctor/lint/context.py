@@ -8,12 +8,12 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Optional
 
-from doctor.findings import Finding, Fix, Severity
-from doctor.source import Source, cell_position
+from doctor.core.findings import Finding, Fix, Severity
+from doctor.core.source import Source, cell_position
 
 if TYPE_CHECKING:
     from doctor.analysis.model import TrainingModel
-    from doctor.registry import Rule
+    from doctor.lint.registry import Rule
 
 
 #: Line references inside rule messages ("(line 17)"); in notebooks they are rewritten to cell lines.

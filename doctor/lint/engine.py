@@ -9,12 +9,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from doctor.config import Settings
-from doctor.context import FileContext
-from doctor.findings import Finding, Severity
-from doctor.registry import Rule, lookup, select_rules, static_rules
-from doctor.source import Source, decode_notebook, decode_python, worth_parsing
-from doctor.suppress import is_ours, parse_suppressions
+from doctor.lint.config import Settings
+from doctor.lint.context import FileContext
+from doctor.core.findings import Finding, Severity
+from doctor.lint.registry import Rule, lookup, select_rules, static_rules
+from doctor.core.source import Source, decode_notebook, decode_python, worth_parsing
+from doctor.lint.suppress import is_ours, parse_suppressions
 
 #: Files larger than this are skipped with a message (generated code, data dumps saved as .py).
 MAX_FILE_BYTES = 20 * 1024 * 1024

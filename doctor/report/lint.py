@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Iterable, Optional
 
 from doctor import __version__
-from doctor.findings import Finding, Severity
+from doctor.core.findings import Finding, Severity
 
 FORMATS = ("text", "json", "github", "sarif")
 
@@ -92,7 +92,7 @@ def render_github(findings: list[Finding], errors: list[tuple[str, str]]) -> str
 
 def render_sarif(findings: list[Finding], errors: list[tuple[str, str]]) -> str:
     """SARIF 2.1.0 with rule metadata, for GitHub code scanning and other viewers."""
-    from doctor.registry import all_rule_infos, static_rules
+    from doctor.lint.registry import all_rule_infos, static_rules
 
     infos = all_rule_infos()
     index = {info.name: i for i, info in enumerate(infos)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 from typing import Optional
 
-from doctor.config import Settings
-from doctor.engine import check_source
-from doctor.findings import Finding
-from doctor.registry import Rule, select_rules, static_rules
+from doctor.lint.config import Settings
+from doctor.lint.engine import check_source
+from doctor.core.findings import Finding
+from doctor.lint.registry import Rule, select_rules, static_rules
 
 
 def check_snippet(code: str, rules: Optional[list[type[Rule]]] = None, path: str = "snippet.py") -> list[Finding]:

@@ -13,10 +13,10 @@ import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Optional
 
-from doctor.findings import Applicability, Finding, Fix, Severity
+from doctor.core.findings import Applicability, Finding, Fix, Severity
 
 if TYPE_CHECKING:
-    from doctor.context import FileContext
+    from doctor.lint.context import FileContext
 
 
 class Rule:

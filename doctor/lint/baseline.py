@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
-from doctor.findings import Finding
-from doctor.fsutil import atomic_write_text
+from doctor.core.findings import Finding
+from doctor.core.fsutil import atomic_write_text
 
 #: Bumped when the file layout or the fingerprint recipe changes; older files are rejected with a message.
 BASELINE_VERSION = 1

@@ -38,7 +38,7 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
     Its output goes to stderr; the report to stdout (or --output). Exit 0 when no check fails, 1 when one
     does or the script crashed, timed out or never trained, 2 on usage errors.
     """
-    from doctor.probe import report
+    from doctor.report import probe as report
     from doctor.probe.runner import ProbeUsageError, run_probe
 
     if not os.path.isfile(script):
@@ -53,20 +53,20 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
     use_colour = color if color is not None else (output is None and sys.stdout.isatty())
     exit_code = result.exit_code
     if with_static:
-        from doctor.merge import render_merged
+        from doctor.report.merged import render_merged
 
         text, static_failed = render_merged(script, result, fmt, colour=use_colour)
         exit_code = max(exit_code, 1 if static_failed else 0)
     elif fmt == "json":
         text = report.render_json(result)
     elif fmt == "html":
-        from doctor.html_report import render_html
+        from doctor.report.html import render_html
 
         text = render_html(result.to_dict())
     else:
         text = report.render_text(result, colour=use_colour)
     if output:
-        from doctor.fsutil import atomic_write_text
+        from doctor.core.fsutil import atomic_write_text
 
         atomic_write_text(output, text + "\n")
     else:

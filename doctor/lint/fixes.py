@@ -1,6 +1,6 @@
 """Building blocks for fixes: statement moves and insertions as text edits that keep formatting and comments.
 
-Rules describe a fix as edits on the original text; ``doctor.fixer`` applies them with libcst validation,
+Rules describe a fix as edits on the original text; ``doctor.lint.fixer`` applies them with libcst validation,
 so a fix that would not parse is never written.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import ast
 from typing import Optional
 
-from doctor.context import FileContext
-from doctor.findings import Applicability, Edit, Fix
+from doctor.lint.context import FileContext
+from doctor.core.findings import Applicability, Edit, Fix
 
 
 def statement_of(ctx: FileContext, node: ast.AST) -> Optional[ast.stmt]:

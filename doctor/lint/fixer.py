@@ -1,13 +1,13 @@
 """Applying fixes: rules' text edits, validated with libcst and ``ast``, written atomically in the file's own form.
 
-Rules describe a fix as edits on the text they checked (see ``doctor.findings.Edit``). For each file with
+Rules describe a fix as edits on the text they checked (see ``doctor.core.findings.Edit``). For each file with
 eligible fixes we re-read its bytes, re-check them, apply every non-overlapping eligible fix, validate the
 result, and repeat (at most ``MAX_ROUNDS`` times) until no eligible fix is left, so one ``--fix`` converges
 and a second changes nothing. Nothing is written when a result would not parse, when the fixes do not
 converge, when the file changed on disk meanwhile, or when it is read-only: each case is a message naming
 the file, and the findings stay (so the exit code still reflects them).
 
-Notebooks: the edits are in the coordinates of the joined program (``doctor.source.decode_notebook``);
+Notebooks: the edits are in the coordinates of the joined program (``doctor.core.source.decode_notebook``);
 they are mapped back into each code cell's ``source`` and the notebook JSON is re-serialised in its own
 layout, leaving outputs, execution counts and metadata alone.
 """
@@ -23,11 +23,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-from doctor.config import Settings
-from doctor.engine import RunResult, check_source, read_source
-from doctor.findings import Applicability, Finding, Fix
-from doctor.registry import Rule, select_rules, static_rules
-from doctor.source import Source, decode_notebook, encode_notebook, encode_python
+from doctor.lint.config import Settings
+from doctor.lint.engine import RunResult, check_source, read_source
+from doctor.core.findings import Applicability, Finding, Fix
+from doctor.lint.registry import Rule, select_rules, static_rules
+from doctor.core.source import Source, decode_notebook, encode_notebook, encode_python
 
 #: Rounds of check-and-fix per file. Overlapping fixes wait for the next round; a fix that keeps
 #: re-appearing after this many rounds is a rule bug, and the file is left alone.
@@ -398,7 +398,7 @@ def _expr_spans(text: str) -> set[tuple[int, int]]:
 
 def _write_back(done: FileFix, messages: list[str]) -> bool:
     """Write atomically, only if the file is still what we fixed and we may write it."""
-    from doctor.fsutil import atomic_write_bytes
+    from doctor.core.fsutil import atomic_write_bytes
 
     target = os.path.realpath(done.path)  # write through a symlink, do not replace the link
     try:

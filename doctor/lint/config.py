@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from doctor.findings import Severity
+from doctor.core.findings import Severity
 
 DEFAULT_EXCLUDE = (
     ".git",

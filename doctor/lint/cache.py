@@ -18,13 +18,13 @@ import os
 from typing import TYPE_CHECKING, Optional
 
 from doctor import __version__
-from doctor.findings import Finding
-from doctor.fsutil import atomic_write_bytes
+from doctor.core.findings import Finding
+from doctor.core.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from doctor.config import Settings
-    from doctor.engine import FileResult, RunResult
-    from doctor.registry import Rule
+    from doctor.lint.config import Settings
+    from doctor.lint.engine import FileResult, RunResult
+    from doctor.lint.registry import Rule
 
 DEFAULT_FOLDER = ".doctor_cache"
 ENV_VAR = "DOCTOR_CACHE_DIR"
@@ -140,7 +140,7 @@ class ResultCache:
 
     def get(self, path: str) -> Optional["FileResult"]:
         """The cached result for this file as it is now, or None."""
-        from doctor.engine import FileResult
+        from doctor.lint.engine import FileResult
 
         key = self._key(path)
         if key is None:
@@ -187,7 +187,7 @@ def open_cache(folder: Optional[str], settings: "Settings", rules: list[type["Ru
     # Remember which rules these (valid) selectors enable,
     # so that the next run over unchanged files can answer from the cache without importing any rule.
     memo = os.path.join(folder, CACHE_FORMAT, f"selection-{_selection_key(code, settings)}.json")
-    from doctor.registry import validate_selectors
+    from doctor.lint.registry import validate_selectors
 
     valid = not validate_selectors(settings.select + settings.ignore + settings.extend_select)
     if valid and _read_selection(memo) != names:  # missing or corrupt: (re)write it
@@ -216,7 +216,7 @@ def cached_run(folder: Optional[str], settings: "Settings", paths: list[str]) ->
     None as soon as anything is missing (no cache, selectors never seen, one changed file); the caller then
     does a normal run, which loads the rules and fills the cache.
     """
-    from doctor.engine import RunResult
+    from doctor.lint.engine import RunResult
 
     folder = folder or default_folder(settings)
     code = code_fingerprint()
