@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 
 class Severity(str, Enum):
@@ -31,6 +31,14 @@ class Applicability(str, Enum):
 
     SAFE = "safe"
     UNSAFE = "unsafe"
+
+
+class Reporter(Protocol):
+    """What a finding needs to know of the rule or check that reports it."""
+
+    name: str
+    code: str
+    severity: Severity
 
 
 @dataclass(frozen=True)

@@ -73,10 +73,10 @@ class Settings:
 
     def ignored_for(self, path: str) -> tuple[str, ...]:
         """Selectors ignored for one file by ``per-file-ignores``."""
-        rel = _relative(path, self.root)
+        rel = relative_path(path, self.root)
         out: list[str] = []
         for pattern, codes in self.per_file_ignores:
-            if _glob_match(rel, pattern):
+            if glob_match(rel, pattern):
                 out.extend(codes)
         return tuple(out)
 
@@ -85,7 +85,7 @@ class Settings:
         return repr((self.select, self.ignore, self.extend_select, self.per_file_ignores))
 
 
-def _relative(path: str, root: str) -> str:
+def relative_path(path: str, root: str) -> str:
     try:
         rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
     except ValueError:
@@ -93,7 +93,7 @@ def _relative(path: str, root: str) -> str:
     return rel.replace(os.sep, "/")
 
 
-def _glob_match(rel: str, pattern: str) -> bool:
+def glob_match(rel: str, pattern: str) -> bool:
     pattern = pattern.replace(os.sep, "/")
     if fnmatch.fnmatch(rel, pattern):
         return True

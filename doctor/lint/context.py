@@ -8,12 +8,11 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Optional
 
-from doctor.core.findings import Finding, Fix, Severity
+from doctor.core.findings import Finding, Fix, Reporter, Severity
 from doctor.core.source import Source, cell_position
 
 if TYPE_CHECKING:
     from doctor.analysis.model import TrainingModel
-    from doctor.lint.registry import Rule
 
 
 #: Line references inside rule messages ("(line 17)"); in notebooks they are rewritten to cell lines.
@@ -57,7 +56,7 @@ class FileContext:
 
     def make_finding(
         self,
-        rule: "type[Rule] | Rule",
+        rule: Reporter,
         node: ast.AST,
         message: str,
         *,

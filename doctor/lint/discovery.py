@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from doctor.lint.config import Settings, _glob_match, _relative
+from doctor.lint.config import Settings, glob_match, relative_path
 
 SUFFIXES = (".py", ".ipynb")
 
@@ -129,7 +129,7 @@ def _excluded(name: str, path: str, root: str, patterns: tuple[str, ...]) -> boo
         return True
     # Only patterns with a folder part need the path relative to the config root.
     with_folder = [p for p in patterns if "/" in p]
-    return bool(with_folder) and any(_glob_match(_relative(path, root), p) for p in with_folder)
+    return bool(with_folder) and any(glob_match(relative_path(path, root), p) for p in with_folder)
 
 
 def discover(paths: list[str], settings: Settings) -> Iterator[str]:

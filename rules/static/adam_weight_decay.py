@@ -7,7 +7,7 @@ import ast
 from doctor.analysis import objects as K
 from doctor.analysis.values import literal_number
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 #: Positional index of ``weight_decay`` in ``Adam(params, lr, betas, eps, weight_decay, ...)``.
 _WD_INDEX = 4

@@ -8,7 +8,7 @@ from typing import Optional
 from doctor.analysis.events import BACKWARD
 from doctor.analysis.modes import decorated_no_grad, disables_grad
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 _OFF = {"no_grad", "inference_mode"}
 _MODES = _OFF | {"enable_grad"}

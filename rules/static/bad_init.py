@@ -8,7 +8,7 @@ from typing import Optional
 
 from doctor.analysis.names import dotted_name, receiver_key
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 _LAYER_TYPES = re.compile(r"^(Linear|LazyLinear|Bilinear|Conv[123]d|ConvTranspose[123]d|LazyConv[123]d|Conv)$")
 _NORM_TYPES = re.compile(r"Norm|BN|LN|GN", re.I)

@@ -7,7 +7,7 @@ import ast
 from doctor.analysis.events import BACKWARD, CLEAR, CLIP, STEP
 from doctor.analysis.modes import report_node
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class ClipAfterStep(Rule):

@@ -12,7 +12,7 @@ from doctor.analysis.modes import report_node
 from doctor.analysis.names import receiver_key
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import insert_before, statement_of
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class ClipBeforeUnscale(Rule):

@@ -9,7 +9,7 @@ from doctor.analysis import objects as K
 from doctor.analysis.names import receiver_key
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import replace_node
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class DirectForwardCall(Rule):

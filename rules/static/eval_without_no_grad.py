@@ -7,7 +7,7 @@ import os
 from doctor.analysis.events import BACKWARD, EVAL, FORWARD, TRAIN
 from doctor.analysis.modes import report_node
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class EvalWithoutNoGrad(Rule):

@@ -6,7 +6,7 @@ import ast
 import re
 
 from doctor.core.findings import Applicability, Edit, Fix, Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 #: Functional dropouts whose ``training`` parameter defaults to True, with its positional index.
 #: (``alpha_dropout`` and ``feature_alpha_dropout`` default to ``training=False``: not this bug.)

@@ -10,7 +10,7 @@ from doctor.analysis.names import receiver_key
 from doctor.analysis.values import DETACH
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import replace_node
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 class LossAccumulatedAsTensor(Rule):
     name = "loss-accumulated-as-tensor"

@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 from doctor.analysis import objects as K
 from doctor.analysis.values import literal_number
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 #: Adaptive optimizers normalise the step by the gradient's RMS: the LR is (roughly) the step size itself.
 ADAPTIVE = {"Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam"}

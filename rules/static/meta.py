@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class SyntaxErrorRule(Rule):

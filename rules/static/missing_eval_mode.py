@@ -8,7 +8,7 @@ from doctor.analysis.events import EVAL, FORWARD, TRAIN
 from doctor.analysis.modes import iterated_key, report_node_in
 from doctor.analysis.names import last_part
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 _EVAL_DATA = re.compile(r"(^|_)(val|valid|validation|test|eval|dev|holdout)(_|$|loader|set|data)", re.I)
 

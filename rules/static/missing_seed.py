@@ -7,7 +7,7 @@ import re
 
 from doctor.analysis.events import BACKWARD, ENGINE_STEP, STEP
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 #: Calls and keywords that seed: torch.manual_seed, seed_everything, set_seed, init_seeds, fix_random_seed...
 _SEEDS = re.compile(r"seed", re.I)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import insert_before, statement_of
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class MissingZeroGrad(Rule):

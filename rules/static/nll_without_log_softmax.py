@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from doctor.analysis.values import LINEAR, SOFTMAX
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class NllWithoutLogSoftmax(Rule):

@@ -8,7 +8,7 @@ from typing import Optional
 from doctor.analysis import objects as K
 from doctor.analysis.names import receiver_key
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 _MOVES = {"to", "cuda", "double", "half", "bfloat16"}
 _DTYPES = {

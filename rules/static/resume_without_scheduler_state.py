@@ -8,7 +8,7 @@ import re
 from doctor.analysis import objects as K
 from doctor.analysis.names import receiver_key
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 #: Helpers that save or restore several objects at once (they may take care of the scheduler).
 _POSITION = re.compile(r"start|resume|last|global_step|init_step|offset|begin|current|completed|done", re.I)

@@ -6,7 +6,7 @@ import ast
 
 from doctor.analysis.events import BACKWARD
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class RetainGraphInLoop(Rule):

@@ -11,7 +11,7 @@ from doctor.analysis.modes import loop_iterated
 from doctor.analysis.names import receiver_key
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import insert_before
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 _EVAL_NAME = re.compile(r"(^|[^a-zA-Z])(val|valid|validation|eval|test|dev)(_|$|[A-Z]|set|data|loader|sampler)", re.I)
 _BUILTINS = {"len", "print", "iter", "next", "enumerate", "isinstance", "hasattr", "getattr", "str", "repr", "type", "id", "list"}

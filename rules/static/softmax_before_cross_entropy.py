@@ -5,7 +5,7 @@ from __future__ import annotations
 from doctor.analysis.values import SOFTMAX
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import replace_node
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class SoftmaxBeforeCrossEntropy(Rule):

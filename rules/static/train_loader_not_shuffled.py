@@ -7,7 +7,7 @@ import ast
 from doctor.analysis.events import BACKWARD, STEP
 from doctor.analysis.modes import loop_iterated
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class TrainLoaderNotShuffled(Rule):

@@ -8,7 +8,7 @@ import re
 from doctor.analysis.events import BACKWARD, EVAL, FORWARD, STEP, TRAIN
 from doctor.analysis.modes import report_node_in
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class TrainModeNotRestored(Rule):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import replace_node
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 _SELF_SCALING = {"accelerate", "deepspeed", "dist"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from doctor.analysis.events import BACKWARD, CLEAR, STEP
 from doctor.core.findings import Severity
-from doctor.lint.registry import Rule
+from doctor.lint.rule import Rule
 
 
 class ZeroGradAfterBackward(Rule):
