@@ -12,12 +12,11 @@ import ast
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from doctor.analysis.names import receiver_key
 
-if TYPE_CHECKING:
-    from doctor.analysis.model import TrainingModel
+from doctor.analysis.program import Program
 
 _PASS_THROUGH = {"prepare", "setup_dataloaders", "prepare_data_loader", "wrap", "setup"}
 #: Dataset constructors and names that stream data (no random access: shuffling is done by the dataset).
@@ -67,7 +66,7 @@ class LoaderCall:
 class DataFlow:
     """Loader, sampler and dataset constructions of one file."""
 
-    def __init__(self, model: "TrainingModel") -> None:
+    def __init__(self, model: Program) -> None:
         self.model = model
 
     def name_of(self, call: ast.Call) -> str:

@@ -18,7 +18,7 @@ from doctor.analysis.names import dotted_name, last_part, receiver_key
 from doctor.analysis import objects as K
 
 if TYPE_CHECKING:
-    from doctor.analysis.model import TrainingModel
+    from doctor.analysis.program import Program
 
 # Event kinds.
 BACKWARD = "backward"
@@ -158,7 +158,7 @@ def _ends_flow(body: list[ast.stmt]) -> bool:
 
 
 @dataclass
-class _State:
+class BuildState:
     loops: tuple[Loop, ...] = ()
     guards: tuple[Guard, ...] = ()
     branches: tuple[tuple[int, int], ...] = ()
@@ -170,26 +170,34 @@ class _State:
     #: Local functions visible here (closures), by name.
     local_defs: dict[str, ast.AST] = field(default_factory=dict)
 
-    def but(self, **kw) -> "_State":
+    def but(self, **kw) -> "BuildState":
         data = dict(self.__dict__)
         data.update(kw)
-        return _State(**data)
+        return BuildState(**data)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The events of one function body (or the module body), in execution order."""
+
+    owner: ast.AST
+    events: tuple[Event, ...]
 
 
 class StreamBuilder:
     """Walks one function body in execution order and produces its events."""
 
-    def __init__(self, model: "TrainingModel") -> None:
+    def __init__(self, model: "Program") -> None:
         self.model = model
         self.events: list[Event] = []
         self._order = itertools.count()
 
     # -- statements ---------------------------------------------------------------------------------
-    def build(self, body: list[ast.stmt], state: _State) -> list[Event]:
+    def build(self, body: list[ast.stmt], state: BuildState) -> list[Event]:
         self._block(body, state)
         return self.events
 
-    def _block(self, body: list[ast.stmt], state: _State) -> None:
+    def _block(self, body: list[ast.stmt], state: BuildState) -> None:
         local_defs = dict(state.local_defs)
         for stmt in body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -208,7 +216,7 @@ class StreamBuilder:
                 # After an `except: ...; break` the rest of the block runs only on the no-exception path.
                 state = state.but(branches=state.branches + ((arms, 0),))
 
-    def _stmt(self, stmt: ast.stmt, state: _State) -> Optional[int]:
+    def _stmt(self, stmt: ast.stmt, state: BuildState) -> Optional[int]:
         """Emit the events of one statement; returns the branch id of an ``if``/``try`` it opened."""
         if isinstance(stmt, ast.If):
             self._expr(stmt.test, state)
@@ -227,7 +235,6 @@ class StreamBuilder:
             else:
                 self._expr(stmt.iter, state)
             loop = Loop(stmt, state.loops[-1] if state.loops else None)
-            self.model.register_loop(loop)
             inner = state.but(loops=state.loops + (loop,))
             if not isinstance(stmt, ast.While):
                 self._bind_loop_target(stmt, inner)
@@ -271,7 +278,7 @@ class StreamBuilder:
                 if isinstance(child, ast.expr):
                     self._expr(child, state)
 
-    def _bind_loop_target(self, stmt: ast.AST, state: _State) -> None:
+    def _bind_loop_target(self, stmt: ast.AST, state: BuildState) -> None:
         """``for p in model.parameters()`` remembers that ``p`` is a parameter of ``model``."""
         target = stmt.target  # type: ignore[attr-defined]
         it = stmt.iter  # type: ignore[attr-defined]
@@ -280,7 +287,7 @@ class StreamBuilder:
                 root = self.resolve(receiver_key(it.func.value), state)
                 state.subst[f"__param_of__{target.id}"] = root or "?"
 
-    def _assign_target(self, target: ast.AST, value: ast.AST, state: _State) -> None:
+    def _assign_target(self, target: ast.AST, value: ast.AST, state: BuildState) -> None:
         # `p.grad = None` clears gradients (the set_to_none idiom).
         if isinstance(target, ast.Attribute) and target.attr == "grad" and isinstance(value, ast.Constant) and value.value is None:
             self._emit(CLEAR, target, state, target=None, flavor="params")
@@ -311,7 +318,7 @@ class StreamBuilder:
         return kinds
 
     # -- expressions ----------------------------------------------------------------------------------
-    def _expr(self, expr: ast.AST, state: _State) -> None:
+    def _expr(self, expr: ast.AST, state: BuildState) -> None:
         """Visit calls in evaluation order: receivers and arguments before the call itself."""
         if isinstance(expr, (ast.Lambda, ast.FunctionDef)):
             return
@@ -327,7 +334,7 @@ class StreamBuilder:
         for child in ast.iter_child_nodes(expr):
             self._expr(child, state)
 
-    def resolve(self, key: Optional[str], state: _State) -> Optional[str]:
+    def resolve(self, key: Optional[str], state: BuildState) -> Optional[str]:
         if key is None:
             return None
         head, dot, rest = key.partition(".")
@@ -336,7 +343,7 @@ class StreamBuilder:
             return state.subst[bare] + head[len(bare):] + (dot + rest if dot else "")
         return key
 
-    def _emit(self, kind: str, node: ast.AST, state: _State, **kw) -> Event:
+    def _emit(self, kind: str, node: ast.AST, state: BuildState, **kw) -> Event:
         ev = Event(
             kind=kind,
             node=node,
@@ -351,7 +358,7 @@ class StreamBuilder:
         self.events.append(ev)
         return ev
 
-    def _call(self, call: ast.Call, state: _State) -> None:
+    def _call(self, call: ast.Call, state: BuildState) -> None:
         model = self.model
         func = call.func
         q = model.imports.qualify(func) or ""
@@ -421,7 +428,7 @@ class StreamBuilder:
                 self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
 
-    def _step(self, call: ast.Call, recv: Optional[str], kind: Optional[str], state: _State) -> None:
+    def _step(self, call: ast.Call, recv: Optional[str], kind: Optional[str], state: BuildState) -> None:
         if kind == K.SCALER:
             opt = self.resolve(receiver_key(call.args[0]), state) if call.args else None
             self._emit(STEP, call, state, target=opt, flavor="scaler")
@@ -443,13 +450,13 @@ class StreamBuilder:
         elif kind == K.ENGINE:
             self._emit(ENGINE_STEP, call, state, target=recv)
 
-    def _closure(self, expr: ast.AST, state: _State) -> Optional[ast.AST]:
+    def _closure(self, expr: ast.AST, state: BuildState) -> Optional[ast.AST]:
         if isinstance(expr, ast.Name):
             return state.local_defs.get(expr.id) or self.model.functions.get(expr.id)
         return None
 
     # -- helpers from the same file ----------------------------------------------------------------
-    def _maybe_inline(self, call: ast.Call, state: _State) -> None:
+    def _maybe_inline(self, call: ast.Call, state: BuildState) -> None:
         if len(state.stack) >= MAX_INLINE_DEPTH:
             return
         func = call.func
@@ -462,7 +469,7 @@ class StreamBuilder:
             return
         self._inline(target, call, list(call.args), state, keywords=call.keywords, method=isinstance(func, ast.Attribute))
 
-    def _inline(self, fn: ast.AST, call: ast.Call, args: list[ast.AST], state: _State, keywords=(), method: bool = False) -> None:
+    def _inline(self, fn: ast.AST, call: ast.Call, args: list[ast.AST], state: BuildState, keywords=(), method: bool = False) -> None:
         params = [a.arg for a in fn.args.posonlyargs + fn.args.args]  # type: ignore[attr-defined]
         if method and params and params[0] in ("self", "cls"):
             params = params[1:]

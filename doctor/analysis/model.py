@@ -11,42 +11,15 @@ import ast
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 from doctor.analysis import objects as K
-from doctor.analysis.events import (
-    BACKWARD,
-    CLEAR,
-    SCHED_STEP,
-    STEP,
-    Event,
-    Guard,
-    Loop,
-    StreamBuilder,
-    _State,
-)
-from doctor.analysis.index import NodeIndex
-from doctor.analysis.names import ImportTable, dotted_name, last_part, receiver_key
-
-if TYPE_CHECKING:
-    from doctor.analysis.values import ValueTable
-
-if TYPE_CHECKING:
-    from doctor.analysis.data import DataFlow
-    from doctor.analysis.modes import Modes
-
-_RELEVANT_ATTRS = {
-    "backward", "step", "zero_grad", "manual_backward", "grad", "clip_grad_norm_", "clip_grad_value_",
-    "unscale_", "eval", "train", "clip_gradients", "zero_",
-}
-
-
-@dataclass(frozen=True)
-class Stream:
-    """The events of one function body (or the module body), in execution order."""
-
-    owner: ast.AST
-    events: tuple[Event, ...]
+from doctor.analysis.data import DataFlow
+from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder
+from doctor.analysis.modes import Modes
+from doctor.analysis.names import dotted_name, last_part, receiver_key
+from doctor.analysis.program import RELEVANT_ATTRS, Program
+from doctor.analysis.values import ValueTable
 
 
 @dataclass
@@ -62,107 +35,31 @@ class Accumulation:
     backwards: tuple[Event, ...]
 
 
-class TrainingModel:
-    def __init__(self, tree: ast.Module, path: Optional[str] = None) -> None:
-        self.tree = tree
-        self.path = path
-        self.index = NodeIndex(tree)
-        self.imports = ImportTable(tree, self.index)
-        self.objects = K.build_objects(tree, self.imports, self.index)
-        if path:
-            K.resolve_local_schedulers(self.objects, path)
-        self.functions: dict[str, ast.AST] = {}
-        self.methods: dict[str, dict[str, ast.AST]] = {}
-        self._class_of: dict[int, str] = {}
-        self.loops: list[Loop] = []
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                self.functions[node.name] = node
-        for node in self.index.of(ast.ClassDef):
-            if True:
-                table = self.methods.setdefault(node.name, {})
-                for item in node.body:
-                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                        table[item.name] = item
-                        self._class_of[id(item)] = node.name
-        self._relevant: dict[int, bool] = {}
-
-    # -- indexes ---------------------------------------------------------------------------------------
-    def method(self, cls: Optional[str], name: str) -> Optional[ast.AST]:
-        if cls and name in self.methods.get(cls, {}):
-            return self.methods[cls][name]
-        found = [m[name] for m in self.methods.values() if name in m]
-        return found[0] if len(found) == 1 else None
-
-    def class_of(self, fn: ast.AST) -> Optional[str]:
-        return self._class_of.get(id(fn))
-
-    def register_loop(self, loop: Loop) -> None:
-        self.loops.append(loop)
-
-    def is_relevant(self, fn: ast.AST, _depth: int = 0) -> bool:
-        """Does calling ``fn`` (transitively, through same-file helpers) do anything a training rule reads?"""
-        key = id(fn)
-        if key in self._relevant:
-            return self._relevant[key]
-        self._relevant[key] = False  # recursion guard
-        result = False
-        for node in self.index.within(fn, ast.Attribute, ast.Call):
-            if isinstance(node, ast.Attribute):
-                if node.attr in _RELEVANT_ATTRS:
-                    result = True
-                    break
-                continue
-            if _depth < 3:
-                callee = None
-                if isinstance(node.func, ast.Name):
-                    callee = self.functions.get(node.func.id)
-                elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == "self":
-                    callee = self.method(self.class_of(fn), node.func.attr)
-                if callee is not None and callee is not fn and self.is_relevant(callee, _depth + 1):
-                    result = True
-                    break
-        self._relevant[key] = result
-        return result
+class TrainingModel(Program):
+    """The training-loop model of one file: the ``Program`` tables plus event streams, accumulation windows,
+    loss dataflow and the facets (modes, data, values)."""
 
     @cached_property
-    def modes(self) -> "Modes":
+    def modes(self) -> Modes:
         """Evaluation functions, no_grad regions and mode-dependent (dropout/batch-norm) models."""
-        from doctor.analysis.modes import Modes
-
-        return Modes(self)
+        return Modes(self, lambda: self.streams)
 
     @cached_property
-    def data(self) -> "DataFlow":
+    def data(self) -> DataFlow:
         """DataLoader, sampler and dataset constructions, followed through assignments and parameters."""
-        from doctor.analysis.data import DataFlow
-
         return DataFlow(self)
 
     @cached_property
-    def values(self) -> "ValueTable":
+    def values(self) -> ValueTable:
         """Value provenance (softmax/sigmoid/detach/model outputs through assignments): see ``values.py``."""
-        from doctor.analysis.values import ValueTable
-
-        return ValueTable(self)
-
-    @property
-    def parents(self) -> dict[int, ast.AST]:
-        return self.index.parents
-
-    def nodes(self, *types: type) -> list:
-        """All nodes of ``types`` in the file, in source order (one shared traversal)."""
-        return self.index.of(*types)
-
-    def enclosing_function(self, node: ast.AST) -> ast.AST:
-        return self.index.enclosing_function(node)
+        return ValueTable(self, self.all_events)
 
     # -- streams ---------------------------------------------------------------------------------------
     @cached_property
     def streams(self) -> list[Stream]:
         out = []
         owners: list[tuple[ast.AST, Optional[str]]] = [(self.tree, None)]
-        if not any(a.attr in _RELEVANT_ATTRS for a in self.index.of(ast.Attribute)):
+        if not any(a.attr in RELEVANT_ATTRS for a in self.index.of(ast.Attribute)):
             return []  # nothing in this file backpropagates, steps or clears: no training loop to model
         for node in self.index.of(ast.FunctionDef, ast.AsyncFunctionDef):
             owners.append((node, self.class_of(node)))
@@ -171,7 +68,7 @@ class TrainingModel:
                 continue
             body = owner.body if owner is not self.tree else [s for s in self.tree.body]
             builder = StreamBuilder(self)
-            state = _State(cls=cls, stack=(id(owner),))
+            state = BuildState(cls=cls, stack=(id(owner),))
             events = builder.build(body, state)
             if events:
                 out.append(Stream(owner, tuple(events)))
@@ -202,18 +99,6 @@ class TrainingModel:
             yield from seen.values()
 
     # -- objects -----------------------------------------------------------------------------------------
-    def info(self, key: Optional[str], at: Optional[ast.AST] = None) -> Optional[K.ObjectInfo]:
-        """What ``key`` is; with ``at`` (a use site), the binding made in the same function when a local name
-        is bound to different objects in different functions."""
-        if key and at is not None:
-            bound = self.objects.history.get(key, [])
-            if len(bound) > 1:
-                fn = self.enclosing_function(at)
-                local = [i for i in bound if self.enclosing_function(i.node) is fn]
-                if local:
-                    return local[-1]
-        return self.objects.get(key)
-
     def same_optimizer(self, a: Optional[str], b: Optional[str], stepped: set[str] = frozenset()) -> bool:
         """Can ``a`` and ``b`` be the same optimizer? Unknown counts as yes (we stay quiet when unsure)."""
         if a is None or b is None or a == b:

@@ -12,13 +12,12 @@ import ast
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Optional
+from typing import Callable, Optional
 
-from doctor.analysis.events import BACKWARD, EVAL, FORWARD, STEP, TRAIN, Event, StreamBuilder, _State
+from doctor.analysis.events import BACKWARD, EVAL, FORWARD, STEP, TRAIN, BuildState, Event, Stream, StreamBuilder
 from doctor.analysis.names import receiver_key
 
-if TYPE_CHECKING:
-    from doctor.analysis.model import TrainingModel
+from doctor.analysis.program import Program
 
 #: Function names that say "this evaluates": evaluate, validate, val_epoch, run_test, eval_step...
 EVAL_FUNCTION = re.compile(
@@ -40,7 +39,7 @@ _TORCHVISION_MODE_MODELS = re.compile(
 )
 
 
-def disables_grad(expr: ast.AST, model: "TrainingModel") -> bool:
+def disables_grad(expr: ast.AST, model: Program) -> bool:
     """``torch.no_grad()``, ``torch.inference_mode()``, ``torch.set_grad_enabled(False)`` (call or bare decorator)."""
     call = expr if isinstance(expr, ast.Call) else None
     func = call.func if call else expr
@@ -52,7 +51,7 @@ def disables_grad(expr: ast.AST, model: "TrainingModel") -> bool:
     return False
 
 
-def decorated_no_grad(fn: ast.AST, model: "TrainingModel") -> bool:
+def decorated_no_grad(fn: ast.AST, model: Program) -> bool:
     """``@torch.no_grad()``, ``@torch.inference_mode()``, or a project wrapper of them (``@smart_inference_mode()``)."""
     for d in getattr(fn, "decorator_list", ()):
         if disables_grad(d, model):
@@ -80,8 +79,10 @@ class EvalFunction:
 class Modes:
     """Evaluation functions of one file and where gradient recording is off."""
 
-    def __init__(self, model: "TrainingModel") -> None:
+    def __init__(self, model: Program, streams: Callable[[], list[Stream]]) -> None:
         self.model = model
+        #: The file's event streams (built lazily by the training-loop model).
+        self.streams = streams
 
     @cached_property
     def call_sites(self) -> dict[str, list[ast.Call]]:
@@ -172,11 +173,11 @@ class Modes:
 
     def stream_of(self, fn: ast.AST) -> tuple[Event, ...]:
         """Events of ``fn``'s body (helpers inlined), built even when the shared model skipped the function."""
-        for s in self.model.streams:
+        for s in self.streams():
             if s.owner is fn:
                 return s.events
         builder = StreamBuilder(self.model)
-        state = _State(cls=self.model.class_of(fn), stack=(id(fn),))
+        state = BuildState(cls=self.model.class_of(fn), stack=(id(fn),))
         return tuple(builder.build(fn.body, state))  # type: ignore[attr-defined]
 
     @cached_property

@@ -213,7 +213,7 @@ def build_objects(tree: ast.AST, imports: ImportTable, index=None) -> ObjectTabl
 
         index = NodeIndex(tree)
     table = ObjectTable()
-    local_classes = _local_classes(index, imports)
+    local_classes = classes_by_kind(index, imports)
     assigns: list[tuple[list[ast.AST], ast.AST]] = []
     for node in index.of(ast.Assign, ast.AnnAssign, ast.With, ast.AsyncWith):
         if isinstance(node, ast.Assign):
@@ -348,20 +348,19 @@ def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
     return None
 
 
-def _local_classes(index, imports: ImportTable) -> dict[str, str]:
+def classes_by_kind(index, imports: ImportTable) -> dict[str, str]:
     """Classes defined in the file that subclass an optimizer, a scheduler or a module."""
     out: dict[str, str] = {}
     for node in index.of(ast.ClassDef):
-        if True:
-            for base in node.bases:
-                q = imports.qualify(base) or ""
-                bname = q.rsplit(".", 1)[-1]
-                if bname in ("Optimizer",) or q.startswith("torch.optim.") and bname in _TORCH_OPTIMIZERS:
-                    out[node.name] = OPTIMIZER
-                elif bname in ("_LRScheduler", "LRScheduler", "LambdaLR"):
-                    out[node.name] = SCHEDULER
-                elif bname in ("Module", "LightningModule") or bname in out and out[bname] == MODEL:
-                    out[node.name] = MODEL
+        for base in node.bases:
+            q = imports.qualify(base) or ""
+            bname = q.rsplit(".", 1)[-1]
+            if bname in ("Optimizer",) or q.startswith("torch.optim.") and bname in _TORCH_OPTIMIZERS:
+                out[node.name] = OPTIMIZER
+            elif bname in ("_LRScheduler", "LRScheduler", "LambdaLR"):
+                out[node.name] = SCHEDULER
+            elif bname in ("Module", "LightningModule") or bname in out and out[bname] == MODEL:
+                out[node.name] = MODEL
     return out
 
 

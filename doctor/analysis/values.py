@@ -17,14 +17,13 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from doctor.analysis import objects as K
-from doctor.analysis.events import BACKWARD
+from doctor.analysis.events import BACKWARD, Event
 from doctor.analysis.names import receiver_key
 
-if TYPE_CHECKING:
-    from doctor.analysis.model import TrainingModel
+from doctor.analysis.program import Program
 
 # Step kinds.
 SOFTMAX = "softmax"
@@ -93,9 +92,11 @@ class LossCall:
 class ValueTable:
     """Answers provenance questions about expressions of one file."""
 
-    def __init__(self, model: "TrainingModel") -> None:
+    def __init__(self, model: Program, events: Callable[[], Iterator[Event]]) -> None:
         self.model = model
         self.imports = model.imports
+        #: Every event of the file's streams (built lazily by the training-loop model).
+        self.events = events
 
     # -- indexes ---------------------------------------------------------------------------------------
     @cached_property
@@ -302,7 +303,7 @@ class ValueTable:
 
     @cached_property
     def _local_kinds(self) -> dict[str, str]:
-        return K._local_classes(self.model.index, self.imports)
+        return K.classes_by_kind(self.model.index, self.imports)
 
     def is_local_module_class(self, name: Optional[str]) -> bool:
         """Is ``name`` a class of this file that subclasses ``nn.Module`` (directly or through local classes)?"""
@@ -597,7 +598,7 @@ class ValueTable:
         """Loss calls (by id) that reach a ``backward()`` outside ``no_grad``: that backward call, and every
         loss call that reaches it."""
         out: dict[int, tuple[ast.AST, list[ast.Call]]] = {}
-        for ev in self.model.all_events():
+        for ev in self.events():
             if ev.kind != BACKWARD or ev.no_grad or ev.arg is None:
                 continue
             sources = list(self.loss_sources(ev.arg))
@@ -659,7 +660,7 @@ def _bound_names(target: ast.AST) -> set[str]:
     return set()
 
 
-def literal_number(model: "TrainingModel", node: Optional[ast.AST]) -> Optional[float]:
+def literal_number(model: Program, node: Optional[ast.AST]) -> Optional[float]:
     """The value of a numeric literal (``3e-4``, ``-1``), or of a module-level name bound once to one."""
     if isinstance(node, ast.Name):
         node = model.values.module_constant(node.id)
