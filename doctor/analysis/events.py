@@ -120,9 +120,6 @@ class Event:
             depth += 1
         return self.via[depth] if depth < len(self.via) else self.node
 
-    def in_loop(self, loop: Loop) -> bool:
-        return loop in self.loops
-
     def exclusive_with(self, other: "Event") -> bool:
         mine = dict(self.branches)
         return any(arm != mine[b] for b, arm in other.branches if b in mine)

@@ -41,8 +41,18 @@ class ImportTable:
             return f"{base}.{rest}" if rest else base
         return dotted
 
-    def is_torch(self) -> bool:
-        return any(v.split(".")[0] == "torch" for v in self.aliases.values())
+
+
+def call_arg(call: ast.Call, name: str, position: Optional[int] = None) -> Optional[ast.AST]:
+    """The argument passed to ``call`` as keyword ``name`` or, when ``position`` is given, at that position
+    (positional arguments after a ``*args`` are not counted)."""
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    if position is not None and position < len(call.args):
+        if not any(isinstance(a, ast.Starred) for a in call.args[: position + 1]):
+            return call.args[position]
+    return None
 
 
 def dotted_name(node: ast.AST) -> Optional[str]:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from doctor.analysis.names import ImportTable, call_name, dotted_name, last_part, receiver_key
+from doctor.analysis.names import ImportTable, call_arg, call_name, dotted_name, last_part, receiver_key
 
 OPTIMIZER = "optimizer"
 SCHEDULER = "scheduler"
@@ -294,10 +294,10 @@ def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_cla
             if kind is not None:
                 info = ObjectInfo(kind, ctor=q, node=value, torch_subclass=name in local_classes)
                 if kind == OPTIMIZER:
-                    first = value.args[0] if value.args else _kw(value, "params")
+                    first = value.args[0] if value.args else call_arg(value, "params")
                     info.param_roots = _roots_of(first) if first is not None else None
                 elif kind == SCHEDULER:
-                    first = value.args[0] if value.args else _kw(value, "optimizer")
+                    first = value.args[0] if value.args else call_arg(value, "optimizer")
                     info.optimizer = receiver_key(first) if first is not None else None
                 return info
     key = receiver_key(value)
@@ -339,13 +339,6 @@ def _record_tuple(table: ObjectTable, target: ast.AST, value: ast.AST, imports: 
                     ObjectInfo(kind, ctor=src.ctor if src else "", node=value, optimizer=src.optimizer if src else None, param_roots=src.param_roots if src else None, from_name_only=src is None),
                     override=src is not None,
                 )
-
-
-def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
-    for kw in call.keywords:
-        if kw.arg == name:
-            return kw.value
-    return None
 
 
 def classes_by_kind(index, imports: ImportTable) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.events import BACKWARD, Event
-from doctor.analysis.names import receiver_key
+from doctor.analysis.names import call_arg, receiver_key
 
 from doctor.analysis.program import Program
 
@@ -100,11 +100,11 @@ class ValueTable:
 
     # -- indexes ---------------------------------------------------------------------------------------
     @cached_property
-    def _classes(self) -> dict[str, ast.ClassDef]:
+    def classes(self) -> dict[str, ast.ClassDef]:
         return {n.name: n for n in self.model.nodes(ast.ClassDef)}
 
     @cached_property
-    def _self_attrs(self) -> dict[str, dict[str, list[ast.AST]]]:
+    def self_attrs(self) -> dict[str, dict[str, list[ast.AST]]]:
         """Per class: ``self.X = value`` assignments in any of its methods."""
         out: dict[str, dict[str, list[ast.AST]]] = {}
         for node in self.model.nodes(ast.Assign):
@@ -284,7 +284,7 @@ class ValueTable:
                 return self.module_ctor(expr.func.value, _depth + 1)
             if last in _WRAPPERS and expr.args:
                 return self.module_ctor(expr.args[0], _depth + 1)
-            if last in self._classes or (q.startswith(("torch.nn.", "nn.")) and last[:1].isupper()):
+            if last in self.classes or (q.startswith(("torch.nn.", "nn.")) and last[:1].isupper()):
                 return expr
             return None
         if isinstance(expr, ast.Name):
@@ -295,23 +295,23 @@ class ValueTable:
         if isinstance(expr, ast.Attribute):
             if isinstance(expr.value, ast.Name) and expr.value.id == "self":
                 cls = self.model.class_of(self.model.enclosing_function(expr))
-                values = self._self_attrs.get(cls or "", {}).get(expr.attr, [])
+                values = self.self_attrs.get(cls or "", {}).get(expr.attr, [])
                 return self.module_ctor(values[0], _depth + 1) if len(values) == 1 else None
             if expr.attr == "module":
                 return self.module_ctor(expr.value, _depth + 1)
         return None
 
     @cached_property
-    def _local_kinds(self) -> dict[str, str]:
+    def class_kinds(self) -> dict[str, str]:
         return K.classes_by_kind(self.model.index, self.imports)
 
     def is_local_module_class(self, name: Optional[str]) -> bool:
         """Is ``name`` a class of this file that subclasses ``nn.Module`` (directly or through local classes)?"""
-        return bool(name) and self._local_kinds.get(name or "") == K.MODEL
+        return bool(name) and self.class_kinds.get(name or "") == K.MODEL
 
     def forward_of(self, cls_name: str, _seen: frozenset = frozenset()) -> Optional[ast.AST]:
         """The ``forward`` a local class runs: its own or the one of a local base class."""
-        cls = self._classes.get(cls_name)
+        cls = self.classes.get(cls_name)
         if cls is None or cls_name in _seen:
             return None
         fwd = self.model.methods.get(cls_name, {}).get("forward")
@@ -327,7 +327,7 @@ class ValueTable:
     def module_output(self, ctor: ast.Call, depth: int) -> tuple[Step, ...]:
         q = self.imports.qualify(ctor.func) or ""
         last = q.rsplit(".", 1)[-1]
-        if last in self._classes:
+        if last in self.classes:
             fwd = self.forward_of(last)
             return self._returns(fwd, depth) if fwd is not None else (Step(UNKNOWN, ctor),)
         if last in _MODULE_CLASSES:
@@ -408,7 +408,7 @@ class ValueTable:
             ctor = self.module_ctor(expr.func)
             if ctor is not None:
                 name = (self.imports.qualify(ctor.func) or "").rsplit(".", 1)[-1]
-                fwd = self.forward_of(name) if name in self._classes else None
+                fwd = self.forward_of(name) if name in self.classes else None
                 if fwd is not None:
                     return (Step(MODEL, expr),) + self._returns(fwd, depth, index)
                 return (Step(MODEL, expr), Step(UNKNOWN, expr))
@@ -419,7 +419,7 @@ class ValueTable:
     def _helper(self, call: ast.Call) -> Optional[ast.AST]:
         func = call.func
         if isinstance(func, ast.Name):
-            return self.model.functions.get(func.id) if func.id not in self._classes else None
+            return self.model.functions.get(func.id) if func.id not in self.classes else None
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
             cls = self.model.class_of(self.model.enclosing_function(call))
             if cls is not None and func.attr in self.model.methods.get(cls, {}) and func.attr != "forward":
@@ -570,8 +570,8 @@ class ValueTable:
             kind = self.loss_kind(node)
             if kind is None:
                 continue
-            inp = node.args[0] if node.args else _kw(node, "input")
-            tgt = node.args[1] if len(node.args) > 1 else _kw(node, "target")
+            inp = call_arg(node, "input", 0)
+            tgt = call_arg(node, "target", 1)
             out.append(LossCall(node, kind, inp, tgt))
         return out
 
@@ -612,13 +612,6 @@ def _first(steps: tuple[Step, ...], kind: str) -> int:
         if s.kind == kind:
             return i
     return len(steps)
-
-
-def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
-    for kw in call.keywords:
-        if kw.arg == name:
-            return kw.value
-    return None
 
 
 def _is_param(fn: ast.AST, name: str) -> bool:

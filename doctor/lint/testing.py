@@ -20,7 +20,3 @@ def check_snippet(code: str, rules: Optional[list[type[Rule]]] = None, path: str
     if result.error:
         raise AssertionError(result.error)
     return result.findings
-
-
-def default_rules() -> list[type[Rule]]:
-    return select_rules()

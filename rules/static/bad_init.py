@@ -6,7 +6,7 @@ import ast
 import re
 from typing import Optional
 
-from doctor.analysis.names import dotted_name, receiver_key
+from doctor.analysis.names import call_arg, dotted_name, receiver_key
 from doctor.core.findings import Severity
 from doctor.lint.rule import Rule
 
@@ -224,8 +224,9 @@ def _number(node: Optional[ast.AST]) -> Optional[float]:
     return None
 
 
-def _kw(call: ast.Call, name: str) -> Optional[ast.AST]:
-    return next((k.value for k in call.keywords if k.arg == name), None)
+def _number_or(node: Optional[ast.AST], default: float) -> Optional[float]:
+    """The literal value of an argument, ``default`` when it was not passed, None when it is not a literal."""
+    return default if node is None else _number(node)
 
 
 def _weight_expr(node: ast.AST) -> Optional[ast.AST]:
@@ -250,7 +251,7 @@ def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST]
             return (name, weight, "constant") if weight is not None else None
         if name in ("normal_", "trunc_normal_"):
             # PyTorch's defaults: normal_(mean=0, std=1)
-            std = _number(_kw(call, "std")) if _kw(call, "std") is not None else _number(call.args[2]) if len(call.args) > 2 else 1.0
+            std = _number_or(call_arg(call, "std", 2), 1.0)
             if std is not None and std >= LARGE_STD and weight is not None:
                 return (name, weight, "large_std")
             if std == 0 and weight is not None:
@@ -258,8 +259,8 @@ def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST]
             return None
         if name == "uniform_":
             # PyTorch's defaults: uniform_(a=0, b=1), all weights positive
-            lo = _number(_kw(call, "a")) if _kw(call, "a") is not None else _number(call.args[1]) if len(call.args) > 1 else 0.0
-            hi = _number(_kw(call, "b")) if _kw(call, "b") is not None else _number(call.args[2]) if len(call.args) > 2 else 1.0
+            lo = _number_or(call_arg(call, "a", 1), 0.0)
+            hi = _number_or(call_arg(call, "b", 2), 1.0)
             if lo is not None and hi is not None and max(abs(lo), abs(hi)) >= LARGE_STD * 3 ** 0.5 and weight is not None:
                 return (name, weight, "large_std")
             return None
@@ -275,7 +276,7 @@ def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST]
         if func.attr == "fill_" and call.args and _number(call.args[0]) is not None:
             return (func.attr, weight, "constant")
         if func.attr == "normal_":
-            std = _number(_kw(call, "std")) if _kw(call, "std") is not None else _number(call.args[1]) if len(call.args) > 1 else 1.0
+            std = _number_or(call_arg(call, "std", 1), 1.0)
             if std is not None and std >= LARGE_STD:
                 return (func.attr, weight, "large_std")
     return None
@@ -283,17 +284,17 @@ def _init_call(call: ast.Call, imports) -> Optional[tuple[str, Optional[ast.AST]
 
 def _init_family(call: ast.Call, fn: str) -> Optional[str]:
     if fn.startswith("kaiming"):
-        slope = _kw(call, "a") if _kw(call, "a") is not None else call.args[1] if len(call.args) > 1 else None
+        slope = call_arg(call, "a", 1)
         if slope is not None and _number(slope) != 0:
             return None  # e.g. PyTorch's own default `a=math.sqrt(5)`: not the ReLU gain
-        nl = _kw(call, "nonlinearity")
+        nl = call_arg(call, "nonlinearity")
         if nl is None and len(call.args) > 3:
             nl = call.args[3]
         if nl is None:
             return "relu"  # the default leaky_relu with a=0 is the ReLU gain
         value = nl.value if isinstance(nl, ast.Constant) else None
         return "relu" if value in ("relu", "leaky_relu") else value if value in _SATURATING else None
-    gain = _kw(call, "gain") or (call.args[1] if len(call.args) > 1 else None)
+    gain = call_arg(call, "gain", 1)
     if isinstance(gain, ast.Call) and getattr(gain.func, "attr", getattr(gain.func, "id", "")) == "calculate_gain" and gain.args:
         value = gain.args[0].value if isinstance(gain.args[0], ast.Constant) else None
         return "relu" if value in ("relu", "leaky_relu") else value if value in _SATURATING else None
@@ -305,15 +306,14 @@ def _activation_families(calls: list, imports) -> set[str]:
     found: set[str] = set()
     for node in calls:
         name = None
-        if True:
-            q = imports.qualify(node.func) or ""
-            last = q.rsplit(".", 1)[-1]
-            if last[:1].isupper() and (q.startswith("torch.nn") or q.startswith("nn.")):
-                name = last.lower()
-            elif q.startswith(("torch.", "F.")) or q.startswith("torch.nn.functional"):
-                name = last
-            elif isinstance(node.func, ast.Attribute) and node.func.attr in ("relu", "tanh", "sigmoid", "gelu", "silu") and not node.args:
-                name = node.func.attr
+        q = imports.qualify(node.func) or ""
+        last = q.rsplit(".", 1)[-1]
+        if last[:1].isupper() and (q.startswith("torch.nn") or q.startswith("nn.")):
+            name = last.lower()
+        elif q.startswith(("torch.", "F.")) or q.startswith("torch.nn.functional"):
+            name = last
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in ("relu", "tanh", "sigmoid", "gelu", "silu") and not node.args:
+            name = node.func.attr
         if name is None:
             continue
         name = name.rstrip("_")

@@ -146,7 +146,7 @@ _OTHER_LIBS = {"cv2", "numpy", "onnxruntime", "tensorrt", "openvino", "tensorflo
 
 
 def _plain_class(m, name: str, _seen: frozenset = frozenset()) -> bool:
-    cls = m.values._classes.get(name)
+    cls = m.values.classes.get(name)
     if cls is None or name in _seen:
         return False
     for base in cls.bases:
@@ -154,7 +154,7 @@ def _plain_class(m, name: str, _seen: frozenset = frozenset()) -> bool:
         last = q.rsplit(".", 1)[-1]
         if last in _PLAIN_BASES:
             continue
-        if last in m.values._classes and _plain_class(m, last, _seen | {name}):
+        if last in m.values.classes and _plain_class(m, last, _seen | {name}):
             continue
         return False
     return True
@@ -173,7 +173,7 @@ def _is_module(m, recv: ast.AST) -> bool:
     ctor = m.values.module_ctor(recv)
     if ctor is not None:
         name = (m.imports.qualify(ctor.func) or "").rsplit(".", 1)[-1]
-        return name not in m.values._classes or m.values.is_local_module_class(name)
+        return name not in m.values.classes or m.values.is_local_module_class(name)
     key: Optional[str] = receiver_key(recv)
     info = m.objects.get(key)
     if info is not None:
@@ -183,14 +183,14 @@ def _is_module(m, recv: ast.AST) -> bool:
 
 def _local_plain_class(m, info) -> bool:
     name = info.ctor_name
-    return name in m.values._classes and not m.values.is_local_module_class(name)
+    return name in m.values.classes and not m.values.is_local_module_class(name)
 
 
 def _defined_as_plain_object(m, recv: ast.AST) -> bool:
     """``layer = Layer()`` where ``Layer`` is a class of this file that is not an nn.Module."""
     if isinstance(recv, ast.Name):
         value = m.values.value_of(recv)
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in m.values._classes:
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in m.values.classes:
             return not m.values.is_local_module_class(value.func.id)
     return False
 
@@ -202,7 +202,7 @@ def _built_by_other_library(m, recv: ast.AST) -> bool:
         values = [m.values.value_of(recv)]
     elif isinstance(recv, ast.Attribute) and isinstance(recv.value, ast.Name) and recv.value.id == "self":
         cls = m.class_of(_method_of(m, recv))
-        values = m.values._self_attrs.get(cls or "", {}).get(recv.attr, [])
+        values = m.values.self_attrs.get(cls or "", {}).get(recv.attr, [])
     for value in values:
         if isinstance(value, ast.Call):
             root = (m.imports.qualify(value.func) or "").split(".")[0]

@@ -148,7 +148,7 @@ def _optimized_keys(m) -> set[str]:
     out: set[str] = set()
     for call in m.nodes(ast.Call):
         q = m.imports.qualify(call.func) or ""
-        if not q or K.classify_ctor(q, m.values._local_kinds) != K.OPTIMIZER:
+        if not q or K.classify_ctor(q, m.values.class_kinds) != K.OPTIMIZER:
             continue
         params = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
         if params is None:
