@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from doctor.analysis.names import dotted_name, last_part, receiver_key
+from doctor.analysis.names import last_part, receiver_key
 from doctor.analysis import objects as K
 
 if TYPE_CHECKING:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
+
+if TYPE_CHECKING:
+    from doctor.core.findings import Finding
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -55,7 +58,8 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
     if with_static:
         from doctor.report.merged import render_merged
 
-        text, static_failed = render_merged(script, result, fmt, colour=use_colour)
+        findings, errors = static_findings_for(script)
+        text, static_failed = render_merged(script, result, findings, errors, fmt, colour=use_colour)
         exit_code = max(exit_code, 1 if static_failed else 0)
     elif fmt == "json":
         text = report.render_json(result)
@@ -72,3 +76,19 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
     else:
         click.echo(text)
     sys.exit(exit_code)
+
+
+def static_findings_for(script: str) -> tuple[list["Finding"], list[tuple[str, str]]]:
+    """Default static rules (with the script's own configuration) on the script and its local modules."""
+    from doctor.lint.config import resolve_settings
+    from doctor.lint.engine import check_files
+    from doctor.analysis.localmods import local_modules
+    from doctor.lint.registry import select_rules
+
+    settings = resolve_settings([script], None)
+    rules = select_rules(settings.select, settings.ignore, settings.extend_select)
+    from doctor.report.merged import display
+
+    files = [display(p) for p in local_modules(script)]
+    result = check_files(files, settings, rules, jobs=1)
+    return result.findings, result.errors

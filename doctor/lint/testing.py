@@ -8,7 +8,7 @@ from typing import Optional
 from doctor.lint.config import Settings
 from doctor.lint.engine import check_source
 from doctor.core.findings import Finding
-from doctor.lint.registry import Rule, select_rules, static_rules
+from doctor.lint.registry import Rule, static_rules
 
 
 def check_snippet(code: str, rules: Optional[list[type[Rule]]] = None, path: str = "snippet.py") -> list[Finding]:

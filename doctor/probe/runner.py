@@ -57,7 +57,7 @@ class ProbeResult:
         return 1 if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
-        from doctor.report.probe import result_to_dict
+        from doctor.probe.payload import result_to_dict
 
         return result_to_dict(self)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 from typing import Any, Iterable, Optional, Sequence
+from doctor.core.numbers import finite
 
 _STATUS_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781"}
 _SEVERITY_COLOURS = {"error": "#cf222e", "warning": "#9a6700", "info": "#0969da"}
@@ -23,9 +24,6 @@ PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 28, 36
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
-
-def _finite(values: Iterable[Optional[float]]) -> list[float]:
-    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
 def _fmt(v: float, span: Optional[float] = None) -> str:
@@ -53,7 +51,7 @@ def line_chart(
 ) -> str:
     """An SVG line chart. Non-finite points break the line (a NaN loss shows as a gap); ``None`` points
     break it too unless ``connect_missing`` (series recorded only on sampled steps)."""
-    all_vals = _finite(v for s in series.values() for v in s) + [v for _, v in hlines]
+    all_vals = finite(v for s in series.values() for v in s) + [v for _, v in hlines]
     if log_y:
         all_vals = [v for v in all_vals if v > 0]
     n = max((len(s) for s in series.values()), default=0)
@@ -222,7 +220,7 @@ def _layer_norms(series: dict[str, Any]) -> dict[str, float]:
     """Per-layer gradient norm (median over sampled steps), parameters of one module combined."""
     per_layer: dict[str, float] = {}
     for name, values in (series.get("param_grad_norm") or {}).items():
-        vals = sorted(_finite(values))
+        vals = sorted(finite(values))
         if not vals:
             continue
         layer = name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1] in ("weight", "bias") and "." in name else name
@@ -255,7 +253,7 @@ def render_html(report: dict[str, Any]) -> str:
     charts.append(line_chart("Update / weight ratio ‖Δw‖/‖w‖ per parameter group", ratios, x=steps or None, log_y=True, hlines=[("healthy ≈", 1e-3)], chart_id="chart-update-ratio", connect_missing=True))
     memory = series.get("memory_bytes") or {}
     limit = device.get("total_bytes")
-    if memory and any(_finite(v) for v in memory.values()):
+    if memory and any(finite(v) for v in memory.values()):
         gib = {k: [v / 2**30 if isinstance(v, (int, float)) else None for v in vals] for k, vals in memory.items()}
         charts.append(line_chart("GPU memory (GiB)", gib, x=steps or None, hlines=[("device limit", limit / 2**30)] if limit else [], chart_id="chart-memory"))
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from doctor.core.findings import Finding
+from doctor.core.numbers import finite
 
 CONFIRMED, CONTRADICTED, NOT_OBSERVED = "confirmed", "contradicted", "not-observed"
 
@@ -61,9 +62,6 @@ def linker(*rules: str) -> Callable[[Linker], Linker]:
     return register
 
 
-def _finite(values: list[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-
 
 def _check(probe: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
     return next((c for c in probe.get("checks", []) if c.get("name") == name), None)
@@ -91,8 +89,8 @@ def _scheduler(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
 @linker("missing-zero-grad")
 def _zero_grad(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
     series = probe.get("series") or {}
-    norms = _finite(series.get("grad_norm") or [])
-    losses = _finite(series.get("loss") or [])
+    norms = finite(series.get("grad_norm") or [])
+    losses = finite(series.get("loss") or [])
     if len(norms) < 3 or norms[0] <= 0:
         return None
     growth = norms[-1] / norms[0]
@@ -120,7 +118,7 @@ def _accumulation(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
     k = max(set(micro), key=micro.count)
     if k <= 1:
         return Link(f, NOT_OBSERVED, "the run made one backward pass per optimizer step: no accumulation was observed", [], {"micro_steps_per_update": k})
-    ratios = _finite(series.get("accumulation_grad_ratio") or [])
+    ratios = finite(series.get("accumulation_grad_ratio") or [])
     if not ratios:
         return Link(f, NOT_OBSERVED, f"{k} backward passes per optimizer step, but the gradient ratio was not measured (GradScaler in use)", [], {"micro_steps_per_update": k})
     ratio = sorted(ratios)[len(ratios) // 2]
@@ -249,28 +247,16 @@ def display(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def static_findings_for(script: str) -> tuple[list[Finding], list[tuple[str, str]]]:
-    """Default static rules (with the script's own configuration) on the script and its local modules."""
-    from doctor.lint.config import resolve_settings
-    from doctor.lint.engine import check_files
-    from doctor.analysis.localmods import local_modules
-    from doctor.lint.registry import select_rules
-
-    settings = resolve_settings([script], None)
-    rules = select_rules(settings.select, settings.ignore, settings.extend_select)
-    files = [display(p) for p in local_modules(script)]
-    result = check_files(files, settings, rules, jobs=1)
-    return result.findings, result.errors
-
-
-def render_merged(script: str, result: Any, fmt: str, *, colour: bool) -> tuple[str, bool]:
-    """The merged report in ``fmt`` (text, json, html); also whether a static error-severity finding exists."""
+def render_merged(
+    script: str, result: Any, findings: list[Finding], errors: list[tuple[str, str]], fmt: str, *, colour: bool
+) -> tuple[str, bool]:
+    """The merged report in ``fmt`` (text, json, html) of a probe result and the static ``findings`` (and
+    ``errors``) on the script; also whether a static error-severity finding exists."""
     import json
 
     from doctor.lint.engine import failing
     from doctor.core.findings import Severity
 
-    findings, errors = static_findings_for(script)
     payload = merged_payload(findings, result.to_dict(), errors)
     failed = failing(findings, Severity.ERROR)
     if fmt == "json":

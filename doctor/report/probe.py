@@ -8,89 +8,12 @@ import os
 from typing import Any, Optional
 
 from doctor.probe.checks import fmt
+from doctor.probe.payload import result_to_dict
 
 SPARKS = "▁▂▃▄▅▆▇█"
 BAR_WIDTH = 28
 MAX_BARS = 16
 COLOURS = {"pass": "32", "warn": "33", "fail": "31", "skip": "2"}
-JSON_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------- JSON
-def _finite(value: Any) -> Any:
-    """Strict JSON: NaN/Inf become null (the non-finite-loss evidence spells them out as strings)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def series(run: Any) -> dict[str, Any]:
-    """Per-step series for charts: one entry per observed step (null where a step was not sampled)."""
-    steps = run.steps
-    names: list[str] = []
-    for s in steps:
-        for n in list(s.param_grad_norms) + list(s.param_update_ratio):
-            if n not in names:
-                names.append(n)
-    groups = max((len(s.lr) for s in steps), default=0)
-    out: dict[str, Any] = {
-        "step": [s.step for s in steps],
-        "sampled": [s.sampled for s in steps],
-        "loss": [s.loss for s in steps],
-        "lr": [[s.lr[g] if g < len(s.lr) else None for s in steps] for g in range(groups)],
-        "step_seconds": [s.wall_s for s in steps],
-        "data_wait_seconds": [s.data_wait_s for s in steps],
-        "grad_norm": [s.grad_norm for s in steps],
-        "param_grad_norm": {n: [s.param_grad_norms.get(n) for s in steps] for n in names},
-        "update_ratio": [[s.update_ratio[g] if g < len(s.update_ratio) else None for s in steps] for g in range(groups)],
-        "param_update_ratio": {n: [s.param_update_ratio.get(n) for s in steps] for n in names},
-    }
-    out["backwards"] = [s.backwards for s in steps]
-    # Gradient at the step over gradient after the first micro-step (only without a GradScaler, whose
-    # unscale_ before the step would change the scale between the two readings).
-    out["accumulation_grad_ratio"] = [
-        (s.grad_norm / s.first_backward_grad_norm)
-        if (s.grad_norm is not None and s.first_backward_grad_norm and not s.loss_scaled and s.backwards > 1)
-        else None
-        for s in steps
-    ]
-    if any(s.memory for s in steps):
-        keys = ("allocated", "reserved", "peak_allocated", "peak_reserved")
-        out["memory_bytes"] = {k: [s.memory.get(k) for s in steps] for k in keys}
-    return out
-
-
-def result_to_dict(result: Any) -> dict[str, Any]:
-    """The JSON contract of ``doctor probe --format json``."""
-    run = result.run
-    data = {
-        "version": JSON_VERSION,
-        "script": {
-            "path": run.script,
-            "args": run.args,
-            "status": run.status,
-            "error": run.error.to_dict() if run.error else None,
-            "steps_observed": run.steps_observed,
-            "steps_requested": run.steps_requested,
-            "wall_seconds": run.wall_seconds,
-            "exit_code": run.exit_code,
-            "output_tail": run.output_tail,
-        },
-        "device": run.device or {"type": "unknown"},
-        "exit_code": result.exit_code,
-        "checks": [c.to_dict() for c in result.checks],
-        "findings": [f.to_dict() for f in result.findings],
-        "loss": run.loss_info,
-        "warnings": run.warnings,
-        "params": [p.__dict__ for p in run.params],
-        "series": series(run),
-        "probe": {"startup_seconds": run.startup_seconds, "internal_errors": run.internal_errors},
-    }
-    return _finite(data)
 
 
 def render_json(result: Any) -> str:

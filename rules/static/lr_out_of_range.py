@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from typing import Iterator, Optional
+from typing import Iterator
 
 from doctor.analysis import objects as K
 from doctor.analysis.values import literal_number
