@@ -181,6 +181,8 @@ class ObjectTable:
     #: Every constructor-backed object a key was bound to, in source order: the same local name
     #: (`scheduler`) often holds different objects in different functions of one file.
     history: dict[str, list[ObjectInfo]] = field(default_factory=dict)
+    #: ids of the nodes in ``history[key]``: a membership test per binding, not a scan (big generated files).
+    _history_nodes: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
 
     def kind(self, key: Optional[str]) -> Optional[str]:
         if not key:
@@ -195,9 +197,10 @@ class ObjectTable:
 
     def set(self, key: str, info: ObjectInfo, *, override: bool = False) -> None:
         if info.node is not None and not info.from_name_only:
-            seen = self.history.setdefault(key, [])
-            if not any(i.node is info.node for i in seen):
-                seen.append(info)
+            seen = self._history_nodes.setdefault(key, set())
+            if id(info.node) not in seen:
+                seen.add(id(info.node))
+                self.history.setdefault(key, []).append(info)
         old = self.objects.get(key)
         if old is None or override or (old.from_name_only and not info.from_name_only) or old.kind == OTHER:
             self.objects[key] = info

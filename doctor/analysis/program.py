@@ -46,12 +46,20 @@ class Program:
                     table[item.name] = item
                     self._class_of[id(item)] = node.name
         self._relevant: dict[int, bool] = {}
+        #: Per object key: (bindings seen, the last binding in each function); see ``info``.
+        self._bound_in: dict[str, tuple[int, dict[int, K.ObjectInfo]]] = {}
+        self._methods_by_name: Optional[dict[str, list[ast.AST]]] = None
 
     # -- indexes ---------------------------------------------------------------------------------------
     def method(self, cls: Optional[str], name: str) -> Optional[ast.AST]:
         if cls and name in self.methods.get(cls, {}):
             return self.methods[cls][name]
-        found = [m[name] for m in self.methods.values() if name in m]
+        if self._methods_by_name is None:  # built once: a scan of every class per call is quadratic
+            self._methods_by_name = {}
+            for table in self.methods.values():
+                for n, fn in table.items():
+                    self._methods_by_name.setdefault(n, []).append(fn)
+        found = self._methods_by_name.get(name, [])
         return found[0] if len(found) == 1 else None
 
     def class_of(self, fn: ast.AST) -> Optional[str]:
@@ -99,8 +107,15 @@ class Program:
         if key and at is not None:
             bound = self.objects.history.get(key, [])
             if len(bound) > 1:
-                fn = self.enclosing_function(at)
-                local = [i for i in bound if self.enclosing_function(i.node) is fn]
-                if local:
-                    return local[-1]
+                # One table per key, not one scan per use: a generated file binding `opt` in thousands of
+                # functions would otherwise cost (uses x bindings) ancestor walks.
+                seen, by_function = self._bound_in.get(key, (0, {}))
+                if seen != len(bound):
+                    by_function = {}
+                    for i in bound:
+                        by_function[id(self.enclosing_function(i.node))] = i  # the last binding wins
+                    self._bound_in[key] = (len(bound), by_function)
+                local = by_function.get(id(self.enclosing_function(at)))
+                if local is not None:
+                    return local
         return self.objects.get(key)

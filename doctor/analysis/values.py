@@ -564,6 +564,10 @@ class ValueTable:
         return None
 
     @cached_property
+    def _loss_call_ids(self) -> set[int]:
+        return {id(lc.node) for lc in self.loss_calls}
+
+    @cached_property
     def loss_calls(self) -> list[LossCall]:
         out = []
         for node in self.model.nodes(ast.Call):
@@ -582,7 +586,7 @@ class ValueTable:
         if expr is None or _depth > MAX_DEPTH or id(expr) in seen:
             return
         seen.add(id(expr))
-        losses = {id(lc.node) for lc in self.loss_calls}
+        losses = self._loss_call_ids
         for node in ast.walk(expr):
             if isinstance(node, ast.Call) and id(node) in losses:
                 yield node

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from typing import Optional
+from typing import NoReturn, Optional
 
 import click
 
@@ -61,16 +61,19 @@ def main() -> None:
 @click.option("--select", multiple=True, help="Rules to enable: names, codes, code prefixes or ALL (comma-separated).")
 @click.option("--ignore", multiple=True, help="Rules to disable: names, codes or code prefixes.")
 @click.option("--extend-select", multiple=True, help="Rules to enable on top of the selection.")
+@click.option("--exclude", multiple=True, help="Files or folders to leave out (glob patterns, comma-separated), on top of the configured excludes; also applies to files named on the command line.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None, help="Lowest severity that fails the run (default: error).")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when problems are found.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the findings and errors only: no summary, no hints.")
 @click.option("--statistics", is_flag=True, help="Count findings per rule and show the slowest rules.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="Config file (pyproject.toml or doctor.toml).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report to a file.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the report to a file.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
 @click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
-@click.option("--fix", is_flag=True, help="Apply safe fixes in place.")
+@click.option("--fix", is_flag=True, help="Apply safe fixes in place (with `-`: print the fixed code).")
 @click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes that change training numerics (with --fix or --diff).")
 @click.option("--diff", is_flag=True, help="Show the fixes as a unified diff; write nothing.")
+@click.option("--stdin-filename", default=None, help="With `-` as the path: the file name the code on stdin stands for (config, per-file-ignores, notebook or not, the name in the report).")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Report only findings not recorded in this baseline file.")
 @click.option("--write-baseline", type=click.Path(dir_okay=False), default=None, help="Record today's findings as the baseline and exit 0.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
@@ -81,8 +84,10 @@ def check(
     select: tuple[str, ...],
     ignore: tuple[str, ...],
     extend_select: tuple[str, ...],
+    exclude: tuple[str, ...],
     fail_on: Optional[str],
     exit_zero: bool,
+    quiet: bool,
     statistics: bool,
     config: Optional[str],
     output: Optional[str],
@@ -91,31 +96,44 @@ def check(
     fix: bool,
     unsafe_fixes: bool,
     diff: bool,
+    stdin_filename: Optional[str],
     baseline: Optional[str],
     write_baseline: Optional[str],
     no_cache: bool,
     cache_dir: Optional[str],
 ) -> None:
-    """Check training scripts (files or folders, default: the current folder)."""
+    """Check training scripts (files or folders, default: the current folder; `-` reads stdin)."""
     from dataclasses import replace
 
     from doctor.report import lint as report
     from doctor.lint.config import ConfigError, resolve_settings
     from doctor.lint.discovery import discover, display_path
-    from doctor.lint.engine import check_files, failing
+    from doctor.lint.engine import FAILING_ERRORS, INTERNAL, MISSING, UNREADABLE, FileResult, RunResult, check_files, failing
     from doctor.lint.registry import select_rules, validate_selectors
 
     path_list = list(paths) or ["."]
-    missing = [p for p in path_list if not os.path.exists(p)]
-    if missing:
+    from_stdin = "-" in path_list
+    if from_stdin and len(path_list) > 1:
+        _usage("`-` (stdin) cannot be combined with other paths")
+    if stdin_filename and not from_stdin:
+        _usage("--stdin-filename only applies when the path is `-`")
+    if output:
+        folder = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(folder):
+            _usage(f"cannot write the report to {output}: no such folder {folder}")
+        if os.path.isdir(output):
+            _usage(f"cannot write the report to {output}: it is a folder")
+    # A path that does not exist is reported (and fails the run as a usage error) but never stops the others.
+    missing = [] if from_stdin else [p for p in path_list if not os.path.lexists(p)]
+    present = [p for p in path_list if p not in missing]
+    if missing and not present:
         for p in missing:
             click.echo(f"doctor: error: no such file or folder: {p}", err=True)
         sys.exit(EXIT_ERROR)
     try:
-        settings = resolve_settings(path_list, config)
+        settings = resolve_settings([stdin_filename or "."] if from_stdin else (present or path_list), config)
     except ConfigError as exc:
-        click.echo(f"doctor: error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        _usage(str(exc))
     changes = {}
     if select:
         changes["select"] = _split(select)
@@ -126,57 +144,80 @@ def check(
     if fail_on:
         changes["fail_on"] = Severity.parse(fail_on)
     settings = replace(settings, **changes)
-    use_cache = not no_cache and not statistics
+    force_exclude = _split(exclude)
+    use_cache = not no_cache and not statistics and not from_stdin
+    problems: list[tuple[str, str]] = []
     result = None
     files: Optional[list[str]] = None
+    fixed_stdin: Optional[bytes] = None
     if use_cache and not (fix or diff):
         # Nothing changed since the last run: answer from the cache without importing a single rule
         # (importing the rules and the analysis is most of a warm run's time).
         from doctor.lint.cache import cached_run
 
-        files = [display_path(p) for p in discover(path_list, settings)]
-        result = cached_run(cache_dir, settings, files)
+        files = [display_path(p) for p in discover(present, settings, force_exclude=force_exclude, problems=problems)]
+        try:
+            result = cached_run(cache_dir, settings, files)
+        except ConfigError as exc:
+            _usage(str(exc))
     if result is None:
         unknown = validate_selectors(settings.select + settings.ignore + settings.extend_select)
         if unknown:
-            click.echo(f"doctor: error: unknown rule selector(s): {', '.join(unknown)} (see `doctor rules`)", err=True)
-            sys.exit(EXIT_ERROR)
+            _usage(f"unknown rule selector(s): {', '.join(unknown)} (see `doctor rules`)")
         rules = select_rules(settings.select, settings.ignore, settings.extend_select)
-        if files is None:
-            files = [display_path(p) for p in discover(path_list, settings)]
-        cache = None
-        if use_cache:
-            from doctor.lint.cache import open_cache
+        if from_stdin:
+            result, files, fixed_stdin = _check_stdin(stdin_filename, rules, settings, fix, diff, unsafe_fixes, quiet)
+        else:
+            if files is None:
+                files = [display_path(p) for p in discover(present, settings, force_exclude=force_exclude, problems=problems)]
+            cache = None
+            if use_cache:
+                from doctor.lint.cache import open_cache
 
-            # --cache-dir, else $DOCTOR_CACHE_DIR, else the config's cache-dir, else .doctor_cache in the root.
-            cache = open_cache(cache_dir, settings, rules)
-        result = check_files(files, settings, rules, jobs=jobs, timing=statistics, cache=cache)
-    if fix or diff:
+                # --cache-dir, else $DOCTOR_CACHE_DIR, else the config's cache-dir, else .doctor_cache in the root.
+                try:
+                    cache = open_cache(cache_dir, settings, rules)
+                except ConfigError as exc:
+                    _usage(str(exc))
+            result = check_files(files, settings, rules, jobs=jobs, timing=statistics, cache=cache)
+    assert files is not None
+    if (fix or diff) and not from_stdin:
         from doctor.lint.fixer import apply_fixes
 
-        outcome = apply_fixes(result, unsafe=unsafe_fixes, write=fix and not diff, rules=rules, settings=settings)
+        outcome = apply_fixes(result, unsafe=unsafe_fixes, write=fix and not diff, rules=rules, settings=settings, jobs=jobs)
         for message in outcome.messages:
             click.echo(message, err=True)
         if diff:
             if outcome.diff:
                 click.echo(outcome.diff, nl=False)
-            if outcome.unsafe_left:
+            if outcome.unsafe_left and not quiet:
                 click.echo(f"{outcome.unsafe_left} more fix{'es' if outcome.unsafe_left != 1 else ''} available with --unsafe-fixes.", err=True)
             sys.exit(EXIT_FINDINGS if outcome.changed_files else EXIT_OK)
         if outcome.changed_files:
-            # What remains after fixing is what we report and what the exit code reflects.
-            result = check_files(files, settings, rules, jobs=jobs, cache=None)
-            click.echo(f"Fixed {outcome.applied} problem{'s' if outcome.applied != 1 else ''} in {len(outcome.changed_files)} file{'s' if len(outcome.changed_files) != 1 else ''}.", err=True)
-        if outcome.unsafe_left:
+            # What remains after fixing is what we report and what the exit code reflects: the fixer's last
+            # check of each file it wrote (unchanged files keep their result).
+            result = outcome.result
+            if not quiet:
+                click.echo(f"Fixed {outcome.applied} problem{'s' if outcome.applied != 1 else ''} in {len(outcome.changed_files)} file{'s' if len(outcome.changed_files) != 1 else ''}.", err=True)
+        if outcome.unsafe_left and not quiet:
             n = outcome.unsafe_left
             click.echo(f"{n} more fix{'es' if n != 1 else ''} available with --unsafe-fixes.", err=True)
+    # Paths that could not be looked at are part of the report, like files that could not be read.
+    extra = [FileResult(path=p, error="no such file or folder", error_kind=MISSING) for p in missing]
+    extra += [FileResult(path=display_path(p), error=msg, error_kind=UNREADABLE) for p, msg in problems]
+    if extra:
+        result = RunResult(files=extra + list(result.files))
     findings = result.findings
     errors = result.errors
     if write_baseline:
         from doctor.lint.baseline import write_baseline as _write
 
-        _write(write_baseline, findings)
-        click.echo(f"Wrote a baseline of {len(findings)} finding{'s' if len(findings) != 1 else ''} to {write_baseline}.", err=True)
+        try:
+            _write(write_baseline, findings)
+        except OSError as exc:
+            _usage(f"cannot write the baseline {write_baseline}: {exc.strerror or exc}")
+        if not quiet:
+            click.echo(f"Wrote a baseline of {len(findings)} finding{'s' if len(findings) != 1 else ''} to {write_baseline}.", err=True)
         sys.exit(EXIT_OK)
     if baseline:
         from doctor.lint.baseline import BaselineError, load_baseline
@@ -184,38 +225,98 @@ def check(
         try:
             findings = load_baseline(baseline).new_findings(findings)
         except BaselineError as exc:
-            click.echo(f"doctor: error: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
+            _usage(str(exc))
 
+    skipped = _skip_reasons(result)
     if fmt == "json":
-        text = report.render_json(findings, errors, files=len(files))
+        text = report.render_json(findings, errors, files=len(files), extra={"summary": _summary(findings, result, len(files))})
     elif fmt == "github":
         text = report.render_github(findings, errors)
     elif fmt == "sarif":
         text = report.render_sarif(findings, errors)
     else:
         use_colour = color if color is not None else (output is None and sys.stdout.isatty())
-        text = report.render_text(findings, errors, colour=use_colour, files=len(files))
+        text = report.render_text(findings, errors, colour=use_colour, files=result.checked, skipped=skipped, quiet=quiet)
     if statistics and fmt == "text":
         text = report.render_statistics(findings, result.rule_seconds()) + "\n\n" + text
     elif statistics:
         click.echo(report.render_statistics(findings, result.rule_seconds()), err=True)
-    _emit(text, output)
+    if fixed_stdin is not None:
+        # `doctor check - --fix`: the fixed code goes to stdout (as editors expect), the report to stderr.
+        sys.stdout.buffer.write(fixed_stdin)
+        sys.stdout.flush()
+        if text:
+            click.echo(text, err=True)
+    else:
+        _emit(text, output)
     if exit_zero:
         sys.exit(EXIT_OK)
-    if any(err.startswith("internal error") for _, err in errors):
+    if result.has_error(INTERNAL, MISSING):
         sys.exit(EXIT_ERROR)
-    # A notebook that is not JSON could not be checked at all: like a syntax error, that fails the run.
-    if any(err.startswith(("not a valid notebook", "cannot read")) for _, err in errors):
+    # A file that could not be read or is not Python at all could not be checked: like a syntax error, that fails the run.
+    if result.has_error(*FAILING_ERRORS):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_FINDINGS if failing(findings, settings.fail_on) else EXIT_OK)
+
+
+def _usage(message: str) -> "NoReturn":
+    click.echo(f"doctor: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _skip_reasons(result) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in result.files:
+        if r.skipped:
+            out[r.skip_reason or "skipped"] = out.get(r.skip_reason or "skipped", 0) + 1
+    return out
+
+
+def _summary(findings, result, files: int) -> dict:
+    return {
+        "files": files,
+        "checked": result.checked,
+        "skipped": result.skipped,
+        "errors": len(result.errors),
+        "findings": len(findings),
+        **{s.value: sum(1 for f in findings if f.severity is s) for s in Severity},
+    }
+
+
+def _check_stdin(stdin_filename, rules, settings, fix: bool, diff: bool, unsafe: bool, quiet: bool):
+    """`doctor check -`: check the code on stdin as if it were ``--stdin-filename``; with --fix, also fix it."""
+    from doctor.lint.engine import RunResult, check_source
+
+    name = stdin_filename or "-"
+    data = sys.stdin.buffer.read()
+    fixed = None
+    if fix or diff:
+        from doctor.lint.fixer import fix_bytes
+
+        done = fix_bytes(name, data, rules, settings, unsafe)
+        for message in done.messages:
+            click.echo(message, err=True)
+        if diff:
+            if done.diff:
+                click.echo(done.diff, nl=False)
+            sys.exit(EXIT_FINDINGS if done.fixed != done.original else EXIT_OK)
+        fixed = done.fixed
+        result = done.result if done.result is not None else check_source(name, done.fixed, rules, settings)
+        if done.applied and not quiet:
+            click.echo(f"Fixed {done.applied} problem{'s' if done.applied != 1 else ''}.", err=True)
+    else:
+        result = check_source(name, data, rules, settings)
+    return RunResult(files=[result]), [name], fixed
 
 
 def _emit(text: str, output: Optional[str]) -> None:
     if output:
         from doctor.core.fsutil import atomic_write_text
 
-        atomic_write_text(output, text + ("\n" if text else ""))
+        try:
+            atomic_write_text(output, text + ("\n" if text else ""))
+        except OSError as exc:
+            _usage(f"cannot write the report to {output}: {exc.strerror or exc}")
     elif text:
         click.echo(text)
 

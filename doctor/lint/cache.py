@@ -89,6 +89,45 @@ def _selection_key(code: str, settings: "Settings") -> str:
     return hashlib.sha256(f"{code}\0{selectors}".encode()).hexdigest()[:32]
 
 
+#: What a folder doctor made for its cache holds; anything else means the folder is someone else's.
+_OWN_ENTRIES = {"CACHEDIR.TAG", ".gitignore", CACHE_FORMAT}
+
+
+def check_dedicated(folder: str, settings: "Settings") -> None:
+    """Refuse a cache folder that is not doctor's own: the project root, a folder above it or the current
+    folder, or a folder with other content. The cache writes ``.gitignore: *`` and ``CACHEDIR.TAG`` into its
+    folder, which would hide that folder (a whole project) from git and from backups."""
+    from doctor.lint.config import ConfigError
+
+    real = os.path.realpath(folder)
+    for name, where in (("the project root", settings.root), ("the current folder", os.getcwd())):
+        here = os.path.realpath(where)
+        if real == here or here.startswith(real.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"cache-dir {folder} is {name if real == here else 'a folder above ' + name}: the cache needs a "
+                "folder of its own (e.g. .doctor_cache), because it marks its folder as ignored by git and backups"
+            )
+    try:
+        entries = set(os.listdir(folder))
+    except OSError:
+        return  # missing (it will be created), a file, or unreadable: then the run is simply not cached
+    foreign = {e for e in entries - _OWN_ENTRIES if not (e.startswith(".doctor-") and e.endswith(".tmp"))}
+    if foreign and not _is_ours(folder):
+        shown = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ConfigError(
+            f"cache-dir {folder} already holds other files ({shown}): the cache needs a folder of its own "
+            "(an empty or new one), because it marks its folder as ignored by git and backups"
+        )
+
+
+def _is_ours(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, "CACHEDIR.TAG"), encoding="utf-8", errors="replace") as fh:
+            return "created by doctor" in fh.read(512)
+    except OSError:
+        return False
+
+
 def _prepare_folder(folder: str) -> bool:
     """Create the cache folder with its tag and .gitignore; False when that is impossible."""
     try:
@@ -152,6 +191,7 @@ class ResultCache:
             # Findings carry the path as it was given; the same file may be named differently this time.
             findings = [Finding.from_dict({**d, "path": path}) for d in data["findings"]]
             skipped = bool(data.get("skipped", False))
+            skip_reason = str(data.get("skip_reason", ""))
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -159,7 +199,7 @@ class ResultCache:
             self.misses += 1  # corrupt or unreadable: treat as a miss, the next put overwrites it
             return None
         self.hits += 1
-        return FileResult(path=path, findings=findings, skipped=skipped, cached=True)
+        return FileResult(path=path, findings=findings, skipped=skipped, skip_reason=skip_reason, cached=True)
 
     def put(self, path: str, result: "FileResult") -> None:
         """Store a result under the key ``get`` computed for this path (the content that was checked)."""
@@ -168,7 +208,7 @@ class ResultCache:
         key = self._keys.get(path) or self._key(path)
         if key is None:
             return
-        payload = {"findings": [f.to_dict() for f in result.findings], "skipped": result.skipped}
+        payload = {"findings": [f.to_dict() for f in result.findings], "skipped": result.skipped, "skip_reason": result.skip_reason}
         target = self._entry(key)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -180,6 +220,7 @@ class ResultCache:
 def open_cache(folder: Optional[str], settings: "Settings", rules: list[type["Rule"]]) -> Optional[ResultCache]:
     """The cache in ``folder`` (or the default location), or None when it cannot be created."""
     folder = folder or default_folder(settings)
+    check_dedicated(folder, settings)
     if not _prepare_folder(folder):
         return None
     code = code_fingerprint()
@@ -219,6 +260,7 @@ def cached_run(folder: Optional[str], settings: "Settings", paths: list[str]) ->
     from doctor.lint.engine import RunResult
 
     folder = folder or default_folder(settings)
+    check_dedicated(folder, settings)
     code = code_fingerprint()
     names = _read_selection(os.path.join(folder, CACHE_FORMAT, f"selection-{_selection_key(code, settings)}.json"))
     if names is None:

@@ -116,11 +116,16 @@ def find_config(start: str) -> Optional[Path]:
                 return folder / name
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
+            # A pyproject.toml we cannot read might hold the [tool.doctor] table meant for this run: running
+            # with the defaults (or a parent folder's config) instead would be a silent surprise.
             try:
                 data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                continue
-            if "doctor" in data.get("tool", {}):
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read {pyproject}: {getattr(exc, 'strerror', None) or exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"invalid TOML in {pyproject}: {exc}") from None
+            tool = data.get("tool", {})
+            if isinstance(tool, dict) and "doctor" in tool:
                 return pyproject
     return None
 

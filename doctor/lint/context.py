@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: Line references inside rule messages ("(line 17)"); in notebooks they are rewritten to cell lines.
 _LINE_REF = re.compile(r"\bline (\d+)")
+#: One physical line as Python's parser counts them (``\r\n``, ``\r`` or ``\n`` end a line), with its end.
+_AST_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 class FileContext:
@@ -41,8 +43,27 @@ class FileContext:
             return len(text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
         return byte_col
 
+    @cached_property
+    def _ast_lines(self) -> list[str]:
+        """The text split where the parser splits it (not at form feeds, unlike ``str.splitlines``), ends kept."""
+        return _AST_LINE.findall(self.source.text)
+
     def segment(self, node: ast.AST) -> str:
-        return ast.get_source_segment(self.source.text, node) or ""
+        """The source text of ``node`` (what ``ast.get_source_segment`` gives, without re-splitting the file
+        on every call: that made files with many findings quadratic)."""
+        try:
+            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+            col, end_col = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+        except AttributeError:
+            return ""
+        lines = self._ast_lines
+        if None in (last, end_col) or not 0 <= first <= last < len(lines):
+            return ""
+        if first == last:
+            return lines[first].encode("utf-8")[col:end_col].decode("utf-8", "replace")
+        head = lines[first].encode("utf-8")[col:].decode("utf-8", "replace")
+        tail = lines[last].encode("utf-8")[:end_col].decode("utf-8", "replace")
+        return "".join([head, *lines[first + 1 : last], tail])
 
     def fingerprint(self, rule: str, line: int) -> str:
         """Keyed by rule and the code on the line, not the line number, so baselines survive edits."""
@@ -68,8 +89,12 @@ class FileContext:
         end_line = getattr(node, "end_lineno", None) or line
         col = self.char_column(line, getattr(node, "col_offset", 0))
         end_col = self.char_column(end_line, getattr(node, "end_col_offset", None) or 0)
+        message = one_line(message)
         cell = None
         if self.source.cells:
+            # Columns in the cell as the user wrote it (IPython's cleanup may have removed an indentation).
+            col += self.source.removed.get(line, 0)
+            end_col += self.source.removed.get(end_line, 0)
             cell, cell_line = cell_position(self.source, line)
             _, cell_end = cell_position(self.source, end_line)
             end_line = cell_end
@@ -90,3 +115,18 @@ class FileContext:
             evidence=evidence or {},
             fingerprint=self.fingerprint(rule.name, getattr(node, "lineno", 1)),
         )
+
+
+_BREAK_AFTER_OPEN = re.compile(r"([(\[{])[ \t]*(?:\\)?\r?\n\s*")
+_BREAK_BEFORE_CLOSE = re.compile(r",?[ \t]*(?:\\)?\r?\n\s*([)\]}])")
+_BREAK = re.compile(r"[ \t]*(?:\\)?\r?\n\s*")
+
+
+def one_line(message: str) -> str:
+    """A message on one line: code quoted from a call written over several lines is joined the way one would
+    write it on one (``f(\n    a,\n    b,\n)`` -> ``f(a, b)``); text output is one finding per line."""
+    if "\n" not in message:
+        return message
+    message = _BREAK_AFTER_OPEN.sub(r"\1", message)
+    message = _BREAK_BEFORE_CLOSE.sub(r"\1", message)
+    return _BREAK.sub(" ", message)

@@ -132,12 +132,24 @@ def _excluded(name: str, path: str, root: str, patterns: tuple[str, ...]) -> boo
     return bool(with_folder) and any(glob_match(relative_path(path, root), p) for p in with_folder)
 
 
-def discover(paths: list[str], settings: Settings) -> Iterator[str]:
-    """Yield the files to check, each once, in a stable order. Missing paths must be checked by the caller."""
-    excludes = tuple(settings.exclude) + tuple(settings.extend_exclude)
+def discover(
+    paths: list[str],
+    settings: Settings,
+    *,
+    force_exclude: tuple[str, ...] = (),
+    problems: Optional[list[tuple[str, str]]] = None,
+) -> Iterator[str]:
+    """Yield the files to check, each once, in a stable order. Missing paths must be checked by the caller.
+
+    ``force_exclude``: patterns (``--exclude``) that also drop files named explicitly. ``problems``: where a
+    folder that cannot be listed is recorded as (path, message) instead of being passed over in silence.
+    """
+    excludes = tuple(settings.exclude) + tuple(settings.extend_exclude) + tuple(force_exclude)
     gitignore = _GitIgnore()
     seen: set[str] = set()
     for given in paths:
+        if force_exclude and _excluded(os.path.basename(os.path.normpath(given)), given, settings.root, force_exclude):
+            continue
         if os.path.isfile(given):
             key = os.path.realpath(given)
             if key not in seen:
@@ -156,7 +168,9 @@ def discover(paths: list[str], settings: Settings) -> Iterator[str]:
             visited_dirs.add(real)
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
+            except OSError as exc:
+                if problems is not None:
+                    problems.append((folder, f"cannot read folder: {exc.strerror or exc}"))
                 continue
             for entry in entries:
                 if _excluded(entry.name, entry.path, settings.root, excludes):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import time
 import warnings
@@ -13,11 +14,21 @@ from doctor.lint.config import Settings
 from doctor.lint.context import FileContext
 from doctor.core.findings import Finding, Severity
 from doctor.lint.registry import Rule, lookup, select_rules, static_rules
-from doctor.core.source import Source, decode_notebook, decode_python, worth_parsing
+from doctor.core.source import NotebookError, Source, decode_notebook, decode_python, text_problem, worth_parsing
 from doctor.lint.suppress import is_ours, parse_suppressions
+from doctor.lint.workers import pool_map, usable_cores
 
 #: Files larger than this are skipped with a message (generated code, data dumps saved as .py).
 MAX_FILE_BYTES = 20 * 1024 * 1024
+
+
+#: Why a file could not be checked (``FileResult.error_kind``). The first three fail the run like a syntax
+#: error (exit 1); an internal error is a doctor bug (exit 2); ``incomplete`` (a rule gave up on code nested
+#: too deeply, a file over the size limit) is reported without changing the exit code.
+UNREADABLE, NOT_PYTHON, INVALID_NOTEBOOK, INTERNAL, INCOMPLETE = "unreadable", "not-python", "invalid-notebook", "internal", "incomplete"
+#: A path given on the command line that does not exist: a usage error (exit 2), the other paths still checked.
+MISSING = "missing"
+FAILING_ERRORS = (UNREADABLE, NOT_PYTHON, INVALID_NOTEBOOK)
 
 
 @dataclass
@@ -26,9 +37,15 @@ class FileResult:
     findings: list[Finding] = field(default_factory=list)
     #: A message when the file could not be checked at all (unreadable, not a notebook...).
     error: Optional[str] = None
+    #: What kind of problem ``error`` is (one of the constants above).
+    error_kind: Optional[str] = None
     skipped: bool = False
+    #: Why the file was skipped without being parsed (no PyTorch code, a notebook in another language).
+    skip_reason: str = ""
     rule_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    #: SHA-256 of the bytes that were checked: the fixer reuses these findings only for the same bytes.
+    digest: str = ""
 
 
 @dataclass
@@ -43,6 +60,18 @@ class RunResult:
     @property
     def errors(self) -> list[tuple[str, str]]:
         return [(r.path, r.error) for r in self.files if r.error]
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for r in self.files if r.skipped)
+
+    @property
+    def checked(self) -> int:
+        """Files that were parsed and checked (not skipped, not lost to an error)."""
+        return sum(1 for r in self.files if not r.skipped and (not r.error or r.error_kind == INCOMPLETE))
+
+    def has_error(self, *kinds: str) -> bool:
+        return any(r.error and r.error_kind in kinds for r in self.files)
 
     def rule_seconds(self) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -70,46 +99,67 @@ def parse(source: Source) -> ast.Module:
         return ast.parse(source.text)
 
 
-def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Settings, *, timing: bool = False) -> FileResult:
-    """Check one file's bytes. Never raises for bad input: problems become a finding or ``error``."""
-    result = FileResult(path=path)
-    if not path.endswith(".ipynb") and not worth_parsing(data):
-        result.skipped = True
-        return result
-    try:
-        source = read_source(path, data)
-    except ValueError as exc:
-        result.error = str(exc)
-        return result
-    try:
-        tree = parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        rule = _syntax_rule()
-        if any(r is rule for r in rules):
-            line = getattr(exc, "lineno", None) or 1
-            col = getattr(exc, "offset", None) or 1
-            msg = getattr(exc, "msg", None) or str(exc)
-            node = ast.Pass(lineno=line, col_offset=max(col - 1, 0), end_lineno=line, end_col_offset=max(col - 1, 0))
-            ctx = FileContext(path, source, ast.Module(body=[], type_ignores=[]))
-            result.findings.append(ctx.make_finding(rule, node, f"file could not be parsed: {msg}"))
-        return result
-    ctx = FileContext(path, source, tree)
-    ignored = settings.ignored_for(path)
-    found: list[Finding] = []
-    for rule_cls in rules:
-        if ignored and _rule_ignored(rule_cls, ignored):
-            continue
-        start = time.perf_counter() if timing else 0.0
-        try:
-            found.extend(rule_cls().check(ctx))
-        except RecursionError:
-            result.error = f"rule {rule_cls.name} gave up: code nested too deeply"
-        except Exception as exc:  # a rule bug must not lose the other rules' findings
-            result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
-        if timing:
-            result.rule_seconds[rule_cls.name] = time.perf_counter() - start
-    result.findings = _apply_suppressions(ctx, _dedupe(found), rules)
+def _fail(result: FileResult, kind: str, message: str) -> FileResult:
+    result.findings = []
+    result.error, result.error_kind = message, kind
     return result
+
+
+def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Settings, *, timing: bool = False) -> FileResult:
+    """Check one file's bytes. Never raises: whatever goes wrong in reading, decoding, parsing or checking
+    this file becomes a finding or its ``error``, so that one file never costs the others' findings."""
+    result = FileResult(path=path, digest=hashlib.sha256(data).hexdigest())
+    stage = "decoding"
+    try:
+        notebook = path.endswith(".ipynb")
+        problem = None if notebook else text_problem(data)
+        if problem:
+            return _fail(result, NOT_PYTHON, problem)
+        if not notebook and not worth_parsing(data):
+            result.skipped, result.skip_reason = True, "no PyTorch code"
+            return result
+        try:
+            source = read_source(path, data)
+        except NotebookError as exc:
+            return _fail(result, INVALID_NOTEBOOK, str(exc))
+        if source.language is not None and "python" not in source.language:
+            result.skipped, result.skip_reason = True, f"a {source.language} notebook"
+            return result
+        stage = "parsing"
+        try:
+            tree = parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            rule = _syntax_rule()
+            if any(r is rule for r in rules):
+                line = getattr(exc, "lineno", None) or 1
+                col = getattr(exc, "offset", None) or 1
+                msg = getattr(exc, "msg", None) or str(exc)
+                node = ast.Pass(lineno=line, col_offset=max(col - 1, 0), end_lineno=line, end_col_offset=max(col - 1, 0))
+                ctx = FileContext(path, source, ast.Module(body=[], type_ignores=[]))
+                result.findings.append(ctx.make_finding(rule, node, f"file could not be parsed: {msg}"))
+            return result
+        stage = "checking"
+        ctx = FileContext(path, source, tree)
+        ignored = settings.ignored_for(path)
+        found: list[Finding] = []
+        for rule_cls in rules:
+            if ignored and _rule_ignored(rule_cls, ignored):
+                continue
+            start = time.perf_counter() if timing else 0.0
+            try:
+                found.extend(rule_cls().check(ctx))
+            except RecursionError:
+                result.error, result.error_kind = f"rule {rule_cls.name} gave up: code nested too deeply", INCOMPLETE
+            except Exception as exc:  # a rule bug must not lose the other rules' findings
+                result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
+                result.error_kind = INTERNAL
+            if timing:
+                result.rule_seconds[rule_cls.name] = time.perf_counter() - start
+        stage = "applying suppressions to"
+        result.findings = _apply_suppressions(ctx, _dedupe(found), rules)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a doctor bug on this file: report it for this file and go on
+        return _fail(result, INTERNAL, f"internal error while {stage} the file: {type(exc).__name__}: {exc}")
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
@@ -166,24 +216,22 @@ def _program_line(ctx: FileContext, f: Finding) -> int:
     return f.line
 
 
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 def check_file(path: str, rules: list[type[Rule]], settings: Settings, *, timing: bool = False) -> FileResult:
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
-            return FileResult(path=path, error=f"skipped: file is {size / 1e6:.0f} MB (limit {MAX_FILE_BYTES // 2**20} MiB)")
-        with open(path, "rb") as fh:
-            data = fh.read()
+            return FileResult(path=path, error=f"skipped: file is {size / 1e6:.0f} MB (limit {MAX_FILE_BYTES // 2**20} MiB)", error_kind=INCOMPLETE)
+        data = read_bytes(path)
     except OSError as exc:
-        return FileResult(path=path, error=f"cannot read: {exc.strerror or exc}")
+        return FileResult(path=path, error=f"cannot read: {exc.strerror or exc}", error_kind=UNREADABLE)
+    except Exception as exc:  # noqa: BLE001 - never lose the other files for this one
+        return FileResult(path=path, error=f"internal error while reading the file: {type(exc).__name__}: {exc}", error_kind=INTERNAL)
     return check_source(path, data, rules, settings, timing=timing)
-
-
-def _usable_cores() -> int:
-    """Cores this process may run on (a CI container often gets fewer than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _balanced_chunks(paths: list[str], jobs: int) -> list[list[str]]:
@@ -242,17 +290,13 @@ def check_files(
             results[p] = hit
         else:
             todo.append(p)
-    jobs = jobs or _usable_cores()
+    jobs = jobs or usable_cores()
     if jobs > 1 and len(todo) >= 32:
-        # Imported here: a pre-commit run on a few files never pays for multiprocessing's imports.
-        from concurrent.futures import ProcessPoolExecutor
-
         names = [r.name for r in rules]
         chunks = _balanced_chunks(todo, jobs)
-        with ProcessPoolExecutor(max_workers=min(jobs, len(chunks))) as pool:
-            for batch in pool.map(_worker, [(c, names, settings, timing) for c in chunks]):
-                for r in batch:
-                    results[r.path] = r
+        for batch in pool_map(_worker, [(c, names, settings, timing) for c in chunks], min(jobs, len(chunks))):
+            for r in batch:
+                results[r.path] = r
     else:
         for p in todo:
             results[p] = check_file(p, rules, settings, timing=timing)

@@ -1,4 +1,4 @@
-"""Applying fixes: rules' text edits, validated with libcst and ``ast``, written atomically in the file's own form.
+"""Applying fixes: rules' text edits, validated with Python's own parser, written atomically in the file's own form.
 
 Rules describe a fix as edits on the text they checked (see ``doctor.core.findings.Edit``). For each file with
 eligible fixes we re-read its bytes, re-check them, apply every non-overlapping eligible fix, validate the
@@ -15,19 +15,22 @@ layout, leaving outputs, execution counts and metadata alone.
 from __future__ import annotations
 
 import ast
+import bisect
 import copy
 import difflib
+import hashlib
 import os
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
 from doctor.lint.config import Settings
-from doctor.lint.engine import RunResult, check_source, read_source
+from doctor.lint.engine import FileResult, RunResult, check_source, read_source
 from doctor.core.findings import Applicability, Finding, Fix
 from doctor.lint.registry import Rule, select_rules, static_rules
-from doctor.core.source import Source, decode_notebook, encode_notebook, encode_python
+from doctor.core.source import Source, cell_source, decode_notebook, encode_notebook, encode_python
 
 #: Rounds of check-and-fix per file. Overlapping fixes wait for the next round; a fix that keeps
 #: re-appearing after this many rounds is a rule bug, and the file is left alone.
@@ -50,6 +53,8 @@ class FixOutcome:
     applied: int = 0
     #: Unsafe fixes left because ``unsafe`` was off.
     unsafe_left: int = 0
+    #: The run after fixing: the fixer's last check of every file it wrote, the original result of the others.
+    result: Optional[RunResult] = None
 
 
 @dataclass
@@ -63,7 +68,16 @@ class FileFix:
     messages: list[str] = field(default_factory=list)
     #: Findings of the last check (of ``fixed``, or of ``original`` when nothing was applied).
     remaining: list[Finding] = field(default_factory=list)
-    diff: str = ""
+    #: The last check itself (of ``fixed``), or None when the file could not be read.
+    result: Optional[FileResult] = None
+    _diff: Optional[str] = None
+
+    @property
+    def diff(self) -> str:
+        """The unified diff of the fixes (computed when asked: it is not needed to write them)."""
+        if self._diff is None:
+            self._diff = _diff(self.path, self.original, self.fixed) if self.fixed != self.original else ""
+        return self._diff
 
 
 class _Refused(Exception):
@@ -74,6 +88,10 @@ def eligible(fix: Optional[Fix], unsafe: bool) -> bool:
     return fix is not None and (fix.applicability is Applicability.SAFE or unsafe)
 
 
+#: Files with fixes from which on the fixes are computed in worker processes (when there are several cores).
+PARALLEL_FROM = 8
+
+
 def apply_fixes(
     result: RunResult,
     unsafe: bool = False,
@@ -81,6 +99,7 @@ def apply_fixes(
     *,
     rules: Optional[list[type[Rule]]] = None,
     settings: Optional[Settings] = None,
+    jobs: Optional[int] = None,
 ) -> FixOutcome:
     """Apply the eligible fixes of every file in ``result``; with ``write=False`` only compute the diff.
 
@@ -94,13 +113,16 @@ def apply_fixes(
         rules += [table[n] for n in sorted({f.rule for f in result.findings}) if n in table and table[n] not in rules]
     outcome = FixOutcome()
     diffs: list[str] = []
+    todo: list[FileResult] = []
     for file_result in result.files:
         if file_result.error or not any(f.fix is not None for f in file_result.findings):
             continue
         if not any(eligible(f.fix, unsafe) for f in file_result.findings):
             outcome.unsafe_left += _unsafe_count(file_result.findings, unsafe)
             continue
-        done = fix_file(file_result.path, rules, settings, unsafe)
+        todo.append(file_result)
+    final = {r.path: r for r in result.files}
+    for done in _fix_all(todo, rules, settings, unsafe, jobs):
         outcome.messages.extend(done.messages)
         outcome.unsafe_left += _unsafe_count(done.remaining, unsafe)
         if done.fixed == done.original:
@@ -109,9 +131,40 @@ def apply_fixes(
             continue
         outcome.applied += done.applied
         outcome.changed_files.append(done.path)
-        diffs.append(done.diff)
+        if not write:
+            diffs.append(done.diff)
+        if done.result is not None:
+            final[done.path] = done.result
     outcome.diff = "".join(diffs)
+    outcome.result = RunResult(files=[final[r.path] for r in result.files])
     return outcome
+
+
+def _fix_all(todo: list[FileResult], rules: list[type[Rule]], settings: Settings, unsafe: bool, jobs: Optional[int]) -> list[FileFix]:
+    """``fix_file`` for each file, in worker processes when there are many and the rules are the registered ones."""
+    from doctor.lint.workers import usable_cores
+
+    jobs = jobs or usable_cores()
+    table = static_rules()
+    registered = all(table.get(r.name) is r for r in rules)
+    if jobs > 1 and len(todo) >= PARALLEL_FROM and registered:
+        from doctor.lint.workers import pool_map
+
+        names = [r.name for r in rules]
+        chunks = [todo[i::jobs * 4] for i in range(min(len(todo), jobs * 4))]
+        done: dict[str, FileFix] = {}
+        for batch in pool_map(_fix_worker, [(c, names, settings, unsafe) for c in chunks], jobs):
+            for d in batch:
+                done[d.path] = d
+        return [done[r.path] for r in todo]
+    return [fix_file(r.path, rules, settings, unsafe, first=r) for r in todo]
+
+
+def _fix_worker(args: tuple[list[FileResult], list[str], Settings, bool]) -> list[FileFix]:
+    results, names, settings, unsafe = args
+    table = static_rules()
+    rules = [table[n] for n in names]
+    return [fix_file(r.path, rules, settings, unsafe, first=r) for r in results]
 
 
 def _unsafe_count(findings: list[Finding], unsafe: bool) -> int:
@@ -120,41 +173,74 @@ def _unsafe_count(findings: list[Finding], unsafe: bool) -> int:
     return sum(1 for f in findings if f.fix is not None and f.fix.applicability is Applicability.UNSAFE)
 
 
-def fix_file(path: str, rules: list[type[Rule]], settings: Settings, unsafe: bool) -> FileFix:
-    """Check-and-fix ``path`` in memory until no eligible fix is left. Never raises for bad input."""
+def fix_file(path: str, rules: list[type[Rule]], settings: Settings, unsafe: bool, *, first: Optional[FileResult] = None) -> FileFix:
+    """Check-and-fix ``path`` in memory until no eligible fix is left. Never raises for bad input.
+
+    ``first``: the result of checking this file just before; reused when the file still has those bytes.
+    """
     try:
         with open(path, "rb") as fh:
             original = fh.read()
     except OSError as exc:
         return FileFix(path, b"", b"", messages=[f"{path}: not fixed: cannot read: {exc.strerror or exc}"])
+    return fix_bytes(path, original, rules, settings, unsafe, first=first)
+
+
+def fix_bytes(path: str, original: bytes, rules: list[type[Rule]], settings: Settings, unsafe: bool, *, first: Optional[FileResult] = None) -> FileFix:
+    """Check-and-fix the bytes of ``path`` in memory until no eligible fix is left. Never raises."""
     done = FileFix(path, original, original)
-    data, applied = original, 0
-    for round_no in range(MAX_ROUNDS + 1):
-        checked = check_source(path, data, rules, settings)
-        done.remaining = checked.findings
-        if checked.error or checked.skipped:
-            break
-        todo = [f for f in sorted(checked.findings, key=lambda f: f.sort_key) if eligible(f.fix, unsafe)]
-        if not todo:
-            break
-        try:
+    initial: Optional[FileResult] = None
+    try:
+        digest = hashlib.sha256(original).hexdigest()
+        initial = first if first is not None and first.digest == digest else check_source(path, original, rules, settings)
+        checked = initial
+        data, applied = original, 0
+        for round_no in range(MAX_ROUNDS + 1):
+            if round_no:
+                checked = check_source(path, data, rules, settings)
+            done.remaining, done.result = checked.findings, checked
+            if checked.error or checked.skipped:
+                break
+            todo = [f for f in sorted(checked.findings, key=lambda f: f.sort_key) if eligible(f.fix, unsafe)]
+            if not todo:
+                break
             new_data, count = _apply_round(path, data, todo)
-        except _Refused as exc:
-            done.messages.append(f"{path}: not fixed: {exc}")
-            done.remaining = check_source(path, original, rules, settings).findings if data != original else checked.findings
-            return done
-        if count == 0 or new_data == data:
-            break  # what is left cannot be placed (e.g. it would edit a notebook magic); it stays a finding
-        if round_no == MAX_ROUNDS:
-            names = ", ".join(sorted({f.rule for f in todo}))
-            done.messages.append(f"{path}: not fixed: the fixes of {names} did not settle after {MAX_ROUNDS} rounds (a doctor bug; please report it)")
-            done.remaining = check_source(path, original, rules, settings).findings
-            return done
-        data, applied = new_data, applied + count
+            if count == 0 or new_data == data:
+                break  # what is left cannot be placed (e.g. it would edit a notebook magic); it stays a finding
+            if round_no == MAX_ROUNDS:
+                names = ", ".join(sorted({f.rule for f in todo}))
+                raise _Refused(f"the fixes of {names} did not settle after {MAX_ROUNDS} rounds (a doctor bug; please report it)")
+            data, applied = new_data, applied + count
+        if data != original:
+            if checked.error:
+                raise _Refused(f"checking the fixed code failed ({checked.error}); the file is left untouched")
+            introduced = _introduced(initial.findings, checked.findings)
+            if introduced:
+                raise _Refused(
+                    f"the fixes would bring new findings of {', '.join(introduced)}; the file is left untouched"
+                )
+    except _Refused as exc:
+        done.messages.append(f"{path}: not fixed: {exc}")
+        return _untouched(done, initial)
+    except Exception as exc:  # noqa: BLE001 - a doctor bug on this file must not stop the others
+        done.messages.append(f"{path}: not fixed: internal error: {type(exc).__name__}: {exc}")
+        return _untouched(done, initial)
     done.fixed, done.applied = data, applied
-    if data != original:
-        done.diff = _diff(path, original, data)
     return done
+
+
+def _untouched(done: FileFix, initial: Optional[FileResult]) -> FileFix:
+    done.fixed, done.applied, done._diff = done.original, 0, None
+    done.result = initial
+    done.remaining = initial.findings if initial is not None else []
+    return done
+
+
+def _introduced(before: list[Finding], after: list[Finding]) -> list[str]:
+    """Rules reporting more after the fixes than before: a fix must never create another finding."""
+    old = Counter(f.rule for f in before)
+    new = Counter(f.rule for f in after)
+    return sorted(rule for rule, n in new.items() if n > old[rule])
 
 
 # --- one round --------------------------------------------------------------------------------------
@@ -178,6 +264,9 @@ def _apply_round(path: str, data: bytes, findings: list[Finding]) -> tuple[bytes
     if _ODD_LINE_BREAKS.search(source.text):
         raise _Refused("it contains form feeds or other unusual line breaks that make line numbers ambiguous")
     pieces = _pieces(source)
+    starts: dict[int, list[int]] = {}  # line starts per piece, computed once per round (not per edit)
+    joined_piece = {-1: source.text}
+    joined_starts: dict[int, list[int]] = {}
     chosen: list[tuple[Finding, list[_Span], list[_Span]]] = []
     taken: list[_Span] = []
     seen_fixes: set = set()
@@ -186,8 +275,8 @@ def _apply_round(path: str, data: bytes, findings: list[Finding]) -> tuple[bytes
         key = (f.fix.applicability, f.fix.edits)
         if key in seen_fixes:
             continue  # two findings offering the same fix
-        spans = _resolve(source, pieces, f.fix)
-        joined = _resolve(source, {-1: source.text}, f.fix, joined=True)
+        spans = _resolve(source, pieces, f.fix, starts=starts)
+        joined = _resolve(source, joined_piece, f.fix, joined=True, starts=joined_starts)
         if spans is None or joined is None or _overlaps(spans, taken):
             continue  # cannot be placed, or waits for the next round
         seen_fixes.add(key)
@@ -195,7 +284,8 @@ def _apply_round(path: str, data: bytes, findings: list[Finding]) -> tuple[bytes
         taken.extend(spans)
     if not chosen:
         return data, 0
-    exprs = _expr_spans(source.text)
+    all_joined = [s for _, _, joined in chosen for s in joined]
+    exprs = _expr_spans(source.text, _parse(source.text), [(s.start, s.end) for s in all_joined])
 
     def problem_with(fixes: list) -> Optional[str]:
         new = _render(source, data, pieces, [s for _, spans, _ in fixes for s in spans])
@@ -213,11 +303,7 @@ def _pieces(source: Source) -> dict[int, str]:
     """The texts edits land in: the whole file, or each notebook code cell's own source."""
     if source.notebook is None:
         return {-1: source.text}
-    out = {}
-    for index, _, _ in source.cells:
-        src = source.notebook["cells"][index].get("source", "")
-        out[index] = "".join(src) if isinstance(src, list) else str(src)
-    return out
+    return {index: cell_source(source.notebook["cells"][index], index + 1) for index, _, _ in source.cells}
 
 
 def _line_starts(text: str) -> list[int]:
@@ -238,11 +324,15 @@ def _offset(text: str, starts: list[int], line: int, column: int) -> Optional[tu
     return None
 
 
-def _resolve(source: Source, pieces: dict[int, str], fix: Fix, joined: bool = False) -> Optional[list[_Span]]:
+def _resolve(
+    source: Source, pieces: dict[int, str], fix: Fix, joined: bool = False, starts: Optional[dict[int, list[int]]] = None
+) -> Optional[list[_Span]]:
     """Each edit of ``fix`` as offsets in its piece, or None when one cannot be placed safely.
 
     ``joined``: resolve in the checked program text itself (for notebooks, the joined cells), to validate.
+    ``starts``: a cache of each piece's line starts.
     """
+    starts_of = starts if starts is not None else {}
     spans = []
     for edit in fix.edits:
         if source.notebook is None or joined:
@@ -252,16 +342,20 @@ def _resolve(source: Source, pieces: dict[int, str], fix: Fix, joined: bool = Fa
             if where is None:
                 return None
             piece, line, end_line = where
+            if _cleaned_up(source, piece):
+                return None  # IPython removed this cell's indentation: columns in it are not the cell's
         text = pieces[piece]
-        starts = _line_starts(text)
-        a = _offset(text, starts, line, edit.column)
-        b = _offset(text, starts, end_line, edit.end_column)
+        if piece not in starts_of:
+            starts_of[piece] = _line_starts(text)
+        line_starts = starts_of[piece]
+        a = _offset(text, line_starts, line, edit.column)
+        b = _offset(text, line_starts, end_line, edit.end_column)
         if a is None or b is None or b[0] < a[0]:
             return None
         replacement = _NEWLINE.sub(lambda _: source.newline, edit.replacement)
         if a[1] and replacement:  # inserting after a last line that has no newline yet
             replacement = source.newline + replacement
-        if source.notebook is not None and not joined and _touches_magic(source, piece, text, starts, a[0], b[0]):
+        if source.notebook is not None and not joined and _touches_magic(source, piece, text, line_starts, a[0], b[0]):
             return None
         spans.append(_Span(piece, a[0], b[0], replacement))
     # The edits of one fix must not overlap each other either.
@@ -282,15 +376,23 @@ def _cell_lines(source: Source, line: int, end_line: int) -> Optional[tuple[int,
     return None
 
 
+def _cleaned_up(source: Source, piece: int) -> bool:
+    """Did IPython's cleanup change the cell (its indentation or a prompt removed)?"""
+    for index, first, count in source.cells:
+        if index == piece:
+            return any(first + i in source.removed for i in range(max(count, 1)))
+    return False
+
+
 def _touches_magic(source: Source, piece: int, text: str, starts: list[int], start: int, end: int) -> bool:
-    """An edit must not replace or split a line the checker blanked (``%magic``, ``!shell``...): it is not Python."""
+    """An edit must not replace or split a line that stands for IPython syntax (``%magic``, ``!shell``...)."""
     first = next(f for index, f, _ in source.cells if index == piece)
-    program = source.text.splitlines()
     for i, base in enumerate(starts):
+        if first + i not in source.ipython_lines:
+            continue
         nxt = starts[i + 1] if i + 1 < len(starts) else len(text)
         line = text[base:nxt].rstrip("\r\n")
-        joined = program[first - 1 + i] if first - 1 + i < len(program) else ""
-        if not line.strip() or joined:
+        if not line.strip():
             continue
         line_end = base + len(line)
         if (start < line_end and end > base) or base < start < line_end:
@@ -334,11 +436,9 @@ def _invalid(path: str, source: Source, new_data: bytes, joined: list[_Span], ex
     """What is wrong with ``new_data`` (as a phrase after "would"), or None when it is a valid fix.
 
     The fixed program must be what the edits make of the checked program (for notebooks: the write-back
-    into cells was faithful), parse with both ``ast`` and libcst, and every expression a fix replaced must
-    still be one expression (``loss`` -> ``loss / k`` inside ``loss.backward()`` would bind wrongly).
+    into cells was faithful), parse (with Python's own parser: ``ast``), and every expression a fix replaced
+    must still be one expression (``loss`` -> ``loss / k`` inside ``loss.backward()`` would bind wrongly).
     """
-    import libcst
-
     expected = source.text
     for s in sorted(joined, key=lambda s: s.start, reverse=True):
         expected = expected[: s.start] + s.text + expected[s.end :]
@@ -349,17 +449,15 @@ def _invalid(path: str, source: Source, new_data: bytes, joined: list[_Span], ex
     if actual != expected:
         return "not map back into the file faithfully (a doctor bug; please report it)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ast.parse(expected)
+        tree = _parse(expected)
     except (SyntaxError, ValueError) as exc:
         return f"produce code that does not parse (line {getattr(exc, 'lineno', '?')}: {getattr(exc, 'msg', exc)})"
-    try:
-        libcst.parse_module(expected)
-    except Exception as exc:  # libcst raises ParserSyntaxError, and others on exotic input
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"produce code that libcst cannot parse ({first})"
-    new_exprs = _expr_spans(expected)
+    # Where the edits landed in the fixed text (offsets shift by the edits before them).
+    landed = []
+    for s in joined:
+        shift = sum(len(t.text) - (t.end - t.start) for t in joined if t.start < s.start)
+        landed.append((s.start + shift, s.start + shift + len(s.text)))
+    new_exprs = _expr_spans(expected, tree, landed)
     for s in joined:
         if not s.text or (s.start, s.end) not in exprs:
             continue
@@ -372,12 +470,39 @@ def _invalid(path: str, source: Source, new_data: bytes, joined: list[_Span], ex
     return None
 
 
-def _expr_spans(text: str) -> set[tuple[int, int]]:
-    """(start, end) character offsets of every expression in ``text``."""
+def _parse(text: str) -> ast.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tree = ast.parse(text)
+        return ast.parse(text)
+
+
+class _Lines:
+    """The lines some character ranges of a text cover, merged, for quick overlap tests."""
+
+    def __init__(self, starts: list[int], ranges: list[tuple[int, int]]) -> None:
+        spans = sorted((bisect.bisect_right(starts, a), bisect.bisect_right(starts, max(b - 1, a))) for a, b in ranges)
+        merged: list[list[int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.firsts = [a for a, _ in merged]
+        self.lasts = [b for _, b in merged]
+
+    def overlaps(self, node: ast.AST) -> bool:
+        first, last = getattr(node, "lineno", None), getattr(node, "end_lineno", None)
+        if first is None or last is None:
+            return True
+        i = bisect.bisect_right(self.firsts, last) - 1  # the last merged range starting at or before `last`
+        return i >= 0 and self.lasts[i] >= first
+
+
+def _expr_spans(text: str, tree: ast.Module, ranges: Optional[list[tuple[int, int]]] = None) -> set[tuple[int, int]]:
+    """(start, end) character offsets of the expressions in ``text`` (only those on the lines of ``ranges``,
+    character ranges, when given: a walk of the whole tree per fix round is linear in the file, per round)."""
     starts = _line_starts(text)
+    lines = _Lines(starts, ranges) if ranges is not None else None
 
     def offset(line: int, byte_col: int) -> int:
         base = starts[line - 1]
@@ -387,9 +512,14 @@ def _expr_spans(text: str) -> set[tuple[int, int]]:
         return base + col
 
     out = set()
-    for node in ast.walk(tree):
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        if lines is not None and node is not tree and not lines.overlaps(node):
+            continue
         if isinstance(node, ast.expr) and getattr(node, "end_lineno", None) is not None:
             out.add((offset(node.lineno, node.col_offset), offset(node.end_lineno, node.end_col_offset)))  # type: ignore[arg-type]
+        todo.extend(ast.iter_child_nodes(node))
     return out
 
 
@@ -398,7 +528,7 @@ def _expr_spans(text: str) -> set[tuple[int, int]]:
 
 def _write_back(done: FileFix, messages: list[str]) -> bool:
     """Write atomically, only if the file is still what we fixed and we may write it."""
-    from doctor.core.fsutil import atomic_write_bytes
+    from doctor.core.fsutil import replace_contents
 
     target = os.path.realpath(done.path)  # write through a symlink, do not replace the link
     try:
@@ -416,7 +546,9 @@ def _write_back(done: FileFix, messages: list[str]) -> bool:
         messages.append(f"{done.path}: not fixed: the file is read-only")
         return False
     try:
-        atomic_write_bytes(target, done.fixed)
+        # Atomic (a new file renamed over it) unless the file has other hard links or an owner we cannot
+        # give a new file: then rewritten in place, so that the links, the owner and the group stay.
+        replace_contents(target, done.fixed)
     except OSError as exc:
         messages.append(f"{done.path}: not fixed: cannot write: {exc.strerror or exc}")
         return False
@@ -442,9 +574,9 @@ def _notebook_diff(path: str, before: bytes, after: bytes) -> str:
     assert old is not None and new is not None
     out = []
     for index, (ca, cb) in enumerate(zip(old["cells"], new["cells"])):
-        sa, sb = ca.get("source", ""), cb.get("source", "")
-        ta = "".join(sa) if isinstance(sa, list) else str(sa)
-        tb = "".join(sb) if isinstance(sb, list) else str(sb)
+        if not isinstance(ca, dict) or not isinstance(cb, dict):
+            continue
+        ta, tb = cell_source(ca, index + 1), cell_source(cb, index + 1)
         if ta != tb:
             out.append(_unified(ta, tb, f"{path}:cell {index + 1}", f"{path}:cell {index + 1}"))
     return "".join(out)

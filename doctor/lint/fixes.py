@@ -1,6 +1,6 @@
 """Building blocks for fixes: statement moves and insertions as text edits that keep formatting and comments.
 
-Rules describe a fix as edits on the original text; ``doctor.lint.fixer`` applies them with libcst validation,
+Rules describe a fix as edits on the original text; ``doctor.lint.fixer`` applies them and validates the result with Python's parser,
 so a fix that would not parse is never written.
 """
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import textwrap
 from collections import Counter
+from pathlib import Path
 from typing import Iterable, Optional
+from urllib.parse import quote
 
 from doctor import __version__
 from doctor.core.findings import Finding, Severity
@@ -20,7 +24,30 @@ def location(f: Finding) -> str:
     return f"{f.path}:{f.line}:{f.column}"
 
 
-def render_text(findings: list[Finding], errors: list[tuple[str, str]], *, colour: bool, files: int, fixable_hint: bool = True) -> str:
+def _checked(files: int, skipped: Optional[dict[str, int]]) -> str:
+    """``3 files checked``, plus what was skipped and why: a file skipped unparsed was not checked."""
+    text = f"{files} file{'s' if files != 1 else ''} checked"
+    if skipped:
+        n = sum(skipped.values())
+        why = ", ".join(f"{count} {reason}" if len(skipped) > 1 else reason for reason, count in sorted(skipped.items()))
+        text += f", {n} skipped ({why})"
+    return text
+
+
+def render_text(
+    findings: list[Finding],
+    errors: list[tuple[str, str]],
+    *,
+    colour: bool,
+    files: int,
+    fixable_hint: bool = True,
+    skipped: Optional[dict[str, int]] = None,
+    quiet: bool = False,
+) -> str:
+    """One line per finding and per file error, then a summary (none with ``quiet``).
+
+    ``files``: files parsed and checked; ``skipped``: files not parsed, counted by reason.
+    """
     import click
 
     def style(text: str, **kw) -> str:
@@ -31,13 +58,15 @@ def render_text(findings: list[Finding], errors: list[tuple[str, str]], *, colou
         loc = style(location(f), bold=True)
         code = style(f.code, fg=_COLOURS[f.severity], bold=True)
         fix = style(" [*]", fg="cyan") if f.fix is not None else ""
-        out.append(f"{loc}: {code}{fix} {f.message} [{f.rule}]")
+        out.append(f"{loc}: {code}{fix} {_one_line(f.message)} [{f.rule}]")
     for path, message in errors:
-        out.append(f"{style(path, bold=True)}: {style('error', fg='red', bold=True)}: {message}")
+        out.append(f"{style(path, bold=True)}: {style('error', fg='red', bold=True)}: {_one_line(message)}")
+    if quiet:
+        return "\n".join(out)
     counts = Counter(f.severity for f in findings)
     if findings:
         parts = [f"{counts[s]} {s.value}{'s' if counts[s] != 1 else ''}" for s in (Severity.ERROR, Severity.WARNING, Severity.INFO) if counts[s]]
-        summary = f"Found {len(findings)} problem{'s' if len(findings) != 1 else ''} ({', '.join(parts)}) in {files} file{'s' if files != 1 else ''} checked."
+        summary = f"Found {len(findings)} problem{'s' if len(findings) != 1 else ''} ({', '.join(parts)}) in {_checked(files, skipped)}."
         n_safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability.value == "safe")
         n_unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability.value == "unsafe")
         if fixable_hint and n_safe:
@@ -46,10 +75,15 @@ def render_text(findings: list[Finding], errors: list[tuple[str, str]], *, colou
             summary += f"\n[*] {n_unsafe} fixable with `doctor check --fix --unsafe-fixes` (these change training numerics: review the diff)."
         out.append(summary)
     elif errors:
-        out.append(f"No problems found, but {len(errors)} file{'s' if len(errors) != 1 else ''} could not be checked ({files} checked).")
+        out.append(f"No problems found, but {len(errors)} file{'s' if len(errors) != 1 else ''} could not be checked ({_checked(files, skipped)}).")
     else:
-        out.append(style(f"All checks passed ({files} file{'s' if files != 1 else ''} checked).", fg="green"))
+        out.append(style(f"All checks passed ({_checked(files, skipped)}).", fg="green"))
     return "\n".join(out)
+
+
+def _one_line(text: str) -> str:
+    """Text output is one line per finding, whatever a message holds."""
+    return " ".join(text.split("\n")) if "\n" in text else text
 
 
 def render_json(findings: list[Finding], errors: list[tuple[str, str]], *, files: int, extra: Optional[dict] = None) -> str:
@@ -79,12 +113,19 @@ def render_github(findings: list[Finding], errors: list[tuple[str, str]]) -> str
     """GitHub Actions workflow commands: each finding becomes an annotation on the pull request."""
     level = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
     out = []
+    places = _NotebookPlaces()
     for f in findings:
-        props = (
-            f"file={_gh_escape(f.path, True)},line={f.line},col={f.column},"
-            f"endLine={f.end_line},endColumn={f.end_column},title={_gh_escape(f'{f.code} {f.rule}', True)}"
-        )
-        out.append(f"::{level[f.severity]} {props}::{_gh_escape(f'{f.code} {f.message}')}")
+        title = f"title={_gh_escape(f'{f.code} {f.rule}', True)}"
+        message = f"{f.code} {f.message}"
+        span = places.lines(f)
+        if span is not None:
+            # A notebook: the annotation points at the cell's lines in the file as stored (JSON); the
+            # message says which cell and line that is.
+            props = f"file={_gh_escape(f.path, True)},line={span[0]},endLine={span[1]},{title}"
+            message += f" (cell {f.cell + 1}, line {f.line})"  # type: ignore[operator]
+        else:
+            props = f"file={_gh_escape(f.path, True)},line={f.line},col={f.column},endLine={f.end_line},endColumn={f.end_column},{title}"
+        out.append(f"::{level[f.severity]} {props}::{_gh_escape(message)}")
     for path, message in errors:
         out.append(f"::error file={_gh_escape(path, True)},title=doctor::{_gh_escape(message)}")
     return "\n".join(out)
@@ -109,37 +150,31 @@ def render_sarif(findings: list[Finding], errors: list[tuple[str, str]]) -> str:
         }
         r = statics.get(info.name)
         if r is not None:
-            rule["fullDescription"] = {"text": r.why.strip()}
-            rule["help"] = {"text": f"{r.why.strip()}\n\nExample:\n{r.bad.strip()}\n\nUse instead:\n{r.good.strip()}"}
+            why, bad, good = (textwrap.dedent(t).strip() for t in (r.why, r.bad, r.good))
+            rule["fullDescription"] = {"text": why}
+            rule["help"] = {"text": f"{why}\n\nExample:\n{bad}\n\nUse instead:\n{good}"}
         rules.append(rule)
     results = []
+    places = _NotebookPlaces()
     for f in findings:
+        region: dict = {"startLine": f.line, "startColumn": f.column, "endLine": f.end_line, "endColumn": f.end_column}
+        span = places.lines(f)
+        if span is not None:  # a notebook: the lines of the file as stored; the cell position in properties
+            region = {"startLine": span[0], "endLine": span[1]}
         result = {
             "ruleId": f.code,
             "level": _sarif_level(f.severity.value),
             "message": {"text": f.message},
-            "locations": [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": {"uri": f.path.replace("\\", "/")},
-                        "region": {
-                            "startLine": f.line,
-                            "startColumn": f.column,
-                            "endLine": f.end_line,
-                            "endColumn": f.end_column,
-                        },
-                    }
-                }
-            ],
+            "locations": [{"physicalLocation": {"artifactLocation": _artifact(f.path), "region": region}}],
             "partialFingerprints": {"doctor/v1": f.fingerprint} if f.fingerprint else {},
         }
         if f.rule in index:
             result["ruleIndex"] = index[f.rule]
         if f.cell is not None:
-            result["properties"] = {"cell": f.cell}
+            result["properties"] = {"cell": f.cell, "cellLine": f.line, "cellColumn": f.column}
         results.append(result)
     notifications = [
-        {"level": "error", "message": {"text": m}, "locations": [{"physicalLocation": {"artifactLocation": {"uri": p}}}]}
+        {"level": "error", "message": {"text": m}, "locations": [{"physicalLocation": {"artifactLocation": _artifact(p)}}]}
         for p, m in errors
     ]
     sarif = {
@@ -156,12 +191,49 @@ def render_sarif(findings: list[Finding], errors: list[tuple[str, str]]) -> str:
                         "rules": rules,
                     }
                 },
+                "originalUriBaseIds": {SRCROOT: {"uri": Path.cwd().as_uri().rstrip("/") + "/"}},
                 "results": results,
                 "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notifications}],
             }
         ],
     }
     return json.dumps(sarif, indent=2)
+
+
+#: The SARIF base every relative artifact URI is resolved against: the folder doctor ran in.
+SRCROOT = "%SRCROOT%"
+
+
+def _artifact(path: str) -> dict:
+    """A SARIF artifactLocation: relative paths as URI references against ``%SRCROOT%``, others as file:// URIs."""
+    if os.path.isabs(path):
+        return {"uri": Path(path).as_uri()}
+    return {"uri": quote(path.replace(os.sep, "/")), "uriBaseId": SRCROOT}
+
+
+class _NotebookPlaces:
+    """Cell lines of notebook findings as lines of the notebook file (read once per file)."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, dict[int, list[int]]] = {}
+
+    def lines(self, f: Finding) -> Optional[tuple[int, int]]:
+        if f.cell is None:
+            return None
+        if f.path not in self._maps:
+            from doctor.core.source import notebook_source_lines
+
+            try:
+                with open(f.path, "rb") as fh:
+                    self._maps[f.path] = notebook_source_lines(fh.read())
+            except OSError:
+                self._maps[f.path] = {}
+        lines = self._maps[f.path].get(f.cell)
+        if not lines:
+            return None
+        start = lines[min(max(f.line, 1), len(lines)) - 1]
+        end = lines[min(max(f.end_line, f.line, 1), len(lines)) - 1]
+        return start, end
 
 
 def _sarif_level(severity: str) -> str:

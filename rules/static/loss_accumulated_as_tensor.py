@@ -118,6 +118,12 @@ with torch.no_grad():
             backwards_in.setdefault(id(loop.node), []).extend(e for e in events if e.kind == BACKWARD and not e.no_grad)
             if loop.looks_like_micro_steps():
                 micro.add(id(loop.node))
+        # Backward calls with an argument, by enclosing function: looked up per running total below (a scan of
+        # every event of the file per total made files with many loops quadratic).
+        backward_args_in: dict[int, list] = {}
+        for b in m.all_events():
+            if b.kind == BACKWARD and b.arg is not None:
+                backward_args_in.setdefault(id(m.enclosing_function(b.node)), []).append(b)
         for stmt, acc, value in _running_totals(m):
             loop = _innermost_loop(m, stmt)
             backs = backwards_in.get(id(loop), []) if loop is not None else []
@@ -126,8 +132,7 @@ with torch.no_grad():
             if id(loop) in micro:
                 continue  # summing the micro-steps of one accumulation window: bounded, released each window
             fn = m.enclosing_function(stmt)
-            if any(acc in _keys(m, b.arg) for b in m.all_events() if b.kind == BACKWARD and b.arg is not None
-                   and m.enclosing_function(b.node) is fn):
+            if any(acc in _keys(m, b.arg) for b in backward_args_in.get(id(fn), ())):
                 continue  # the total is itself backpropagated: a sum of loss terms
             leaf = next((l for l in _leaves(value) if _backpropagated_here(m, l, stmt, loop, backs)), None)
             if leaf is None:
