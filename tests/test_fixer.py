@@ -386,3 +386,29 @@ def test_edits_after_non_ascii_text_land_on_the_right_characters(tmp_path):
     p.write_text('import torch\nf("données é", 1)  # ünïcode\n', encoding="utf-8")
     _run([p], [ReplaceSecondArgument])
     assert p.read_text(encoding="utf-8") == 'import torch\nf("données é", 2)  # ünïcode\n'
+
+
+class OneToFive(_Replace):
+    name, code, fixable, old, new = "one-to-five", "DR909", Applicability.SAFE, "a = 1", "a = 5"
+
+
+class FlagsFive(Rule):
+    """Reports `a = 5` and offers no fix: a fix that writes `a = 5` brings a finding that was not there."""
+
+    name, code = "flags-five", "DR910"
+    summary = why = bad = good = "test"
+
+    def check(self, ctx):
+        for node in ctx.tree.body:
+            if ctx.segment(node) == "a = 5":
+                yield self.finding(ctx, node, "five")
+
+
+def test_a_fix_that_brings_another_rules_finding_is_not_written(tmp_path):
+    p = tmp_path / "t.py"
+    p.write_text("import torch\na = 1\n")
+    out = _run([p], [OneToFive, FlagsFive])
+    assert p.read_text() == "import torch\na = 1\n" and not out.changed_files
+    assert any("would bring new findings of flags-five" in m for m in out.messages), out.messages
+    # Findings that a fix only moves (or a chain that ends clean) are fine: see the chaining test above.
+    assert _run([p], [OneToTwo, TwoToThree]).changed_files == [str(p)]

@@ -323,28 +323,32 @@ def _emit(text: str, output: Optional[str]) -> None:
 
 @main.command("rules")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
-@click.option("--all", "show_all", is_flag=True, help="Include the probe's runtime checks.")
-def rules_cmd(fmt: str, show_all: bool) -> None:
-    """List the rules: code, name, severity, default on/off, fixable."""
+@click.option("--kind", type=click.Choice(["all", "static", "runtime"]), default="all", show_default=True,
+              help="static: the rules of `doctor check`; runtime: the checks of `doctor probe`.")
+@click.option("--all", "show_all", is_flag=True, hidden=True, help="Kept for old scripts: every rule is listed by default.")
+def rules_cmd(fmt: str, kind: str, show_all: bool) -> None:
+    """List the rules: code, name, kind, severity, default on/off, fixable."""
     import json
 
     from doctor.lint.registry import all_rule_infos
 
-    infos = [i for i in all_rule_infos() if show_all or i.kind == "static"]
+    infos = [i for i in all_rule_infos() if kind == "all" or i.kind == kind]
     if fmt == "json":
         click.echo(json.dumps([i.__dict__ for i in infos], indent=2))
         return
     if fmt == "markdown":
-        click.echo("| code | name | severity | default | fix | what it catches |")
-        click.echo("| --- | --- | --- | --- | --- | --- |")
+        click.echo("| code | name | kind | severity | default | fix | what it catches |")
+        click.echo("| --- | --- | --- | --- | --- | --- | --- |")
         for i in infos:
             default = "on" if i.default_enabled else "off"
-            click.echo(f"| {i.code} | `{i.name}` | {i.severity} | {default} | {i.fixable} | {i.summary} |")
+            severity = i.severity if i.kind == "static" else "—"
+            click.echo(f"| {i.code} | `{i.name}` | {i.kind} | {severity} | {default} | {i.fixable} | {i.summary} |")
         return
-    click.echo(f"{'code':<7} {'name':<34} {'severity':<8} {'default':<7} {'fix':<6} summary")
+    click.echo(f"{'code':<7} {'name':<34} {'kind':<8} {'severity':<8} {'default':<7} {'fix':<6} summary")
     for i in infos:
         default = "on" if i.default_enabled else "off"
-        click.echo(f"{i.code:<7} {i.name:<34} {i.severity:<8} {default:<7} {i.fixable:<6} {i.summary}")
+        severity = i.severity if i.kind == "static" else "-"
+        click.echo(f"{i.code:<7} {i.name:<34} {i.kind:<8} {severity:<8} {default:<7} {i.fixable:<6} {i.summary}")
 
 
 @main.command()
@@ -378,12 +382,31 @@ def explain(rule: str) -> None:
 
 def _runtime_doc(name: str) -> str:
     import importlib
+    import re
 
     try:
         module = importlib.import_module(f"doctor.rules.runtime.{name.replace('-', '_')}")
     except ImportError:
         return ""
-    return textwrap.dedent(module.__doc__ or "").strip()
+    doc = textwrap.dedent(module.__doc__ or "").strip()
+
+    def value(m: "re.Match[str]") -> str:
+        # ``VANISH_RATIO`` -> 1e-6 (VANISH_RATIO): the reader needs the number, the name says where it lives.
+        v = getattr(module, m.group(1), None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return m.group(0)
+        return f"{_number(v)} ({m.group(1)})"
+
+    return re.sub(r"``([A-Z][A-Z0-9_]*)``", value, doc)
+
+
+def _number(v: float) -> str:
+    """1e-06 -> 1e-6, 1000.0 -> 1000, 0.25 -> 0.25."""
+    text = f"{v:g}"
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa}e{int(exp)}"
+    return text
 
 
 def _register_optional_commands() -> None:

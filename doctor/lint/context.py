@@ -65,10 +65,55 @@ class FileContext:
         tail = lines[last].encode("utf-8")[:end_col].decode("utf-8", "replace")
         return "".join([head, *lines[first + 1 : last], tail])
 
+    def code_for(self, key: Optional[str], node: Optional[ast.AST]) -> Optional[str]:
+        """The code, on one line, of the expression under ``node`` that is the object ``key`` (``optims[0]`` for
+        the key ``optims[]``, whose subscripts are collapsed); None when ``node`` holds no such expression."""
+        if not key or node is None:
+            return None
+        from doctor.analysis.names import receiver_key
+
+        for n in ast.walk(node):
+            if isinstance(n, (ast.Name, ast.Attribute, ast.Subscript)) and receiver_key(n) == key:
+                return one_line(self.segment(n)) or None
+        return None
+
+    def shown(self, key: Optional[str], node: Optional[ast.AST] = None, default: str = "the optimizer") -> str:
+        """How a message names the object ``key``: its code at ``node`` (``optims[0]``), else the key with any
+        collapsed subscript shown as such (``optims[…]``), never the internal ``optims[]``."""
+        if not key:
+            return default
+        return self.code_for(key, node) or key.replace("[]", "[…]")
+
+    def fix_code_for(self, key: Optional[str], node: Optional[ast.AST]) -> Optional[str]:
+        """Like ``code_for``, but only code a fix may repeat elsewhere in the same scope: names, attributes and
+        subscripts by constants (``optims[0]``, ``self.opt``), never ``optims[i]`` or a call."""
+        code = self.code_for(key, node)
+        if code is None:
+            return None
+        try:
+            expr = ast.parse(code, mode="eval").body
+        except SyntaxError:
+            return None
+        for n in ast.walk(expr):
+            if not isinstance(n, (ast.Name, ast.Attribute, ast.Subscript, ast.Constant, ast.Load)):
+                return None
+            if isinstance(n, ast.Subscript) and not isinstance(n.slice, ast.Constant):
+                return None
+        return code
+
     def fingerprint(self, rule: str, line: int) -> str:
         """Keyed by rule and the code on the line, not the line number, so baselines survive edits."""
         text = self.lines[line - 1].strip() if 1 <= line <= len(self.lines) else ""
         return hashlib.sha1(f"{rule}\0{text}".encode("utf-8", "replace")).hexdigest()[:16]
+
+    def _fix_placeable(self, fix: Fix) -> bool:
+        """The fixer writes no edit into a notebook cell whose indentation IPython's cleanup removed (its
+        columns are not the cell's): such a cell's findings carry no fix."""
+        for edit in fix.edits:
+            for index, first, count in self.source.cells:
+                if first <= edit.line <= first + count and any(first + i in self.source.removed for i in range(max(count, 1))):
+                    return False
+        return True
 
     def _cell_ref(self, line: int) -> str:
         """`line 17` of the joined notebook program as the user sees it: `cell 3, line 2`."""
@@ -91,6 +136,8 @@ class FileContext:
         end_col = self.char_column(end_line, getattr(node, "end_col_offset", None) or 0)
         message = one_line(message)
         cell = None
+        if fix is not None and self.source.removed and not self._fix_placeable(fix):
+            fix = None  # never advertise a fix the fixer will not write
         if self.source.cells:
             # Columns in the cell as the user wrote it (IPython's cleanup may have removed an indentation).
             col += self.source.removed.get(line, 0)

@@ -49,6 +49,17 @@ def _block_text(ctx: FileContext, stmt: ast.stmt) -> list[str]:
     return ctx.lines[stmt.lineno - 1 : stmt.end_lineno]  # type: ignore[misc]
 
 
+def statements_between(ctx: FileContext, a: ast.stmt, b: ast.stmt) -> Optional[list[ast.stmt]]:
+    """The statements strictly between ``a`` and ``b`` in their block (in either order); None when they are not
+    statements of one block."""
+    block = _owner_list(ctx, a)
+    if block is None or not any(s is b for s in block):
+        return None
+    i = next(n for n, s in enumerate(block) if s is a)
+    j = next(n for n, s in enumerate(block) if s is b)
+    return list(block[min(i, j) + 1 : max(i, j)])
+
+
 def move_after(ctx: FileContext, stmt: ast.stmt, anchor: ast.stmt, description: str) -> Optional[Fix]:
     """Move ``stmt`` to just after ``anchor``; both must be whole-line statements of the same block."""
     if not _siblings(ctx, stmt, anchor):

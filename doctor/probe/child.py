@@ -68,6 +68,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     script = os.path.abspath(opts.script)
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
 
+    # The script's folder comes first on the path, as for `python script.py` (not our working folder, which
+    # `-m` put there): a local module shadowing torch is then the script's own, and said so in words.
+    sys.path[0] = os.path.dirname(script)
+    problem = _torch_problem()
+    if problem:
+        emitter.emit("usage_error", message=problem)
+        return EXIT_USAGE
     import torch
 
     cuda = torch.cuda.is_available()
@@ -123,6 +130,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         except Exception:
             pass
     return EXIT_OK if outcome["code"] == 0 else EXIT_FAILED
+
+
+def _torch_problem() -> Optional[str]:
+    """Why ``import torch`` does not give PyTorch here (a local ``torch.py`` shadowing it...), or None."""
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - whatever a broken or shadowed torch raises
+        return f"`import torch` failed before the script ran: {type(exc).__name__}: {exc}"
+    where = getattr(torch, "__file__", None) or "(a namespace package)"
+    if not all(hasattr(torch, name) for name in ("cuda", "nn", "optim", "__version__")):
+        return (
+            f"`import torch` loads {where}, not PyTorch: a file or folder named torch next to the script (or on "
+            "PYTHONPATH) shadows the package; rename it"
+        )
+    return None
 
 
 def _flush_on_sigterm(probe: Any, emitter: Emitter) -> None:

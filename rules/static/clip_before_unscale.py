@@ -174,12 +174,13 @@ class Trainer:
                     None,
                 )
                 opt = ctx.segment(step.node.args[0]) if step is not None and step.node.args and step.via == clip.via else "optimizer"
+                shown = ctx.shown(scaler, back.arg, default="") if scaler else ""
                 yield self.finding(
                     ctx,
                     node,
                     f"`{ctx.segment(clip.node)}` clips gradients that are still multiplied by the loss scale of "
-                    f"`{scaler or 'the GradScaler'}` (backward on line {back.node.lineno}); call "
-                    f"`{scaler or 'scaler'}.unscale_({opt})` before clipping",
+                    f"`{shown or 'the GradScaler'}` (backward on line {back.node.lineno}); call "
+                    f"`{shown or 'scaler'}.unscale_({opt})` before clipping",
                     fix=_fix(ctx, clip, back, step, scaler),
                 )
 

@@ -183,7 +183,7 @@ for x, y in loader:
                     yield self.finding(
                         ctx,
                         node,
-                        f"`{second.target}` is stepped again here after `{ctx.segment(first.node) or 'a step'}` (line "
+                        f"`{ctx.shown(second.target, second.node)}` is stepped again here after `{ctx.segment(first.node) or 'a step'}` (line "
                         f"{first.node.lineno}) in the same iteration: the gradients are applied twice; step once per iteration",
                     )
                     break

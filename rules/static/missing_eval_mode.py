@@ -177,10 +177,11 @@ def evaluate(model, loader, mc_samples=20):
                 yield self._report(ctx, e, report_node_in(e, e.loop.node), layer, f"over `{key}`")
 
     def _report(self, ctx, e, node, layer, where):
+        model = ctx.shown(e.target, e.node, default="the model")
         return self.finding(
             ctx,
             node,
-            f"`{e.target}` contains {layer} and is evaluated {where} without `{e.target}.eval()`: dropout stays "
+            f"`{model}` contains {layer} and is evaluated {where} without `{model}.eval()`: dropout stays "
             "on and batch norm uses (and updates) batch statistics; call `.eval()` before evaluating and "
             "`.train()` after",
         )

@@ -187,7 +187,7 @@ for batch in loader:
                     continue
                 if any(m.clears(s.target, c, stepped) and not _first_iteration_only(c, loop) for c in events if c.kind == CLEAR):
                     continue
-                target = s.target or "the optimizer"
+                target = ctx.shown(s.target, s.node)
                 yield self.finding(
                     ctx,
                     s.node,
@@ -225,10 +225,14 @@ def _owner_loop(step, events):
 def _fix(ctx, s, backwards, loop):
     if s.via or not s.target or s.flavor not in ("optimizer", "scaler"):
         return None
+    if s.accumulation_guards():
+        return None  # a clear before every backward would undo the accumulation: where it goes is a human's call
     first = next((b for b in backwards if b.loop is loop and not b.via and not any(g.loop is loop for g in b.guards)), None)
     if first is None:
         return None
     stmt = statement_of(ctx, first.node)
-    if stmt is None:
+    # The optimizer as the step call writes it; no fix when that is not code we can repeat (`optims[i]`).
+    code = ctx.fix_code_for(s.target, s.node)
+    if stmt is None or code is None:
         return None
-    return insert_before(ctx, stmt, f"{s.target}.zero_grad()", f"clear `{s.target}`'s gradients before backward")
+    return insert_before(ctx, stmt, f"{code}.zero_grad()", f"clear `{code}`'s gradients before backward")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+
 from doctor.analysis.events import BACKWARD, SCHED_STEP, STEP
+from doctor.analysis.names import receiver_key
 from doctor.core.findings import Applicability, Severity
-from doctor.lint.fixes import move_after, statement_of
+from doctor.lint.fixes import move_after, statement_of, statements_between
 from doctor.lint.rule import Rule
 
 
@@ -174,8 +177,6 @@ for x in loader:
 
 def _skips_first_iteration(k) -> bool:
     """`if epoch > 0: scheduler.step()` at the top of an iteration steps after the previous iteration's optimizer."""
-    import ast
-
     counters = {"epoch", "step", "global_step", "iteration", "it", "i", "batch_idx", "idx", "n_iter", "iter_num"}
     if k.loop is not None and k.loop.target is not None:
         counters |= {n.id for n in ast.walk(k.loop.target) if isinstance(n, ast.Name)}
@@ -197,10 +198,24 @@ def _skips_first_iteration(k) -> bool:
     return False
 
 
+#: Reading any of these between the two steps sees the learning rate: moving the scheduler step past them
+#: would change what they read (a logged `get_last_lr()`, a value taken from `param_groups`).
+_READS_LR = {"get_last_lr", "get_lr", "param_groups", "last_epoch", "_last_lr", "lr"}
+
+
 def _fix(ctx, k, s):
     if k.via or s.via:
         return None
     ks, ss = statement_of(ctx, k.node), statement_of(ctx, s.node)
     if ks is None or ss is None:
         return None
+    between = statements_between(ctx, ks, ss)
+    if between is None or any(_reads_lr(n, k.target) for stmt in between for n in ast.walk(stmt)):
+        return None  # the move would change what those statements read: left to a human
     return move_after(ctx, ks, ss, "move the scheduler step after the optimizer step")
+
+
+def _reads_lr(node, scheduler) -> bool:
+    if isinstance(node, ast.Attribute) and node.attr in _READS_LR:
+        return True
+    return scheduler is not None and isinstance(node, (ast.Name, ast.Attribute)) and receiver_key(node) == scheduler

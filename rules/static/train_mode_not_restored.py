@@ -227,12 +227,13 @@ for step, (x, y) in enumerate(train_loader):
                     f"is only switched back at the top of the next epoch (line {later.node.lineno})" if later
                     else "nothing switches it back"
                 )
+                model = ctx.shown(ev.target, ev.node, default="the model")
                 yield self.finding(
                     ctx,
                     node,
-                    f"`{ctx.segment(ev.node)}` switches `{ev.target}` to eval mode inside the training loop (line "
+                    f"`{ctx.segment(ev.node)}` switches `{model}` to eval mode inside the training loop (line "
                     f"{loop.node.lineno}) and {until}: the following training steps run with dropout off and batch "
-                    f"norm frozen; call `{ev.target}.train()` right after evaluating",
+                    f"norm frozen; call `{model}.train()` right after evaluating",
                 )
 
 
