@@ -200,6 +200,18 @@ class DataFlow:
                                 return value.args[i]
         return None
 
+    @cached_property
+    def _calls_by_name(self) -> dict[str, list[ast.Call]]:
+        """Calls by the called name (``f(...)`` and ``x.f(...)``), in source order: one pass over the calls of
+        the file instead of a scan of every node per parameter followed."""
+        out: dict[str, list[ast.Call]] = {}
+        for n in self.model.index.of(ast.Call):
+            if isinstance(n.func, ast.Name):
+                out.setdefault(n.func.id, []).append(n)
+            elif isinstance(n.func, ast.Attribute):
+                out.setdefault(n.func.attr, []).append(n)
+        return out
+
     def _from_parameter(self, key: str, scope: ast.AST, depth: int) -> Optional[list[LoaderCall]]:
         """``key`` is a parameter of ``scope``: follow every same-file call of it."""
         if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -210,13 +222,7 @@ class DataFlow:
         method = bool(params) and params[0] in ("self", "cls")
         index = params.index(key) - (1 if method else 0) if key in params else None
         out: list[LoaderCall] = []
-        sites = [
-            n for n in self.model.index.all()
-            if isinstance(n, ast.Call) and (
-                (isinstance(n.func, ast.Name) and n.func.id == scope.name)
-                or (isinstance(n.func, ast.Attribute) and n.func.attr == scope.name)
-            )
-        ]
+        sites = self._calls_by_name.get(scope.name, [])
         if not sites:
             return None
         for site in sites:

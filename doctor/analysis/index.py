@@ -9,11 +9,13 @@ from __future__ import annotations
 import ast
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
+from operator import attrgetter
 from typing import Iterator, Optional, TypeVar
 
 T = TypeVar("T", bound=ast.AST)
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_POSITION = attrgetter("lineno", "col_offset")
 
 
 class NodeIndex:
@@ -23,6 +25,7 @@ class NodeIndex:
         self.parents: dict[int, ast.AST] = {}
         self._lines: dict[type, list[int]] = {}
         self._all: Optional[list[ast.AST]] = None
+        self._merged: dict[tuple[type, ...], list[ast.AST]] = {}
         by_type = self._by_type
         parents = self.parents
         stack = [tree]
@@ -40,9 +43,15 @@ class NodeIndex:
                 elif isinstance(value, AST):
                     parents[id(value)] = node
                     stack.append(value)
-        # Source order (the stack visits in reverse); rules report in a stable order.
-        for nodes in by_type.values():
-            nodes.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+        # Source order (the stack visits in reverse); rules report in a stable order. Node types without a
+        # position (operators, contexts, comprehensions) keep the traversal order, as sorting by (0, 0) did.
+        for t, nodes in by_type.items():
+            if "lineno" not in t._attributes:
+                continue
+            try:
+                nodes.sort(key=_POSITION)  # a C-level key: this sort ran a Python lambda per node
+            except (AttributeError, TypeError):  # a node built by hand without a position
+                nodes.sort(key=lambda n: (getattr(n, "lineno", 0) or 0, getattr(n, "col_offset", 0) or 0))
 
     def all(self) -> list[ast.AST]:
         """Every node of the file (a cached list: iterating it costs no tree traversal)."""
@@ -54,11 +63,14 @@ class NodeIndex:
         """All nodes of the given types, in source order."""
         if len(types) == 1:
             return self._by_type.get(types[0], [])  # type: ignore[return-value]
-        out: list[ast.AST] = []
-        for t in types:
-            out.extend(self._by_type.get(t, []))
-        out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
-        return out  # type: ignore[return-value]
+        cached = self._merged.get(types)
+        if cached is None:  # merged and sorted once per combination of types (shared, like the lists above)
+            cached = []
+            for t in types:
+                cached.extend(self._by_type.get(t, []))
+            cached.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+            self._merged[types] = cached
+        return cached  # type: ignore[return-value]
 
     def has(self, t: type) -> bool:
         return bool(self._by_type.get(t))
@@ -83,6 +95,11 @@ class NodeIndex:
         if root is self.tree:
             return self.of(*types)
         start, end = getattr(root, "lineno", 0), getattr(root, "end_lineno", 0) or 0
+        # Spans nest: a node of the root's lines lies inside the root exactly when its span does (decorators,
+        # the one exception, sit on lines before the root's). Comparing spans avoids a walk up the parents.
+        first = (start, getattr(root, "col_offset", None))
+        last = (end, getattr(root, "end_col_offset", None))
+        spans = None not in first and None not in last
         out = []
         for t in types:
             nodes = self._by_type.get(t, [])
@@ -90,6 +107,15 @@ class NodeIndex:
             if lines is None:
                 lines = self._lines[t] = [getattr(n, "lineno", 0) for n in nodes]
             for n in nodes[bisect_left(lines, start) : bisect_right(lines, end)]:
+                if n is root:
+                    continue
+                if spans:
+                    try:
+                        if first <= (n.lineno, n.col_offset) and (n.end_lineno, n.end_col_offset) <= last:  # type: ignore[attr-defined,operator]
+                            out.append(n)
+                        continue
+                    except (AttributeError, TypeError):
+                        pass
                 if any(a is root for a in self.ancestors(n)):
                     out.append(n)
         if len(types) > 1:

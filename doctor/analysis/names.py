@@ -11,6 +11,9 @@ class ImportTable:
 
     def __init__(self, tree: ast.AST, index=None) -> None:
         self.aliases: dict[str, str] = {}
+        #: qualify() by node: every analysis asks about the same calls (the node is kept with its answer, so
+        #: that an id reused by another node can never answer for it).
+        self._qualified: dict[int, tuple[ast.AST, Optional[str]]] = {}
         nodes = index.of(ast.Import, ast.ImportFrom) if index is not None else ast.walk(tree)
         for node in nodes:
             if isinstance(node, ast.Import):
@@ -32,6 +35,14 @@ class ImportTable:
 
     def qualify(self, node: ast.AST) -> Optional[str]:
         """``optim.SGD`` -> ``torch.optim.SGD`` when ``optim`` was imported; else the dotted text itself."""
+        hit = self._qualified.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        result = self._qualify(node)
+        self._qualified[id(node)] = (node, result)
+        return result
+
+    def _qualify(self, node: ast.AST) -> Optional[str]:
         dotted = dotted_name(node)
         if dotted is None:
             return None

@@ -23,6 +23,14 @@ def worth_parsing(data: bytes) -> bool:
     return _PREFILTER.search(data) is not None
 
 
+_PREFILTER_TEXT = re.compile(_PREFILTER.pattern.decode("ascii"))
+
+
+def worth_parsing_text(text: str) -> bool:
+    """``worth_parsing`` for decoded text."""
+    return _PREFILTER_TEXT.search(text) is not None
+
+
 @dataclass
 class Source:
     """Decoded text of one file, plus what we need to write it back unchanged in form."""

@@ -7,7 +7,7 @@ import hashlib
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 from doctor.lint.config import Settings
@@ -16,6 +16,7 @@ from doctor.core.findings import Finding, Severity
 from doctor.lint.registry import Rule, lookup, select_rules, static_rules
 from doctor.core.source import NotebookError, Source, decode_notebook, decode_python, text_problem, worth_parsing
 from doctor.lint.suppress import is_ours, parse_suppressions
+from doctor.lint.parts import PARTS_FROM_BYTES, Plan
 from doctor.lint.workers import pool_map, usable_cores
 
 #: Files larger than this are skipped with a message (generated code, data dumps saved as .py).
@@ -105,9 +106,11 @@ def _fail(result: FileResult, kind: str, message: str) -> FileResult:
     return result
 
 
-def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Settings, *, timing: bool = False) -> FileResult:
+def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Settings, *, timing: bool = False, jobs: int = 1) -> FileResult:
     """Check one file's bytes. Never raises: whatever goes wrong in reading, decoding, parsing or checking
-    this file becomes a finding or its ``error``, so that one file never costs the others' findings."""
+    this file becomes a finding or its ``error``, so that one file never costs the others' findings.
+
+    ``jobs``: processes a big file's parts may use (never more than one inside a worker)."""
     result = FileResult(path=path, digest=hashlib.sha256(data).hexdigest())
     stage = "decoding"
     try:
@@ -125,6 +128,10 @@ def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Sett
         if source.language is not None and "python" not in source.language:
             result.skipped, result.skip_reason = True, f"a {source.language} notebook"
             return result
+        if not notebook and len(data) > PARTS_FROM_BYTES:
+            stage = "checking (in parts)"
+            if _check_in_parts(result, path, source, rules, settings, timing, jobs):
+                return result
         stage = "parsing"
         try:
             tree = parse(source)
@@ -162,6 +169,88 @@ def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Sett
         return _fail(result, INTERNAL, f"internal error while {stage} the file: {type(exc).__name__}: {exc}")
 
 
+def _syntax_finding(path: str, source: Source, exc: BaseException) -> Finding:
+    line = getattr(exc, "lineno", None) or 1
+    col = getattr(exc, "offset", None) or 1
+    msg = getattr(exc, "msg", None) or str(exc)
+    node = ast.Pass(lineno=line, col_offset=max(col - 1, 0), end_lineno=line, end_col_offset=max(col - 1, 0))
+    ctx = FileContext(path, source, ast.Module(body=[], type_ignores=[]))
+    return ctx.make_finding(_syntax_rule(), node, f"file could not be parsed: {msg}")
+
+
+@dataclass
+class _PartResult:
+    findings: list[Finding] = field(default_factory=list)
+    error: Optional[str] = None
+    error_kind: Optional[str] = None
+    rule_seconds: dict[str, float] = field(default_factory=dict)
+    #: The part did not parse (the file may not either, or our cut was wrong).
+    unparsable: bool = False
+
+
+def _check_part(path: str, part: Source, rules: list[type[Rule]], timing: bool) -> _PartResult:
+    out = _PartResult()
+    try:
+        tree = parse(part)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        out.unparsable = True
+        return out
+    ctx = FileContext(path, part, tree)
+    for rule_cls in rules:
+        start = time.perf_counter() if timing else 0.0
+        try:
+            out.findings.extend(replace(f, fix=None) for f in rule_cls().check(ctx))
+        except RecursionError:
+            out.error, out.error_kind = f"rule {rule_cls.name} gave up: code nested too deeply", INCOMPLETE
+        except Exception as exc:  # a rule bug must not lose the other rules' findings
+            out.error, out.error_kind = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}", INTERNAL
+        if timing:
+            out.rule_seconds[rule_cls.name] = out.rule_seconds.get(rule_cls.name, 0.0) + time.perf_counter() - start
+    return out
+
+
+def _part_worker(args: tuple[str, Source, list[str], bool]) -> _PartResult:
+    path, part, names, timing = args
+    table = static_rules()
+    return _check_part(path, part, [table[n] for n in names], timing)
+
+
+def _check_in_parts(
+    result: FileResult, path: str, source: Source, rules: list[type[Rule]], settings: Settings, timing: bool, jobs: int = 1
+) -> bool:
+    """Check a big file one part at a time (``doctor.lint.parts``), the parts in ``jobs`` processes; fill
+    ``result`` and return True, or return False when the whole file must be checked at once after all (a part
+    did not parse but the file does)."""
+    plan = Plan(source.text)
+    ignored = settings.ignored_for(path)
+    selected = [r for r in rules if not r.whole_file and not (ignored and _rule_ignored(r, ignored))]
+    parts = (replace(source, text=text) for text in plan.parts())
+    table = static_rules()
+    if jobs > 1 and all(table.get(r.name) is r for r in selected):
+        names = [r.name for r in selected]
+        done: Iterable[_PartResult] = pool_map(_part_worker, ((path, part, names, timing) for part in parts), jobs)
+    else:
+        done = (_check_part(path, part, selected, timing) for part in parts)
+    found: list[Finding] = []
+    for part_result in done:
+        if part_result.unparsable:
+            try:
+                parse(source)  # is the file itself broken, or only our cut?
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                rule = _syntax_rule()
+                result.findings = [_syntax_finding(path, source, exc)] if any(r is rule for r in rules) else []
+                return True
+            return False
+        found.extend(part_result.findings)
+        if part_result.error and result.error_kind != INTERNAL:
+            result.error, result.error_kind = part_result.error, part_result.error_kind
+        for name, sec in part_result.rule_seconds.items():
+            result.rule_seconds[name] = result.rule_seconds.get(name, 0.0) + sec
+    whole = FileContext(path, source, ast.Module(body=[], type_ignores=[]))
+    result.findings = _apply_suppressions(whole, _dedupe(found), rules, comments=plan.comments)
+    return True
+
+
 def _dedupe(findings: list[Finding]) -> list[Finding]:
     """One finding per rule and place. A loop seen both in its own function and inlined into a caller is
     analysed twice; keep the report that carries a fix."""
@@ -177,8 +266,8 @@ def _rule_ignored(rule: type[Rule], selectors: tuple[str, ...]) -> bool:
     return any(s.upper() == "ALL" or s.lower() == rule.name or rule.code.upper().startswith(s.upper()) for s in selectors)
 
 
-def _apply_suppressions(ctx: FileContext, findings: list[Finding], rules: list[type[Rule]]) -> list[Finding]:
-    suppressions = parse_suppressions(ctx.source.text)
+def _apply_suppressions(ctx: FileContext, findings: list[Finding], rules: list[type[Rule]], comments=None) -> list[Finding]:
+    suppressions = parse_suppressions(ctx.source.text, comments)
     if not suppressions:
         return findings
     kept = []
@@ -221,7 +310,7 @@ def read_bytes(path: str) -> bytes:
         return fh.read()
 
 
-def check_file(path: str, rules: list[type[Rule]], settings: Settings, *, timing: bool = False) -> FileResult:
+def check_file(path: str, rules: list[type[Rule]], settings: Settings, *, timing: bool = False, jobs: int = 1) -> FileResult:
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
@@ -231,7 +320,7 @@ def check_file(path: str, rules: list[type[Rule]], settings: Settings, *, timing
         return FileResult(path=path, error=f"cannot read: {exc.strerror or exc}", error_kind=UNREADABLE)
     except Exception as exc:  # noqa: BLE001 - never lose the other files for this one
         return FileResult(path=path, error=f"internal error while reading the file: {type(exc).__name__}: {exc}", error_kind=INTERNAL)
-    return check_source(path, data, rules, settings, timing=timing)
+    return check_source(path, data, rules, settings, timing=timing, jobs=jobs)
 
 
 def _balanced_chunks(paths: list[str], jobs: int) -> list[list[str]]:
@@ -299,7 +388,7 @@ def check_files(
                 results[r.path] = r
     else:
         for p in todo:
-            results[p] = check_file(p, rules, settings, timing=timing)
+            results[p] = check_file(p, rules, settings, timing=timing, jobs=jobs)
     if cache is not None:
         for p in todo:
             cache.put(p, results[p])

@@ -31,6 +31,9 @@ class Rule:
     fires: ClassVar[tuple[str, ...]] = ()
     #: Snippets that must yield none.
     silent: ClassVar[tuple[str, ...]] = ()
+    #: True for a rule whose verdict rests on something being absent anywhere in the file (a seed, a saved
+    #: scheduler state): it cannot judge a part of a file, so it does not run on big files checked in parts.
+    whole_file: ClassVar[bool] = False
 
     def check(self, ctx: FileContext) -> Iterable[Finding]:  # pragma: no cover - abstract
         raise NotImplementedError

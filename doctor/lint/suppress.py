@@ -6,6 +6,7 @@ import io
 import re
 import tokenize
 from dataclasses import dataclass, field
+from typing import Optional
 
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Za-z0-9_\-]+(?:[\s,]+[A-Za-z0-9_\-]+)*))?", re.IGNORECASE)
 _DOCTOR = re.compile(r"#\s*doctor:\s*ignore(?:\[(?P<codes>[^\]]*)\])?", re.IGNORECASE)
@@ -41,13 +42,17 @@ def _comments(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def parse_suppressions(text: str) -> dict[int, list[Suppression]]:
-    """Suppressions by line. Only comments are read (a ``# noqa`` inside a string does not count)."""
+def parse_suppressions(text: str, comments: Optional[list[tuple[int, int, str]]] = None) -> dict[int, list[Suppression]]:
+    """Suppressions by line. Only comments are read (a ``# noqa`` inside a string does not count).
+
+    ``comments``: the file's comments as (line, column, text) when already known (big files: tokenizing
+    megabytes in Python takes seconds).
+    """
     lowered = text.lower()
     if "noqa" not in lowered and "doctor:" not in lowered:
         return {}
     result: dict[int, list[Suppression]] = {}
-    for line, col, comment in _comments(text):
+    for line, col, comment in (comments if comments is not None else _comments(text)):
         for m in _NOQA.finditer(comment):
             codes = tuple(c for c in re.split(r"[\s,]+", m.group("codes") or "") if c)
             result.setdefault(line, []).append(Suppression(line, col + m.start() + 1, codes, "noqa"))

@@ -15,6 +15,7 @@ _NOT_SEEDS = {"initial_seed", "get_seed", "seed_worker"}
 
 
 class MissingSeed(Rule):
+    whole_file = True  # a seed anywhere in the file counts
     name = "missing-seed"
     code = "DR902"
     severity = Severity.INFO

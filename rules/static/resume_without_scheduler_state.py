@@ -16,6 +16,7 @@ _CHECKPOINT_HELPER = re.compile(r"save|load|checkpoint|ckpt|resume|restore|state
 
 
 class ResumeWithoutSchedulerState(Rule):
+    whole_file = True  # the scheduler state may be saved or loaded anywhere in the file
     name = "resume-without-scheduler-state"
     code = "DR901"
     severity = Severity.WARNING
