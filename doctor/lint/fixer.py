@@ -285,7 +285,8 @@ def _apply_round(path: str, data: bytes, findings: list[Finding]) -> tuple[bytes
     if not chosen:
         return data, 0
     all_joined = [s for _, _, joined in chosen for s in joined]
-    exprs = _expr_spans(source.text, _parse(source.text), [(s.start, s.end) for s in all_joined])
+    ranges = [(s.start, s.end) for s in all_joined]
+    exprs = _expr_spans(source.text, _touched_statements(source.text, ranges), ranges)
 
     def problem_with(fixes: list) -> Optional[str]:
         new = _render(source, data, pieces, [s for _, spans, _ in fixes for s in spans])
@@ -436,8 +437,9 @@ def _invalid(path: str, source: Source, new_data: bytes, joined: list[_Span], ex
     """What is wrong with ``new_data`` (as a phrase after "would"), or None when it is a valid fix.
 
     The fixed program must be what the edits make of the checked program (for notebooks: the write-back
-    into cells was faithful), parse (with Python's own parser: ``ast``), and every expression a fix replaced
-    must still be one expression (``loss`` -> ``loss / k`` inside ``loss.backward()`` would bind wrongly).
+    into cells was faithful), the statements the edits touched must parse (with Python's own parser), and
+    every expression a fix replaced must still be one expression (``loss`` -> ``loss / k`` inside
+    ``loss.backward()`` would bind wrongly).
     """
     expected = source.text
     for s in sorted(joined, key=lambda s: s.start, reverse=True):
@@ -448,15 +450,17 @@ def _invalid(path: str, source: Source, new_data: bytes, joined: list[_Span], ex
         return f"not write a readable file ({exc})"
     if actual != expected:
         return "not map back into the file faithfully (a doctor bug; please report it)"
-    try:
-        tree = _parse(expected)
-    except (SyntaxError, ValueError) as exc:
-        return f"produce code that does not parse (line {getattr(exc, 'lineno', '?')}: {getattr(exc, 'msg', exc)})"
     # Where the edits landed in the fixed text (offsets shift by the edits before them).
     landed = []
     for s in joined:
         shift = sum(len(t.text) - (t.end - t.start) for t in joined if t.start < s.start)
         landed.append((s.start + shift, s.start + shift + len(s.text)))
+    try:
+        # The top-level statements the edits touched must parse (the whole fixed file is then parsed by the
+        # re-check of the next round, where a new syntax error stops the fix like any new finding).
+        tree = _touched_statements(expected, landed)
+    except (SyntaxError, ValueError) as exc:
+        return f"produce code that does not parse (line {getattr(exc, 'lineno', '?')}: {getattr(exc, 'msg', exc)})"
     new_exprs = _expr_spans(expected, tree, landed)
     for s in joined:
         if not s.text or (s.start, s.end) not in exprs:
@@ -474,6 +478,24 @@ def _parse(text: str) -> ast.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ast.parse(text)
+
+
+def _touched_statements(text: str, ranges: list[tuple[int, int]]) -> ast.Module:
+    """The top-level statements of ``text`` that overlap the character ``ranges``, parsed one by one at their
+    own lines (a module holding just them). Parsing the whole file again per fix round cost as much as checking
+    it. Raises SyntaxError when one of them does not parse."""
+    from doctor.core.segments import layout
+
+    found = layout(text)
+    lines = _Lines(found.line_starts, ranges)
+    body: list[ast.stmt] = []
+    for st in found.statements:
+        if not lines.overlaps(ast.Pass(lineno=st.first, end_lineno=st.last)):
+            continue
+        piece = _parse(text[st.start : st.end])
+        ast.increment_lineno(piece, st.first - 1)
+        body.extend(piece.body)
+    return ast.Module(body=body, type_ignores=[])
 
 
 class _Lines:
