@@ -214,6 +214,12 @@ def is_mode_switch(test: ast.AST, loop: Optional["Loop"]) -> bool:
     return comparisons > 0
 
 
+def _names_a_definition(model: "Program", name: str) -> bool:
+    """``name`` is a function or class defined or imported here (``train_model(...)``, ``reparameterize_model``),
+    not a variable holding a model, whatever its name says."""
+    return name in model.functions or name in model.classes or name in model.imports.aliases
+
+
 def _ends_flow(body: list[ast.stmt]) -> bool:
     return bool(body) and isinstance(body[-1], (ast.Continue, ast.Break, ast.Return, ast.Raise))
 
@@ -487,7 +493,8 @@ class StreamBuilder:
             # `model(x)`, `self.model(x)`: the called object itself is the model.
             callee = self.resolve(receiver_key(func), state)
             if callee and model.objects.kind(callee) == K.MODEL and not _NOT_A_MODEL_CALL.match(last_part(callee)):
-                self._emit(FORWARD, call, state, target=callee)
+                if not (isinstance(func, ast.Name) and model.objects.get(callee) is None and _names_a_definition(model, func.id)):
+                    self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
 
     def _step(self, call: ast.Call, recv: Optional[str], kind: Optional[str], state: BuildState) -> None:
