@@ -707,6 +707,56 @@ class ValueTable:
                 return expr, step.inner  # a parameter that is never rebound
         return None
 
+    # -- which models a value depends on -------------------------------------------------------------------
+    def model_reach(self, expr: Optional[ast.AST]) -> dict[str, ast.AST]:
+        """The models whose forward passes ``expr`` depends on, each with ``None`` when the dependence keeps the
+        autograd graph, or with the detaching node (``fake.detach()``) when every path to it is cut.
+
+        Names are followed through their assignments in the same function; calls we do not know pass their
+        arguments' dependencies through (precision: an unknown call never hides a path)."""
+        found: dict[str, Optional[ast.AST]] = {}
+        self._reach(expr, None, found, 0, set())
+        return found  # type: ignore[return-value]
+
+    def _reach(self, expr: Optional[ast.AST], cut: Optional[ast.AST], found: dict, depth: int, seen: set) -> None:
+        if expr is None or depth > MAX_DEPTH:
+            return
+        if isinstance(expr, ast.Name):
+            if id(expr) in seen:
+                return
+            seen.add(id(expr))
+            d = self.definition(expr)
+            if d is not None:
+                self._reach(d[0].value, cut, found, depth + 1, seen)  # type: ignore[attr-defined]
+            return
+        if isinstance(expr, ast.Attribute):
+            self._reach(expr.value, cut or (expr if expr.attr == "data" else None), found, depth + 1, seen)
+            return
+        if isinstance(expr, ast.Call):
+            func = expr.func
+            if isinstance(func, ast.Attribute) and func.attr in _DETACH_METHODS:
+                self._reach(func.value, cut or expr, found, depth + 1, seen)
+                return
+            q = self.imports.qualify(func) or ""
+            if q.rsplit(".", 1)[-1] in _NEW_LEAF_FUNCS | {"detach"} and q.startswith("torch"):
+                for a in expr.args:
+                    self._reach(a, cut or expr, found, depth + 1, seen)
+                return
+            key = receiver_key(func) if not isinstance(func, ast.Attribute) or func.attr != "forward" else receiver_key(func.value)
+            if key and self.model.objects.kind(key) == K.MODEL and not self.model.functions.get(key) and not self.model.classes.get(key):
+                if cut is None:
+                    found[key] = None
+                else:
+                    found.setdefault(key, cut)
+            elif isinstance(func, ast.Attribute):
+                self._reach(func.value, cut, found, depth + 1, seen)
+            for a in list(expr.args) + [k.value for k in expr.keywords]:
+                self._reach(a, cut, found, depth + 1, seen)
+            return
+        for child in ast.iter_child_nodes(expr):
+            if isinstance(child, ast.expr):
+                self._reach(child, cut, found, depth + 1, seen)
+
     # -- losses ------------------------------------------------------------------------------------------
     @cached_property
     def _loss_keys(self) -> set[str]:
