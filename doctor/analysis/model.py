@@ -311,27 +311,39 @@ class TrainingModel(Program):
         return not any(ev.exclusive_with(b) for b in acc.backwards)
 
     # -- loss dataflow -------------------------------------------------------------------------------------
-    def loss_status(self, expr: Optional[ast.AST], at: ast.AST, _depth: int = 0) -> str:
-        """Is the loss that ``expr`` evaluates to divided/scaled ("scaled"), a raw loss ("raw"), or unknown?"""
+    def loss_status(self, expr: Optional[ast.AST], at: ast.AST, _depth: int = 0, strict: bool = False) -> str:
+        """Is the loss that ``expr`` evaluates to divided/scaled ("scaled"), a raw loss ("raw"), or unknown?
+
+        ``strict`` is for code that computes a loss for a caller (a helper, a model's forward): there a division
+        by a batch size or a multiplication by a loss weight is part of the loss, and only a factor named for
+        accumulation (``/ accum_steps``) counts as scaling for the window."""
         if expr is None or _depth > 6:
             return "unknown"
+        again = lambda e, a=at: self.loss_status(e, a, _depth + 1, strict)  # noqa: E731
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("scale",) and expr.args:
-            return self.loss_status(expr.args[0], at, _depth + 1)
+            return again(expr.args[0])
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("mean", "sum", "float", "squeeze", "clone", "contiguous", "to"):
             if expr.func.attr in ("mean", "sum") and expr.args:
                 return "unknown"
-            return self.loss_status(expr.func.value, at, _depth + 1)
+            return again(expr.func.value)
         if isinstance(expr, ast.BinOp):
             if isinstance(expr.op, (ast.Div, ast.FloorDiv)):
+                if strict and not _ACCUM_FACTOR.search(ast.unparse(expr.right)):
+                    return again(expr.left)  # `loss / n_tokens` in a helper: a normalisation, not the window's
                 return "scaled"
             if isinstance(expr.op, ast.Mult):
                 for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
                     if isinstance(side, ast.Constant) and isinstance(side.value, (int, float)):
-                        return self.loss_status(other, at, _depth + 1)
+                        return again(other)
+                if strict:
+                    if _ACCUM_FACTOR.search(ast.unparse(expr)):
+                        return "scaled"
+                    parts = {again(expr.left), again(expr.right)}
+                    return "raw" if "raw" in parts and "scaled" not in parts else "unknown"
                 return "scaled" if _mentions_scale(expr) else "unknown"
             if isinstance(expr.op, (ast.Add, ast.Sub)):
                 # A sum with a raw loss term and no scaled term is not divided as a whole (`ce + 0.1 * aux`).
-                parts = [self.loss_status(expr.left, at, _depth + 1), self.loss_status(expr.right, at, _depth + 1)]
+                parts = [again(expr.left), again(expr.right)]
                 if "scaled" in parts:
                     return "scaled" if all(p == "scaled" for p in parts) else "unknown"
                 if "raw" in parts:
@@ -339,20 +351,20 @@ class TrainingModel(Program):
                 return "unknown"
             return "unknown"
         if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Call):
-            return "raw" if self.loss_status(expr.value, at, _depth + 1) == "model_output" else "unknown"
+            return "raw" if again(expr.value) == "model_output" else "unknown"
         if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Name):
             # `outputs.loss` where `outputs = model(...)`: the model computed the (raw) loss.
-            return "raw" if self._name_status(expr.value.id, at, _depth) == "model_output" else "unknown"
+            return "raw" if self._name_status(expr.value.id, at, _depth, strict) == "model_output" else "unknown"
         if isinstance(expr, (ast.Name, ast.Attribute)):
             key = receiver_key(expr)
-            return self._name_status(key, at, _depth) if key else "unknown"
+            return self._name_status(key, at, _depth, strict) if key else "unknown"
         if isinstance(expr, ast.Subscript):
             base = expr.value
             if isinstance(base, ast.Call):
-                st = self.loss_status(base, at, _depth + 1)
+                st = again(base)
                 return "raw" if st == "model_output" else st
             if isinstance(base, ast.Name):
-                st = self._name_status(base.id, at, _depth)
+                st = self._name_status(base.id, at, _depth, strict)
                 return "raw" if st == "model_output" else st
             return "unknown"
         if isinstance(expr, ast.Call):
@@ -373,38 +385,44 @@ class TrainingModel(Program):
             ref = self.values.module_of(call.func) if depth < 4 else None
             found = ref.program.class_method(ref.cls, "forward") if ref is not None and ref.cls is not None else None
             if found is not None and hasattr(found[0], "loss_status"):
-                program, fwd = found
-                statuses = {
-                    program.loss_status(r.value, r, depth + 1)
-                    for r in program.index.within(fwd, ast.Return)
-                    if r.value is not None and program.enclosing_function(r) is fwd
-                }
-                if statuses in ({"raw"}, {"scaled"}):
-                    return statuses.pop()
+                status = found[0].returned_loss_status(found[1], depth + 1)
+                if status in ("raw", "scaled"):
+                    return status
             return "model_output"
-        fn = None
+        found = None
         if isinstance(call.func, ast.Name):
             fn = self.functions.get(call.func.id)
             if fn is None:
                 options = self._closures(self.enclosing_function(call)).get(call.func.id, [])
                 fn = options[0] if len(options) == 1 else None
+            found = (self, fn) if fn is not None else None
         elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
             fn = self.method(None, call.func.attr)
-        if fn is not None and depth < 4:
-            statuses = {
-                self.loss_status(r.value, r, depth + 1)
-                for r in self.index.within(fn, ast.Return)
-                if r.value is not None
-            }
-            if statuses == {"scaled"}:
-                return "scaled"
-            if "scaled" in statuses:
-                return "unknown"
-            if "raw" in statuses and statuses <= {"raw", "model_output"}:
-                return "raw"
+            if fn is None:
+                owner = self.class_of_receiver(call.func.value, call)
+                found = owner[0].class_method(owner[1], call.func.attr) if owner is not None else None
+            else:
+                found = (self, fn)
+        if found is not None and depth < 4 and hasattr(found[0], "returned_loss_status"):
+            return found[0].returned_loss_status(found[1], depth + 1)
         return "unknown"
 
-    def _name_status(self, name: str, at: ast.AST, depth: int) -> str:
+    def returned_loss_status(self, fn: ast.AST, depth: int = 0) -> str:
+        """What ``fn`` (a helper, a forward) returns, judged strictly (see ``loss_status``)."""
+        statuses = {
+            self.loss_status(r.value, r, depth, strict=True)
+            for r in self.index.within(fn, ast.Return)
+            if r.value is not None and self.enclosing_function(r) is fn
+        }
+        if statuses == {"scaled"}:
+            return "scaled"
+        if "scaled" in statuses:
+            return "unknown"
+        if "raw" in statuses and statuses <= {"raw", "model_output"}:
+            return "raw"
+        return "unknown"
+
+    def _name_status(self, name: str, at: ast.AST, depth: int, strict: bool = False) -> str:
         fn = self.enclosing_function(at)
         line = getattr(at, "lineno", 0)
         best: Optional[ast.AST] = None
@@ -429,7 +447,7 @@ class TrainingModel(Program):
                 if lineno > best_line:
                     best, best_line = node.value, lineno
             elif isinstance(node, ast.AugAssign) and receiver_key(node.target) == name:
-                if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mult)):
+                if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mult)) and (not strict or _ACCUM_FACTOR.search(ast.unparse(node.value))):
                     scaled_after.append(lineno)
         if any(l > best_line for l in scaled_after):
             return "scaled"
@@ -437,7 +455,7 @@ class TrainingModel(Program):
             return "unknown"
         if best is _RAW_MARK:
             return "raw"
-        return self.loss_status(best, best, depth + 1)
+        return self.loss_status(best, best, depth + 1, strict)
 
 
 _RAW_MARK = ast.Constant(value="raw loss")
@@ -470,6 +488,8 @@ def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:
     return any(g.test is guard.test and g.negated != guard.negated for g in a.guards)
 
 
+#: Factors named for the accumulation window (what dividing "for accumulation" looks like).
+_ACCUM_FACTOR = re.compile(r"accum|grad_?acc|micro|n_?steps|num_?steps|gradient_accumulation|accumulation_scale", re.I)
 _SCALE_NAME = re.compile(r"accum|grad_?acc|micro|n_?steps|num_?steps|scale|inv|weight|factor|coef|ratio", re.I)
 
 

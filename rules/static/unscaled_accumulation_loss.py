@@ -167,8 +167,9 @@ for i, (x, y) in enumerate(loader):
                     continue
                 if b.flavor in _SELF_SCALING and not _accelerator_without_accumulation(m, b):
                     continue
-                if m.loss_status(*b.loss_here) != "raw":
-                    continue
+                status = m.loss_status(*b.loss_here)
+                if status not in ("raw", "model_output"):
+                    continue  # divided, or we cannot tell (a model's output backpropagated as is is its loss)
                 seen.add(id(b.node))
                 opt = acc.step.target or "the optimizer"
                 how = (
