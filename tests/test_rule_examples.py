@@ -95,6 +95,8 @@ def test_every_rule_has_a_whole_page_and_examples_that_are_programs(rule):
     page = rule.page()
     assert not page.missing(), f"{rule.name} lacks page sections: {page.missing()}"
     assert "\n" not in page.summary, f"{rule.name}: the summary is one line"
+    unfinished = [k for k, v in page.to_dict().items() if isinstance(v, str) and "TODO" in v]
+    assert not unfinished, f"{rule.name}: sections still marked TODO (scripts/new_rule.py): {unfinished}"
     for kind in ("bad", "good", "fixed"):
         example = getattr(page, kind)
         if not example:
@@ -118,6 +120,7 @@ def test_every_runtime_check_has_a_whole_page():
     assert pages, "no runtime check found"
     for page in pages:
         assert not page.missing(), f"{page.name} lacks page sections: {page.missing()}"
+        assert not [k for k, v in page.to_dict().items() if isinstance(v, str) and "TODO" in v], page.name
         assert page.fixable == "-" and not page.fixed
 
 
