@@ -138,8 +138,9 @@ def render(page: Page) -> str:
     parts.append(f"### {HEADINGS['good']}\n\n{block(page.good)}")
     if page.fixable != "-":
         flags = "--fix" if page.fixable == "safe" else "--fix --unsafe-fixes"
-        parts.append(
-            f"### {HEADINGS['fix_safety']}\n\n{page.fix_safety}\n\n"
-            f"`doctor check {flags}` turns the example into:\n\n{block(page.fixed)}"
+        result = (
+            f"the code under *{HEADINGS['good']}*." if page.fixed == page.good
+            else f"this:\n\n{block(page.fixed)}"
         )
+        parts.append(f"### {HEADINGS['fix_safety']}\n\n{page.fix_safety}\n\n`doctor check {flags}` turns the example into {result}")
     return "\n\n".join(parts)

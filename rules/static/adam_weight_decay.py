@@ -27,12 +27,12 @@ class AdamWeightDecay(Rule):
         (AdamW decays by `lr * wd` per step, so typical values are larger: 0.01-0.1).
     """
     known_problems = """
-        Reported only for `torch.optim.Adam` (however it is imported) with a weight decay doctor can read as
-        a number greater than zero: a literal or a module constant, given by keyword, by position, or in a
+        Reported only for `torch.optim.Adam` (however it is imported) with a weight decay doctor can read as a
+        number greater than zero: a literal or a module constant, given by keyword, by position, or in a
         parameter-group dict. A value read from a config or the command line is not checked, nor is Adam from
         other libraries (apex, bitsandbytes). `decoupled_weight_decay=True` turns the finding off. A project
-        that chose L2-regularised Adam on purpose (to reproduce an older paper) gets this warning too:
-        suppress it on that line.
+        that chose L2-regularised Adam on purpose (to reproduce an older paper) gets this warning too: suppress
+        it on that line.
     """
     bad = """
         import torch

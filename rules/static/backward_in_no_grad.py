@@ -29,12 +29,11 @@ class BackwardInNoGrad(Rule):
     """
     known_problems = """
         Reported when the backward runs inside a `with torch.no_grad()`/`inference_mode()`/
-        `set_grad_enabled(False)` block, or in a function decorated with one of them (or a project wrapper
-        named like `no_grad`/`inference_mode`), with `enable_grad` not re-enabling it, and the value
-        backpropagated was computed inside that same region (a call, or a name assigned there). A loss
-        computed before the region and backpropagated inside it still has its graph and is not reported.
-        Grad disabled by a plain statement (`torch.set_grad_enabled(False)` on its own line) or by a caller in
-        another file is not seen.
+        `set_grad_enabled(False)` block, or in a function decorated with one of them (or a project wrapper named
+        like `no_grad`/`inference_mode`), with `enable_grad` not re-enabling it, and the value backpropagated
+        was computed inside that same region (a call, or a name assigned there). A loss computed before the
+        region and backpropagated inside it still has its graph and is not reported. Grad disabled by a plain
+        statement (`torch.set_grad_enabled(False)` on its own line) or by a caller in another file is not seen.
     """
     bad = """
         import torch

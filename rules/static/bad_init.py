@@ -39,15 +39,15 @@ class BadInit(Rule):
         explode or saturate from the first step (severity warning: a smell rather than a certain bug).
     """
     known_problems = """
-        Constant init is reported only when it reaches the Linear/Conv weights generically: a function given
-        to `model.apply(...)` (or named like `init`) that tests `isinstance(m, nn.Linear)`, a loop over
+        Constant init is reported only when it reaches the Linear/Conv weights generically: a function given to
+        `model.apply(...)` (or named like `init`) that tests `isinstance(m, nn.Linear)`, a loop over
         `model.modules()`, over a stack named `layers`/`blocks`/`h`..., or an init function's loop over
-        `model.parameters()` that selects weights. Initialising one named layer (`self.fc.weight`) is taken
-        as deliberate and never reported, and neither are names that conventionally start at zero (`lora`,
-        `B`, `head`, `out_proj`, `c_proj`, `final`, `residual`, `gate`, `norm`, `scale`...), normalisation
-        layers, biases, or EMA/target copies. The ReLU-gain check compares with the activations used in the
-        same class (else in the file) and speaks only when all of them are tanh/sigmoid. The large-std check
-        needs a literal std of 0.5 or more (a uniform bound of 0.5·√3 or more), whatever the layer's width.
+        `model.parameters()` that selects weights. Initialising one named layer (`self.fc.weight`) is taken as
+        deliberate and never reported, and neither are names that conventionally start at zero (`lora`, `B`,
+        `head`, `out_proj`, `c_proj`, `final`, `residual`, `gate`, `norm`, `scale`...), normalisation layers,
+        biases, or EMA/target copies. The ReLU-gain check compares with the activations used in the same class
+        (else in the file) and speaks only when all of them are tanh/sigmoid. The large-std check needs a
+        literal std of 0.5 or more (a uniform bound of 0.5·√3 or more), whatever the layer's width.
     """
     bad = """
         import torch

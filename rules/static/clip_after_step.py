@@ -23,10 +23,10 @@ class ClipAfterStep(Rule):
     """
     known_problems = """
         Stays silent when a later `step()` or `backward()` in the same iteration may still use the clipped
-        gradients, when nothing in the iteration clears the gradients (they then carry over to the next step,
-        so the clip is not clearly wasted), when the clip only measures the norm (`max_norm=float("inf")` or a
-        huge literal, as used for logging), and when no backward pass precedes the step in the loop doctor
-        reads. The clip and the step must be in the same loop of one function (same-file helpers inlined).
+        gradients, when nothing in the iteration clears the gradients (they then carry over to the next step, so
+        the clip is not clearly wasted), when the clip only measures the norm (`max_norm=float("inf")` or a huge
+        literal, as used for logging), and when no backward pass precedes the step in the loop doctor reads. The
+        clip and the step must be in the same loop of one function (same-file helpers inlined).
     """
     bad = """
         import torch

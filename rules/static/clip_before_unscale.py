@@ -29,10 +29,10 @@ class ClipBeforeUnscale(Rule):
     """
     known_problems = """
         Reported only when the backward pass is provably scaled: `scaler.scale(loss).backward()` (or a name
-        assigned from `scaler.scale(...)`) where `scaler` is a `GradScaler` built in the file. Stays silent
-        when an `unscale_` runs between the backward and the clip, when the clip is guarded by a precision
-        flag the backward is not (`if not use_amp: clip...`), when a step comes between them, and for clipping
-        done by Accelerate, Lightning or optimizer wrappers (they unscale themselves). torch's
+        assigned from `scaler.scale(...)`) where `scaler` is a `GradScaler` built in the file. Stays silent when
+        an `unscale_` runs between the backward and the clip, when the clip is guarded by a precision flag the
+        backward is not (`if not use_amp: clip...`), when a step comes between them, and for clipping done by
+        Accelerate, Lightning or optimizer wrappers (they unscale themselves). torch's
         `clip_grad_norm_`/`clip_grad_value_` and a model's own `clip_grad_norm_` (FSDP) are checked.
     """
     bad = """
@@ -96,10 +96,10 @@ class ClipBeforeUnscale(Rule):
     """
     fix_safety = """
         The fix inserts `scaler.unscale_(optimizer)` before the clip, naming the optimizer that
-        `scaler.step(...)` steps later. It is unsafe because it changes every update: the clip threshold
-        starts meaning what it says, so steps become much larger than in the runs made so far. It is offered
-        only when the backward, the clip and `scaler.step(optimizer)` are in the same function; with several
-        optimizers sharing one scaler, each needs its own `unscale_`, which the fix does not add.
+        `scaler.step(...)` steps later. It is unsafe because it changes every update: the clip threshold starts
+        meaning what it says, so steps become much larger than in the runs made so far. It is offered only when
+        the backward, the clip and `scaler.step(optimizer)` are in the same function; with several optimizers
+        sharing one scaler, each needs its own `unscale_`, which the fix does not add.
     """
     fires = (
         """

@@ -20,12 +20,11 @@ class DetachedLossInput(Rule):
         step) is correct.
     """
     known_problems = """
-        Reported only for a loss call that provably reaches a `backward()` outside `no_grad`, whose
-        prediction argument is a model output cut off by `.detach()`, `.data`, `.item()`, `.numpy()` (traced
-        through assignments and same-file helpers). Stays silent when another argument still carries the
-        model's gradient (a detached target), when another loss term of the same backward trains the model,
-        for losses computed only for logging (never backpropagated), and when the value cannot be traced to a
-        model call.
+        Reported only for a loss call that provably reaches a `backward()` outside `no_grad`, whose prediction
+        argument is a model output cut off by `.detach()`, `.data`, `.item()`, `.numpy()` (traced through
+        assignments and same-file helpers). Stays silent when another argument still carries the model's
+        gradient (a detached target), when another loss term of the same backward trains the model, for losses
+        computed only for logging (never backpropagated), and when the value cannot be traced to a model call.
     """
     bad = """
         import torch

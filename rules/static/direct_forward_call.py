@@ -27,14 +27,13 @@ class DirectForwardCall(Rule):
     known_problems = """
         The receiver must be a module as far as doctor can tell: built in the file from a torch, torchvision,
         timm or Hugging Face model class or a local `nn.Module` subclass, wrapped in DDP/FSDP/`torch.compile`,
-        or, when its construction is not visible, named like a model (`model`, `net`, `encoder`...). A
-        receiver named like a model that is in fact another library's object is reported unless it was built
-        from a known non-torch library (`cv2`, `onnxruntime`, `tensorrt`...) in the file. Reported in scripts,
-        plain functions and methods of classes that are certainly not modules (trainers, test cases); never
-        inside classes that are or may be modules (their base is imported), where
-        `self.backbone.forward(x)` is a module delegating to a child, a deliberate and common idiom (the
-        outer call's hooks ran). `super().forward(...)`, `self.forward(...)` and `Base.forward(self, ...)` are
-        never reported.
+        or, when its construction is not visible, named like a model (`model`, `net`, `encoder`...). A receiver
+        named like a model that is in fact another library's object is reported unless it was built from a known
+        non-torch library (`cv2`, `onnxruntime`, `tensorrt`...) in the file. Reported in scripts, plain
+        functions and methods of classes that are certainly not modules (trainers, test cases); never inside
+        classes that are or may be modules (their base is imported), where `self.backbone.forward(x)` is a
+        module delegating to a child, a deliberate and common idiom (the outer call's hooks ran).
+        `super().forward(...)`, `self.forward(...)` and `Base.forward(self, ...)` are never reported.
     """
     bad = """
         import torch
@@ -83,9 +82,9 @@ class DirectForwardCall(Rule):
     """
     fix_safety = """
         The fix replaces `model.forward(x)` with `model(x)`. It is unsafe because the call then runs the
-        module's hooks: that is the point, but hooks can change results (pruning and quantization hooks,
-        DDP's gradient synchronisation, a `torch.compile`d module now taking its compiled path, hooks that
-        modify inputs or outputs), so outputs and timings may differ from before.
+        module's hooks: that is the point, but hooks can change results (pruning and quantization hooks, DDP's
+        gradient synchronisation, a `torch.compile`d module now taking its compiled path, hooks that modify
+        inputs or outputs), so outputs and timings may differ from before.
     """
     fires = (
         """

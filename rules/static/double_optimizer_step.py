@@ -23,11 +23,11 @@ class DoubleOptimizerStep(Rule):
     """
     known_problems = """
         Stays silent when a `backward()` runs between the two steps (two deliberate updates on new gradients),
-        when the steps sit in exclusive branches (`if`/`else`, opposite tests such as `if amp:` and
-        `if not amp:`, the two arms of a conditional expression), in an `except` handler (a fallback), or
-        under unrelated conditions that may never hold in the same iteration (`i % 2 == 0` and `== 1`). Only
-        steps of the same named optimizer in the same loop of one function (same-file helpers inlined) are
-        compared; two names bound to one optimizer object are not.
+        when the steps sit in exclusive branches (`if`/`else`, opposite tests such as `if amp:` and `if not
+        amp:`, the two arms of a conditional expression), in an `except` handler (a fallback), or under
+        unrelated conditions that may never hold in the same iteration (`i % 2 == 0` and `== 1`). Only steps of
+        the same named optimizer in the same loop of one function (same-file helpers inlined) are compared; two
+        names bound to one optimizer object are not.
     """
     bad = """
         import torch

@@ -26,12 +26,12 @@ class EvalWithoutNoGrad(Rule):
         Looks at functions that evaluate (named like `evaluate`, `validate`, `test_epoch`, `run_eval`..., or
         calling `.eval()` and running a forward pass in a loop without training) and at forward passes after
         `.eval()` in a loop that does not train. Stays silent when gradients are off at the call (a `with`
-        block, a decorator, a `torch.set_grad_enabled(False)` statement in the function or module), when
-        every same-file caller of the function disables them, when the function needs gradients on purpose
-        (it calls `backward`, `torch.autograd.grad`, `enable_grad`, sets `requires_grad`: saliency maps,
-        adversarial attacks), when a backward runs later before `.train()` (policy rollouts), and for `test*`
-        functions of test files. Grad disabled by a caller in another file is not seen, so such an
-        evaluation function is reported.
+        block, a decorator, a `torch.set_grad_enabled(False)` statement in the function or module), when every
+        same-file caller of the function disables them, when the function needs gradients on purpose (it calls
+        `backward`, `torch.autograd.grad`, `enable_grad`, sets `requires_grad`: saliency maps, adversarial
+        attacks), when a backward runs later before `.train()` (policy rollouts), and for `test*` functions of
+        test files. Grad disabled by a caller in another file is not seen, so such an evaluation function is
+        reported.
     """
     bad = """
         import torch

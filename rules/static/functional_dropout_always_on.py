@@ -33,14 +33,14 @@ class FunctionalDropoutAlwaysOn(Rule):
         worse than the one you measured. Pass `training=self.training`, or use an `nn.Dropout` submodule.
     """
     known_problems = """
-        Reported only inside a method of a class defined in the file that is an `nn.Module` (its bases lead
-        to torch's `Module`), for `dropout`, `dropout1d/2d/3d` from `torch.nn.functional` called without a
+        Reported only inside a method of a class defined in the file that is an `nn.Module` (its bases lead to
+        torch's `Module`), for `dropout`, `dropout1d/2d/3d` from `torch.nn.functional` called without a
         `training` argument (keyword, positional or `**kwargs`): an explicit `training=True` (Monte Carlo
         dropout) is a decision. Also silent for a literal `p=0` and for a call whose line carries a comment
-        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet). Dropout in a free function called from a
-        module's `forward`, in a module whose base class comes from another file or library doctor cannot
-        read, or written as `torch.dropout(x, p, train)` is not checked. `alpha_dropout` is not reported: its
-        `training` defaults to False.
+        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet). Dropout in a free
+        function called from a module's `forward`, in a module whose base class comes from another file or
+        library doctor cannot read, or written as `torch.dropout(x, p, train)` is not checked. `alpha_dropout`
+        is not reported: its `training` defaults to False.
     """
     bad = """
         import torch
@@ -93,9 +93,9 @@ class FunctionalDropoutAlwaysOn(Rule):
     fix_safety = """
         The fix appends `training=self.training` to the call. It is unsafe because evaluation results change:
         after `model.eval()` the layer stops dropping units, so validation scores and exported predictions
-        differ from before (that is the intended effect, but numbers people compared against move). A model
-        that relied on dropout at inference (Monte Carlo dropout) should pass `training=True` instead. The fix
-        is offered only in methods whose first parameter is `self`.
+        differ from before (that is the intended effect, but numbers people compared against move). A model that
+        relied on dropout at inference (Monte Carlo dropout) should pass `training=True` instead. The fix is
+        offered only in methods whose first parameter is `self`.
     """
     fires = (
         """

@@ -16,10 +16,10 @@ class SyntaxErrorRule(Rule):
     why = "A file that does not parse cannot be checked; doctor reports it instead of skipping it silently."
     known_problems = """
         Reported once per file, at the position where Python's parser gave up; nothing else in the file is
-        checked, and the other files are. Files that mention nothing doctor looks for (no `torch`,
-        `backward`, `optim`, `nn.`...) are skipped before parsing, so their syntax errors are not reported.
-        The file is parsed by the Python running doctor: syntax newer than that Python is reported as an
-        error. In notebooks IPython magics and shell lines are blanked first.
+        checked, and the other files are. Files that mention nothing doctor looks for (no `torch`, `backward`,
+        `optim`, `nn.`...) are skipped before parsing, so their syntax errors are not reported. The file is
+        parsed by the Python running doctor: syntax newer than that Python is reported as an error. In notebooks
+        IPython magics and shell lines are blanked first.
     """
     bad = """
         import torch
@@ -55,12 +55,12 @@ class UnusedSuppression(Rule):
         "real finding on that line."
     )
     known_problems = """
-        Only doctor's own codes (`DR...`) and rule names are judged: a bare `# noqa` and codes of other
-        linters (`# noqa: E501`) are never reported; a bare `# doctor: ignore` that suppresses nothing is.
-        A suppression is judged against the rules that ran: one naming a rule left out of the run (by
-        `--select`, `--ignore` or the config) is reported as unused, so enable this rule in runs that select
-        every rule you suppress (it is off by default). Suppressions in files skipped before parsing (they
-        mention nothing doctor looks for) are not seen.
+        Only doctor's own codes (`DR...`) and rule names are judged: a bare `# noqa` and codes of other linters
+        (`# noqa: E501`) are never reported; a bare `# doctor: ignore` that suppresses nothing is. A suppression
+        is judged against the rules that ran: one naming a rule left out of the run (by `--select`, `--ignore`
+        or the config) is reported as unused, so enable this rule in runs that select every rule you suppress
+        (it is off by default). Suppressions in files skipped before parsing (they mention nothing doctor looks
+        for) are not seen.
     """
     bad = """
         import torch

@@ -27,12 +27,11 @@ class MissingSeed(Rule):
         This rule is off by default: enable it for repositories that promise reproducible runs.
     """
     known_problems = """
-        Reported once per file that both runs a backward pass and steps an optimizer, at its
-        `if __name__ == "__main__":` block, or, without one, at its first top-level loop that runs a backward
-        pass; library modules without either are not reported. Any call or keyword argument with `seed` in
-        its name anywhere in the file counts as seeding, so `random.seed(0)` or `np.random.seed(0)` alone
-        silences it although torch stays unseeded, and seeding done in another module is not seen (that
-        case is reported).
+        Reported once per file that both runs a backward pass and steps an optimizer, at its `if __name__ ==
+        "__main__":` block, or, without one, at its first top-level loop that runs a backward pass; library
+        modules without either are not reported. Any call or keyword argument with `seed` in its name anywhere
+        in the file counts as seeding, so `random.seed(0)` or `np.random.seed(0)` alone silences it although
+        torch stays unseeded, and seeding done in another module is not seen (that case is reported).
     """
     bad = """
         import torch

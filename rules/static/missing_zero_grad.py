@@ -25,10 +25,10 @@ class MissingZeroGrad(Rule):
         `model.zero_grad()` of a model that may hold its parameters, `p.grad = None` over the parameters, even
         under a condition (an accumulation window that clears every k steps is correct). It also stays silent
         for DeepSpeed engines (their `step()` clears), for distributed-autograd backward passes, and for
-        optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first
-        iteration (`if i == 0: optimizer.zero_grad()`) does not count. Helpers called from the loop are
-        followed only within the same file (up to three calls deep): a loop whose clearing happens in a
-        function of another module is reported even though it clears.
+        optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first iteration
+        (`if i == 0: optimizer.zero_grad()`) does not count. Helpers called from the loop are followed only
+        within the same file (up to three calls deep): a loop whose clearing happens in a function of another
+        module is reported even though it clears.
     """
     bad = """
         import torch
@@ -75,11 +75,11 @@ class MissingZeroGrad(Rule):
             optimizer.step()
     """
     fix_safety = """
-        The fix inserts `optimizer.zero_grad()` right before the loop's first unconditional `backward()`.
-        It is unsafe because it changes what every step applies (the gradients of one batch instead of a
-        growing sum), and because a loop that accumulates on purpose in a way doctor could not read (its
-        clearing hidden in another module) would lose that accumulation. It is offered only for a plain
-        `optimizer.step()` or `scaler.step(optimizer)` called directly in the loop.
+        The fix inserts `optimizer.zero_grad()` right before the loop's first unconditional `backward()`. It is
+        unsafe because it changes what every step applies (the gradients of one batch instead of a growing sum),
+        and because a loop that accumulates on purpose in a way doctor could not read (its clearing hidden in
+        another module) would lose that accumulation. It is offered only for a plain `optimizer.step()` or
+        `scaler.step(optimizer)` called directly in the loop.
     """
     fires = (
         """

@@ -19,10 +19,10 @@ class NllWithoutLogSoftmax(Rule):
         `log_softmax` in front (or use `CrossEntropyLoss` on the logits).
     """
     known_problems = """
-        Reported only when the input of `F.nll_loss`/`nn.NLLLoss` provably ends in an `nn.Linear` (a
-        Linear module, a Sequential whose last layer is Linear, a local module whose `forward` returns a
-        Linear's output) or in a softmax. An input whose origin is unknown (a model from another file) is
-        not reported, and neither is one that ends in `log_softmax` or `log(softmax(...))`.
+        Reported only when the input of `F.nll_loss`/`nn.NLLLoss` provably ends in an `nn.Linear` (a Linear
+        module, a Sequential whose last layer is Linear, a local module whose `forward` returns a Linear's
+        output) or in a softmax. An input whose origin is unknown (a model from another file) is not reported,
+        and neither is one that ends in `log_softmax` or `log(softmax(...))`.
     """
     bad = """
         import torch

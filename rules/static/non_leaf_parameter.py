@@ -36,12 +36,12 @@ class NonLeafParameter(Rule):
     """
     known_problems = """
         Reported for an assignment whose value is a tensor created with a literal `requires_grad=True` (or
-        `.requires_grad_()`) and then moved with `.to(...)`, `.cuda()`, `.double()`, `.half()` or
-        `.bfloat16()`, in one expression or through a name, when the assigned name is given to an optimizer
-        or has its `.grad` read in the file. Not reported: `.to("cpu")`, `.to(torch.float32)` and other dtype
-        conversions through `.to`, tensors wrapped in `nn.Parameter`, and tensors that are never optimised
-        or read for `.grad` here (they may be used by code in another file). A move to a device variable that
-        is `"cpu"` at run time is reported too: the script then works on the CPU but not on a GPU.
+        `.requires_grad_()`) and then moved with `.to(...)`, `.cuda()`, `.double()`, `.half()` or `.bfloat16()`,
+        in one expression or through a name, when the assigned name is given to an optimizer or has its `.grad`
+        read in the file. Not reported: `.to("cpu")`, `.to(torch.float32)` and other dtype conversions through
+        `.to`, tensors wrapped in `nn.Parameter`, and tensors that are never optimised or read for `.grad` here
+        (they may be used by code in another file). A move to a device variable that is `"cpu"` at run time is
+        reported too: the script then works on the CPU but not on a GPU.
     """
     bad = """
         import torch

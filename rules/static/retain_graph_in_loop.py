@@ -25,11 +25,10 @@ class RetainGraphInLoop(Rule):
     """
     known_problems = """
         Reported only for a literal `retain_graph=True` on the last `backward()` of the innermost loop's
-        iteration, when the value backpropagated is built inside that loop. Stays silent when a later
-        backward of the same iteration (or a later `torch.autograd.grad` call in the loop body) may reuse the
-        graph, when the graph is built once before the loop and reused on purpose, and for
-        `retain_graph=flag` written with a variable. A second backward in a helper of another file is not
-        seen, so that case is reported.
+        iteration, when the value backpropagated is built inside that loop. Stays silent when a later backward
+        of the same iteration (or a later `torch.autograd.grad` call in the loop body) may reuse the graph, when
+        the graph is built once before the loop and reused on purpose, and for `retain_graph=flag` written with
+        a variable. A second backward in a helper of another file is not seen, so that case is reported.
     """
     bad = """
         import torch

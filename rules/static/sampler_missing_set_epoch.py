@@ -34,8 +34,8 @@ class SamplerMissingSetEpoch(Rule):
     known_problems = """
         Reported for a `DistributedSampler` built in the file whose loader is iterated inside an epoch loop
         (directly, or passed to a helper called in a loop) when no `set_epoch` call in the file may reach it.
-        Any `set_epoch(...)` call that does not clearly target another sampler or loader counts, so a call
-        on the wrong object can hide the mistake. Stays silent for `shuffle=False` samplers, for samplers and
+        Any `set_epoch(...)` call that does not clearly target another sampler or loader counts, so a call on
+        the wrong object can hide the mistake. Stays silent for `shuffle=False` samplers, for samplers and
         loaders named like validation or test data, for loaders handed to Accelerate's `prepare` or Fabric's
         `setup_dataloaders` (they set the epoch), and when the loader is passed to a helper together with the
         epoch variable (the helper may call `set_epoch`).
@@ -101,8 +101,8 @@ class SamplerMissingSetEpoch(Rule):
         loader's `.sampler` when the sampler has no name of its own, and behind `if hasattr(..., "set_epoch")`
         when the sampler may be `None` or another sampler). It is unsafe because from the second epoch on the
         data order changes: results differ from earlier runs, and a run resumed from a checkpoint of the old
-        code will not see the batches it would have seen. It is offered only for a `for` loop whose target
-        is a plain name and a sampler or loader bound in the same function.
+        code will not see the batches it would have seen. It is offered only for a `for` loop whose target is a
+        plain name and a sampler or loader bound in the same function.
     """
     fires = (
         """

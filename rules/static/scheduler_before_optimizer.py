@@ -23,15 +23,15 @@ class SchedulerBeforeOptimizer(Rule):
     """
     known_problems = """
         Stays silent when the order cannot be judged: `ReduceLROnPlateau`, a `step()` that is given an argument
-        (`scheduler.step(val_loss)`, `scheduler.step(epoch)`), scheduler classes that are not torch's, and a
+        (`scheduler.step(val_loss)`, `scheduler.step(epoch)`), custom scheduler classes (a project class that is
+        not a torch LR scheduler, or a class out of reach without a torch-style name such as `WarmUpLR`), and a
         scheduler step guarded so that it skips the first iteration (`if epoch > 0: scheduler.step()`). A
         scheduler that runs on every micro-step of an accumulation window is left to
-        `scheduler-every-micro-step`. The order is read inside one function with the helpers it calls from
-        the same file inlined (up to three calls deep): a scheduler and an optimizer stepped in functions of
-        different files are not compared.
-        When the file does not show which optimizer a scheduler was built on (both passed in as parameters),
-        the scheduler is assumed to drive the optimizer stepped in the same loop; with two optimizers handed
-        in that way this can report a scheduler that drives the other one.
+        `scheduler-every-micro-step`. The order is read inside one function with the helpers it calls from the
+        same file inlined (up to three calls deep): a scheduler and an optimizer stepped in functions of
+        different files are not compared. When the file does not show which optimizer a scheduler was built on
+        (both passed in as parameters), the scheduler is assumed to drive the optimizer stepped in the same
+        loop; with two optimizers handed in that way this can report a scheduler that drives the other one.
     """
     bad = """
         import torch
@@ -82,8 +82,8 @@ class SchedulerBeforeOptimizer(Rule):
             scheduler.step()
     """
     fix_safety = """
-        The fix moves the `scheduler.step()` statement to just after the optimizer step. It is unsafe because
-        it changes the learning rate of every step: the run follows the intended schedule from then on, so its
+        The fix moves the `scheduler.step()` statement to just after the optimizer step. It is unsafe because it
+        changes the learning rate of every step: the run follows the intended schedule from then on, so its
         numbers no longer match earlier runs, and hyper-parameters tuned around the shifted schedule may need
         tuning again. It is offered only when both calls are statements of the same function (not reached
         through a helper); the top-of-the-epoch form gets no fix, since where the call belongs depends on the

@@ -20,9 +20,9 @@ class SchedulerEveryMicroStep(Rule):
     known_problems = """
         Needs an accumulation doctor recognises (see `unscaled-accumulation-loss`) and a scheduler step that
         provably runs on every micro-step. Stays silent for `ReduceLROnPlateau`, for `step()` calls given an
-        argument, for custom scheduler classes, and for a scheduler known to drive another optimizer. A
-        schedule deliberately defined in micro-steps (total steps counted in batches, not updates) is
-        reported too: there the fix is to step it with the optimizer and count updates.
+        argument, for custom scheduler classes, and for a scheduler known to drive another optimizer. A schedule
+        deliberately defined in micro-steps (total steps counted in batches, not updates) is reported too: there
+        the fix is to step it with the optimizer and count updates.
     """
     bad = """
         import torch

@@ -22,9 +22,9 @@ class SigmoidBeforeBceWithLogits(Rule):
     """
     known_problems = """
         The sigmoid must be provable: `torch.sigmoid`/`F.sigmoid`/`.sigmoid()` (or an `nn.Sigmoid` ending a
-        Sequential or a local module's `forward`) on the value given to `F.binary_cross_entropy_with_logits`
-        or an `nn.BCEWithLogitsLoss`, traced through assignments and same-file helpers. A model from another
-        file whose output is already a probability is not seen. Sigmoid used for metrics, and `BCELoss` on
+        Sequential or a local module's `forward`) on the value given to `F.binary_cross_entropy_with_logits` or
+        an `nn.BCEWithLogitsLoss`, traced through assignments and same-file helpers. A model from another file
+        whose output is already a probability is not seen. Sigmoid used for metrics, and `BCELoss` on
         probabilities, are not reported.
     """
     bad = """
@@ -77,10 +77,10 @@ class SigmoidBeforeBceWithLogits(Rule):
     """
     fix_safety = """
         The fix gives the loss the sigmoid's input instead of its output: the call itself when the sigmoid is
-        written inline, or the plain name it was applied to when the output was bound to a name and that
-        name still holds the same value at the loss. It is unsafe because the loss values, the gradients and
-        the learning rate that suits them all change. No fix is offered when the sigmoid's input is not a
-        plain name.
+        written inline, or the plain name it was applied to when the output was bound to a name and that name
+        still holds the same value at the loss. It is unsafe because the loss values, the gradients and the
+        learning rate that suits them all change. No fix is offered when the sigmoid's input is not a plain
+        name.
     """
     fires = (
         """

@@ -22,12 +22,12 @@ class SoftmaxBeforeCrossEntropy(Rule):
         Softmax on the *target* side (soft labels, distillation targets) is correct.
     """
     known_problems = """
-        The softmax must be provable: a call of `softmax` (torch, `F`, a tensor method) on the value given
-        to `F.cross_entropy`/`nn.CrossEntropyLoss`, traced through assignments, same-file helpers, an
+        The softmax must be provable: a call of `softmax` (torch, `F`, a tensor method) on the value given to
+        `F.cross_entropy`/`nn.CrossEntropyLoss`, traced through assignments, same-file helpers, an
         `nn.Sequential` ending in `nn.Softmax` and a local module whose `forward` returns a softmax. A model
-        from another file or library whose output is already a probability is not seen. `log_softmax`
-        outputs, softmax on the target argument (soft labels, distillation targets), and a softmax computed
-        only for metrics are not reported.
+        from another file or library whose output is already a probability is not seen. `log_softmax` outputs,
+        softmax on the target argument (soft labels, distillation targets), and a softmax computed only for
+        metrics are not reported.
     """
     bad = """
         import torch
@@ -81,12 +81,12 @@ class SoftmaxBeforeCrossEntropy(Rule):
     """
     fix_safety = """
         The fix gives the loss the softmax's input instead of its output: the call itself when the softmax is
-        written inline (`F.cross_entropy(F.softmax(z, dim=1), y)` becomes `F.cross_entropy(z, y)`), or, when
-        the probabilities were bound to a name, the plain name the softmax was applied to, if it still holds
-        the same value at the loss. The probabilities stay available for metrics. It is unsafe because the
-        loss values, the gradients and the learning rate that suits them all change. No fix is offered when
-        the softmax's input is not a plain name (`probs = F.softmax(model(x), dim=1)`): that would mean
-        running the model again.
+        written inline (`F.cross_entropy(F.softmax(z, dim=1), y)` becomes `F.cross_entropy(z, y)`), or, when the
+        probabilities were bound to a name, the plain name the softmax was applied to, if it still holds the
+        same value at the loss. The probabilities stay available for metrics. It is unsafe because the loss
+        values, the gradients and the learning rate that suits them all change. No fix is offered when the
+        softmax's input is not a plain name (`probs = F.softmax(model(x), dim=1)`): that would mean running the
+        model again.
     """
     fires = (
         """

@@ -23,12 +23,13 @@ class TrainLoaderNotShuffled(Rule):
     """
     known_problems = """
         Reported for a `DataLoader` built in the file (directly or through a same-file builder function) and
-        iterated by a loop that runs backward passes and optimizer steps, when that loop is itself repeated
-        (an epoch loop, or a loop re-entered through a helper). Stays silent when `shuffle` is written out
-        (`shuffle=False` is taken as a decision: time series, pre-shuffled shards), when a `sampler` or
-        `batch_sampler` is given, when `**kwargs` may carry one, when a batch holds the whole dataset
-        (`batch_size=len(...)`), for iterable/streaming datasets, and for a loop that makes a single pass.
-        Loaders built by other libraries or in other files are not checked.
+        iterated by a loop that runs backward passes and optimizer steps, when that loop is itself repeated (an
+        epoch loop around it, or around a same-file call of the function that holds it). Stays silent when
+        `shuffle` is written out (`shuffle=False` is taken as a decision: time series, pre-shuffled shards),
+        when a `sampler` or `batch_sampler` is given, when `**kwargs` may carry one, when a batch holds the
+        whole dataset (`batch_size=len(...)`), for iterable/streaming datasets and datasets that shuffle
+        themselves, and for a loop that makes a single pass. Loaders built by other libraries or in other files
+        are not checked.
     """
     bad = """
         import torch

@@ -23,13 +23,13 @@ class TrainModeNotRestored(Rule):
         belongs right after the evaluation (or at the top of every iteration/epoch).
     """
     known_problems = """
-        Reported for a `.eval()` inside a loop that runs backward passes and optimizer steps, when no
-        `.train()` of the same model (or a parent or child of it) runs anywhere in that loop's iteration.
-        Stays silent when the evaluation is followed by `break`/`return`/`raise`, for models that are frozen
-        on purpose (their forward runs under `no_grad`, the file sets `requires_grad` to False or filters
-        parameters by it, names like `ema`/`teacher`/`target`, or the optimizer provably trains other
-        modules), and for `m.eval()` inside a loop over submodules. A `.train()` done in a helper of another
-        file is not seen, so that case is reported.
+        Reported for a `.eval()` inside a loop that runs backward passes and optimizer steps, when no `.train()`
+        of the same model (or a parent or child of it) runs anywhere in that loop's iteration. Stays silent when
+        the evaluation is followed by `break`/`return`/`raise`, for models that are frozen on purpose (their
+        forward runs under `no_grad`, the file sets `requires_grad` to False or filters parameters by it, names
+        like `ema`/`teacher`/`target`, or the optimizer provably trains other modules), and for `m.eval()`
+        inside a loop over submodules. A `.train()` done in a helper of another file is not seen, so that case
+        is reported.
     """
     bad = """
         import torch

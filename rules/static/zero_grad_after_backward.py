@@ -19,11 +19,11 @@ class ZeroGradAfterBackward(Rule):
     """
     known_problems = """
         Stays silent when a new `backward()` runs between the clear and the step (the step then uses fresh
-        gradients), when the clear follows an earlier step of the same optimizer (it starts the next
-        iteration), when the clear and the step sit in exclusive branches, and when the cleared optimizer is
-        provably not the one that steps (two optimizers, as in a GAN). A clear that doctor cannot tie to an
-        optimizer (`model.zero_grad()` on a model passed in) is assumed to clear the stepped one. Events are
-        read per iteration of the innermost loop, with same-file helpers inlined.
+        gradients), when the clear follows an earlier step of the same optimizer (it starts the next iteration),
+        when the clear and the step sit in exclusive branches, and when the cleared optimizer is provably not
+        the one that steps (two optimizers, as in a GAN). A clear that doctor cannot tie to an optimizer
+        (`model.zero_grad()` on a model passed in) is assumed to clear the stepped one. Events are read per
+        iteration of the innermost loop, with same-file helpers inlined.
     """
     bad = """
         import torch
