@@ -73,6 +73,13 @@ class Loop:
             yield loop
             loop = loop.parent
 
+    @property
+    def stored_names(self) -> frozenset[str]:
+        cached = self.__dict__.get("_stored")
+        if cached is None:
+            cached = self.__dict__["_stored"] = _stored_names(self.node)
+        return cached
+
     def looks_like_micro_steps(self) -> bool:
         text = []
         for part in (self.iter, self.target):
@@ -139,6 +146,10 @@ class Event:
         return "accumulate" in self.contexts
 
 
+def _gates_window(test: ast.AST, loop: Optional["Loop"]) -> bool:
+    return is_accumulation_test(test) and not is_mode_switch(test, loop)
+
+
 def is_accumulation_test(test: ast.AST) -> bool:
     for node in ast.walk(test):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
@@ -148,6 +159,65 @@ def is_accumulation_test(test: ast.AST) -> bool:
         if name and ACCUM_NAME.search(name):
             return True
     return False
+
+
+#: State flags that frameworks flip between iterations: a condition on them is never a mode switch.
+_DYNAMIC_FLAGS = re.compile(r"sync_grad|boundary|is_accumulating|is_last|should_|do_step|update_now|step_now", re.I)
+
+
+def _stored_names(loop_node: ast.AST) -> frozenset[str]:
+    """Names (and ``self.x`` keys) a loop binds or rebinds: its target and every store in its body."""
+    out: set[str] = set()
+    for part in (getattr(loop_node, "target", None), *getattr(loop_node, "body", ())):
+        if part is None:
+            continue
+        for node in ast.walk(part):
+            if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Store):
+                key = receiver_key(node)
+                if key:
+                    out.add(key)
+            elif isinstance(node, ast.AugAssign):
+                key = receiver_key(node.target)
+                if key:
+                    out.add(key)
+    return frozenset(out)
+
+
+def is_mode_switch(test: ast.AST, loop: Optional["Loop"]) -> bool:
+    """A condition that cannot change between the iterations of ``loop``: ``if cfg.ACCUMULATION_STEPS > 1``,
+    ``if args.grad_accum == 1``. Such a condition selects a loop shape; it does not gate a window.
+
+    It reads only names and attributes that the loop never binds, calls nothing, takes no modulo, and is a
+    comparison with numeric constants (a bare flag such as ``accelerator.sync_gradients`` may be flipped by
+    the framework between iterations)."""
+    if loop is None:
+        return False
+    stored = loop.stored_names
+    comparisons = 0
+    for node in ast.walk(test):
+        if isinstance(node, (ast.Call, ast.Subscript, ast.NamedExpr, ast.Await)):
+            return False
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+            return False
+        if isinstance(node, ast.Compare):
+            if not all(isinstance(c, ast.Constant) and isinstance(c.value, (int, float)) for c in node.comparators):
+                return False
+            comparisons += 1
+        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+            key = receiver_key(node)
+            if key is None:
+                return False
+            if any(key == s or key.startswith(s + ".") for s in stored):
+                return False
+            if isinstance(node, ast.Attribute) and _DYNAMIC_FLAGS.search(node.attr):
+                return False
+    return comparisons > 0
+
+
+def _names_a_definition(model: "Program", name: str) -> bool:
+    """``name`` is a function or class defined or imported here (``train_model(...)``, ``reparameterize_model``),
+    not a variable holding a model, whatever its name says."""
+    return name in model.functions or name in model.classes or name in model.imports.aliases
 
 
 def _ends_flow(body: list[ast.stmt]) -> bool:
@@ -207,7 +277,8 @@ class StreamBuilder:
             if isinstance(stmt, ast.If) and not stmt.orelse and _ends_flow(stmt.body):
                 # `if not boundary: continue` guards everything after it in this block, which then runs
                 # only when the body did not: the two are exclusive.
-                guard = Guard(stmt.test, True, is_accumulation_test(stmt.test), state.loops[-1] if state.loops else None)
+                loop = state.loops[-1] if state.loops else None
+                guard = Guard(stmt.test, True, _gates_window(stmt.test, loop), loop)
                 state = state.but(guards=state.guards + (guard,), branches=state.branches + ((arms, 1),) if arms else state.branches)
             elif isinstance(stmt, ast.Try) and arms and any(_ends_flow(h.body) for h in stmt.handlers):
                 # After an `except: ...; break` the rest of the block runs only on the no-exception path.
@@ -218,8 +289,8 @@ class StreamBuilder:
         if isinstance(stmt, ast.If):
             self._expr(stmt.test, state)
             bid = next(_ids)
-            acc = is_accumulation_test(stmt.test)
             loop = state.loops[-1] if state.loops else None
+            acc = _gates_window(stmt.test, loop)
             g_body = Guard(stmt.test, False, acc, loop)
             g_else = Guard(stmt.test, True, acc, loop)
             self._block(stmt.body, state.but(guards=state.guards + (g_body,), branches=state.branches + ((bid, 0),)))
@@ -422,7 +493,8 @@ class StreamBuilder:
             # `model(x)`, `self.model(x)`: the called object itself is the model.
             callee = self.resolve(receiver_key(func), state)
             if callee and model.objects.kind(callee) == K.MODEL and not _NOT_A_MODEL_CALL.match(last_part(callee)):
-                self._emit(FORWARD, call, state, target=callee)
+                if not (isinstance(func, ast.Name) and model.objects.get(callee) is None and _names_a_definition(model, func.id)):
+                    self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
 
     def _step(self, call: ast.Call, recv: Optional[str], kind: Optional[str], state: BuildState) -> None:

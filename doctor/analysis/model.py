@@ -184,18 +184,28 @@ class TrainingModel(Program):
         level = [e for e in events if e.loop is loop]
         stepped = {e.target for e in events if e.kind == STEP and e.target}
         for guard in step.accumulation_guards(loop):
+            # The gated block runs a backward of its own for this step (a GAN's generator every n-th
+            # iteration): each step then has its own backward, and the ungated ones serve other updates.
+            own = any(
+                b.kind == BACKWARD and b.guarded_by(guard) and b.order < step.order and not b.exclusive_with(step)
+                for b in level
+            )
             micro = []
             for b in level:
                 if b.kind != BACKWARD or b.guarded_by(guard):
                     continue
-                if b.exclusive_with(step) and not _opposite_arms(b, step, guard):
+                opposite = _opposite_arms(b, step, guard)
+                if b.exclusive_with(step) and not opposite:
+                    continue
+                if own and not opposite:
                     continue
                 if b.order < step.order and any(
-                    c.kind == CLEAR and b.order < c.order < step.order and not c.exclusive_with(step) and c.guarded_by(guard)
+                    c.kind == CLEAR and b.order < c.order < step.order and not c.exclusive_with(step)
+                    and not c.exclusive_with(b) and all(g in b.guards or g in step.guards for g in c.guards)
                     and self.clears(step.target, c, stepped)
                     for c in level
                 ):
-                    continue  # cleared inside the gated block first (WGAN-style alternating updates)
+                    continue  # cleared whenever both run, between them: its gradients never reach the step
                 micro.append(b)
             if micro:
                 return Accumulation(step, guard, loop, tuple(micro))

@@ -7,11 +7,16 @@ functions and methods, and which functions (transitively) do something a trainin
 from __future__ import annotations
 
 import ast
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from doctor.analysis import objects as K
 from doctor.analysis.index import NodeIndex
-from doctor.analysis.names import ImportTable
+from doctor.analysis.names import ImportTable, dotted_name, receiver_key
+
+if TYPE_CHECKING:
+    from doctor.analysis.project import Project
+
+Definition = Union[ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef]
 
 #: Attributes whose use makes a function part of the training loop's story.
 RELEVANT_ATTRS = frozenset({
@@ -25,9 +30,10 @@ class Program:
     methods, and which functions do training work. Facets (events, modes, values, data) take a ``Program``;
     the ``TrainingModel`` façade composes them."""
 
-    def __init__(self, tree: ast.Module, path: Optional[str] = None) -> None:
+    def __init__(self, tree: ast.Module, path: Optional[str] = None, project: Optional["Project"] = None) -> None:
         self.tree = tree
         self.path = path
+        self._project = project
         self.index = NodeIndex(tree)
         self.imports = ImportTable(tree, self.index)
         self.objects = K.build_objects(tree, self.imports, self.index)
@@ -46,6 +52,167 @@ class Program:
                     table[item.name] = item
                     self._class_of[id(item)] = node.name
         self._relevant: dict[int, bool] = {}
+        self.classes: dict[str, ast.ClassDef] = {}
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                self.classes[node.name] = node
+        self._resolved: dict[str, Optional[tuple["Program", Definition]]] = {}
+        self.objects.resolver = self._verify_object
+
+    # -- objects whose constructor we can read -----------------------------------------------------------
+    def _verify_object(self, info: K.ObjectInfo) -> Optional[K.ObjectInfo]:
+        """What an object built by a function or class of the project really is (its definition decides,
+        not its name): a class by its bases, a factory by what it returns."""
+        call = info.node
+        if not isinstance(call, ast.Call):
+            return None
+        found = self.resolve(call.func)
+        func = call.func
+        if found is None and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+            owner = self.class_of_receiver(func.value, call)
+            found = owner[0].class_method(owner[1], func.attr) if owner is not None else None  # type: ignore[assignment]
+        if found is None:
+            return None
+        program, definition = found
+        if isinstance(definition, ast.ClassDef):
+            kind = program.class_kind(definition)
+            return K.ObjectInfo(
+                kind or K.OTHER, ctor=info.ctor, node=call, optimizer=info.optimizer, param_roots=info.param_roots,
+                torch_subclass=kind is not None, source_seen=True,
+            )
+        kinds = set()
+        for ret in program.index.within(definition, ast.Return):
+            if ret.value is None or program.enclosing_function(ret) is not definition:
+                continue
+            value = K.unwrap_moves(ret.value)
+            if isinstance(value, ast.Call):
+                sub = K.info_of(value, program.objects, program.imports)
+                sub = program.objects.verified("", sub) if sub is not None and sub.unverified and sub.node is not call else sub
+                kinds.add(sub.kind if sub is not None else None)
+            elif isinstance(value, (ast.Name, ast.Attribute)):
+                kinds.add(program.objects.kind(receiver_key(value)))
+            else:
+                kinds.add(K.OTHER)
+        kinds.discard(K.PENDING)
+        if len(kinds) == 1 and None not in kinds:
+            kind = kinds.pop()
+            return K.ObjectInfo(kind, ctor=info.ctor, node=call, optimizer=info.optimizer, param_roots=info.param_roots, source_seen=True, torch_subclass=True)
+        # Returns we cannot classify: the name-based guess stands only if the body builds such an object at all.
+        builds = any(
+            sub is not None and sub.kind == info.kind and not sub.unverified
+            for c in program.index.within(definition, ast.Call)
+            for sub in [K.info_of(c, program.objects, program.imports)]
+        )
+        return K.ObjectInfo(info.kind if builds else K.OTHER, ctor=info.ctor, node=call, source_seen=True)
+
+    # -- the project around the file -------------------------------------------------------------------
+    @property
+    def project(self) -> Optional["Project"]:
+        """The local modules around this file (None for a snippet without a path)."""
+        if self._project is None and self.path:
+            from doctor.analysis.project import Project
+
+            self._project = Project.for_file(self.path, Program)
+            self._project.adopt(self)
+        return self._project
+
+    def owns(self, node: ast.AST) -> bool:
+        """Is ``node`` part of this file's tree?"""
+        return node is self.tree or id(node) in self.index.parents
+
+    def resolve_name(self, name: str, _depth: int = 0) -> Optional[tuple["Program", Definition]]:
+        """The function or class a module-level name refers to: defined here, or imported from a local module
+        (through re-exports in a package ``__init__``). None for anything else (installed packages)."""
+        if name in self._resolved:
+            return self._resolved[name]
+        self._resolved[name] = None  # recursion guard
+        found: Optional[tuple[Program, Definition]] = None
+        if name in self.functions:
+            found = (self, self.functions[name])  # type: ignore[assignment]
+        elif name in self.classes:
+            found = (self, self.classes[name])
+        elif _depth < 6 and self.project is not None and self.path:
+            source = self.imports.sources.get(name)
+            if source is not None and source[2] is not None:
+                module, level, attr = source
+                other = self._module(module, level)
+                if other is not None:
+                    found = other.resolve_name(attr, _depth + 1)
+            if found is None:
+                for module, level in self.imports.star:
+                    other = self._module(module, level)
+                    if other is not None:
+                        found = other.resolve_name(name, _depth + 1)
+                        if found is not None:
+                            break
+        self._resolved[name] = found
+        return found
+
+    def _module(self, module: str, level: int) -> Optional["Program"]:
+        project = self.project
+        if project is None or not self.path:
+            return None
+        path = project.module_file(self.path, module, level)
+        if path is None or _same_path(path, self.path):
+            return None
+        return project.program(path)
+
+    def resolve(self, expr: ast.AST) -> Optional[tuple["Program", Definition]]:
+        """The function or class an expression names: ``Net``, ``models.Net``, ``misc.NativeScaler``."""
+        if isinstance(expr, ast.Name):
+            return self.resolve_name(expr.id)
+        dotted = dotted_name(expr)
+        if dotted is None or "." not in dotted:
+            return None
+        head, _, rest = dotted.partition(".")
+        source = self.imports.sources.get(head)
+        if source is None or "." in rest:
+            # `pkg.mod.Name`: resolve the module part first.
+            if source is None:
+                return None
+            module, level, attr = source
+            mod_path = ".".join(p for p in (module, attr, rest.rsplit(".", 1)[0]) if p)
+            other = self._module(mod_path, level)
+            return other.resolve_name(rest.rsplit(".", 1)[1]) if other is not None else None
+        module, level, attr = source
+        other = self._module(f"{module}.{attr}" if attr else module, level) if (attr or module) else None
+        return other.resolve_name(rest) if other is not None else None
+
+    def resolve_class(self, expr: ast.AST) -> Optional[tuple["Program", ast.ClassDef]]:
+        found = self.resolve(expr)
+        if found is not None and isinstance(found[1], ast.ClassDef):
+            return found  # type: ignore[return-value]
+        return None
+
+    def class_bases(self, cls: ast.ClassDef, _depth: int = 0) -> list[tuple["Program", ast.ClassDef]]:
+        """``cls`` (of this file) and its readable base classes, nearest first."""
+        out: list[tuple[Program, ast.ClassDef]] = [(self, cls)]
+        if _depth > 6:
+            return out
+        for base in cls.bases:
+            found = self.resolve_class(base)
+            if found is not None and found[1] is not cls:
+                out.extend(found[0].class_bases(found[1], _depth + 1))
+        return out
+
+    def class_method(self, cls: ast.ClassDef, name: str) -> Optional[tuple["Program", ast.AST]]:
+        """Method ``name`` of ``cls`` or of the nearest readable base that defines it."""
+        for program, klass in self.class_bases(cls):
+            for item in klass.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name == name:
+                    return program, item
+        return None
+
+    def class_kind(self, cls: ast.ClassDef) -> Optional[str]:
+        """What instances of ``cls`` are, from its bases (through local modules): a model, an optimizer, a
+        scheduler; None when no base says so."""
+        for program, klass in self.class_bases(cls):
+            for base in klass.bases:
+                q = program.imports.qualify(base) or ""
+                kind = K.kind_of_base(q)
+                if kind is not None:
+                    return kind
+        return None
 
     # -- indexes ---------------------------------------------------------------------------------------
     def method(self, cls: Optional[str], name: str) -> Optional[ast.AST]:
@@ -93,14 +260,159 @@ class Program:
     def enclosing_function(self, node: ast.AST) -> ast.AST:
         return self.index.enclosing_function(node)
 
-    def info(self, key: Optional[str], at: Optional[ast.AST] = None) -> Optional[K.ObjectInfo]:
+    def info(self, key: Optional[str], at: Optional[ast.AST] = None, _depth: int = 0) -> Optional[K.ObjectInfo]:
         """What ``key`` is; with ``at`` (a use site), the binding made in the same function when a local name
-        is bound to different objects in different functions."""
+        is bound to different objects in different functions, and for a parameter of that function what its
+        callers pass (never another function's binding of the same name)."""
         if key and at is not None:
+            fn = self.enclosing_function(at)
+            head = key.split(".", 1)[0].rstrip("[]")
+            if head == key and fn is not self.tree and head in parameters(fn) and not self.rebinds(fn, head):
+                return self._argument_info(fn, head, _depth) if _depth < 3 else None
             bound = self.objects.history.get(key, [])
             if len(bound) > 1:
-                fn = self.enclosing_function(at)
                 local = [i for i in bound if self.enclosing_function(i.node) is fn]
                 if local:
-                    return local[-1]
+                    return self.objects.verified(key, local[-1])
         return self.objects.get(key)
+
+    def _argument_info(self, fn: ast.AST, param: str, depth: int) -> Optional[K.ObjectInfo]:
+        """The object every visible call of ``fn`` passes as ``param``, when they agree; else None."""
+        found: list[K.ObjectInfo] = []
+        for program, value in self.argument_values(fn, param):
+            info = K.info_of(value, program.objects, program.imports)
+            key = receiver_key(value)
+            if key is not None:
+                info = program.info(key, at=value, _depth=depth + 1)
+            elif info is not None and info.unverified:
+                info = program.objects.verified("", info)
+            if info is None:
+                return None
+            found.append(info)
+        if not found or len({(i.kind, i.ctor) for i in found}) != 1:
+            return None
+        return found[0]
+
+    def rebinds(self, fn: ast.AST, name: str) -> bool:
+        """Does ``fn``'s own body assign ``name`` (so a parameter of that name no longer holds the argument)?"""
+        for node in self.index.within(fn, ast.Name):
+            if node.id == name and isinstance(node.ctx, ast.Store) and self.enclosing_function(node) is fn:
+                return True
+        return False
+
+    # -- call sites ------------------------------------------------------------------------------------
+    def call_sites(self, fn: ast.AST, *, by_method_name: bool = False) -> list[tuple["Program", ast.Call]]:
+        """The calls of function or method ``fn`` (of this file) that we can see: in this file and, through
+        imports, in the project's other files. Methods are matched through ``self`` and through objects
+        whose class we can read; ``by_method_name`` also takes calls on receivers of unknown class in the
+        same project (a registry-built model calling ``optimize_parameters``)."""
+        name = getattr(fn, "name", None)
+        if not name:
+            return []
+        out: list[tuple[Program, ast.Call]] = []
+        cls_name = self.class_of(fn)
+        outer = self.enclosing_function(fn)
+        if cls_name is None and outer is not self.tree:
+            # A nested function: called in the function that defines it.
+            for call in self.index.within(outer, ast.Call):
+                if isinstance(call.func, ast.Name) and call.func.id == name:
+                    out.append((self, call))
+            return out
+        if cls_name is None:
+            for call in self.index.of(ast.Call):
+                if isinstance(call.func, ast.Name) and call.func.id == name:
+                    out.append((self, call))
+            if self.project is not None:
+                for site in self.project.calls_named(name):
+                    if site.program is self:
+                        continue
+                    found = site.program.resolve(site.call.func)
+                    if found is not None and found[1] is fn:
+                        out.append((site.program, site.call))
+            return out
+        cls = self.classes.get(cls_name) or next((c for c in self.index.of(ast.ClassDef) if c.name == cls_name), None)
+        if cls is None:
+            return out
+        programs = [self]
+        if self.project is not None:
+            programs.extend(p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values() if p is not self)
+        for program in programs:
+            for call in program.index.of(ast.Call):
+                f = call.func
+                if not (isinstance(f, ast.Attribute) and f.attr == name):
+                    continue
+                owner = program.class_of_receiver(f.value, call)
+                if owner is not None:
+                    if any(k is cls for _, k in owner[0].class_bases(owner[1])):
+                        out.append((program, call))
+                elif by_method_name and not (isinstance(f.value, ast.Name) and f.value.id in ("self", "cls", "super")):
+                    out.append((program, call))
+        return out
+
+    def class_of_receiver(self, expr: ast.AST, at: ast.AST) -> Optional[tuple["Program", ast.ClassDef]]:
+        """The readable class of the object ``expr`` (``self``, a name or ``self.x`` bound to ``Cls(...)``)."""
+        if isinstance(expr, ast.Name) and expr.id == "self":
+            cls_name = self.class_of(self.enclosing_function(at))
+            cls = self.classes.get(cls_name or "") or next((c for c in self.index.of(ast.ClassDef) if c.name == cls_name), None)
+            return (self, cls) if cls is not None else None
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "super":
+            return None
+        key = receiver_key(expr)
+        if key is None:
+            return None
+        ctor = self.constructor_of(key, at)
+        return self.resolve_class(ctor.func) if ctor is not None else None
+
+    def constructor_of(self, key: str, at: Optional[ast.AST] = None) -> Optional[ast.Call]:
+        """The call that built the object ``key`` holds (the binding in ``at``'s function first)."""
+        bound = self.objects.history.get(key, [])
+        if at is not None and len(bound) > 1:
+            fn = self.enclosing_function(at)
+            local = [i for i in bound if self.enclosing_function(i.node) is fn]
+            if local:
+                bound = local
+        info = bound[-1] if bound else self.objects.objects.get(key)
+        node = info.node if info is not None else None
+        return K.unwrap_moves(node) if isinstance(node, ast.Call) else None  # type: ignore[return-value]
+
+    def argument_values(self, fn: ast.AST, param: str) -> list[tuple["Program", ast.AST]]:
+        """What the visible calls of ``fn`` pass for ``param`` (positionally, by keyword or by default)."""
+        args = fn.args  # type: ignore[attr-defined]
+        positional = [a.arg for a in args.posonlyargs + args.args]
+        method = self.class_of(fn) is not None and positional[:1] in (["self"], ["cls"])
+        if method:
+            positional = positional[1:]
+        defaults = dict(zip([a.arg for a in args.posonlyargs + args.args][-len(args.defaults):] if args.defaults else [], args.defaults))
+        defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
+        out: list[tuple[Program, ast.AST]] = []
+        for program, call in self.call_sites(fn):
+            value: Optional[ast.AST] = None
+            if any(isinstance(a, ast.Starred) for a in call.args) or any(kw.arg is None for kw in call.keywords):
+                return []  # `f(*args, **kwargs)`: we cannot tell what lands where
+            for kw in call.keywords:
+                if kw.arg == param:
+                    value = kw.value
+            if value is None and param in positional:
+                i = positional.index(param)
+                if i < len(call.args):
+                    value = call.args[i]
+            if value is None and param in defaults:
+                program, value = self, defaults[param]
+            if value is None:
+                return []
+            out.append((program, value))
+        return out
+
+
+def _same_path(a: str, b: str) -> bool:
+    import os
+
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def parameters(fn: ast.AST) -> set[str]:
+    args = getattr(fn, "args", None)
+    if args is None:
+        return set()
+    every = args.posonlyargs + args.args + args.kwonlyargs + [a for a in (args.vararg, args.kwarg) if a]
+    return {a.arg for a in every}

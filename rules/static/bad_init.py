@@ -377,8 +377,8 @@ def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -
         if isinstance(cur, ast.If):
             in_body = any(s is child for s in cur.body)
             tested = _tested_types(cur.test, var)
-            if in_body and _narrowed_by_name(cur.test, var):
-                return None  # `if name == "head":` picks one layer, it is not generic
+            if in_body and (_narrowed_by_name(cur.test, var) or _narrowed_by_flag(cur.test, var)):
+                return None  # `if name == "head":` / `if zero_init_last and hasattr(m, "final_conv"):` is not generic
             if in_body:
                 types.extend(tested)
             elif tested and not (isinstance(child, ast.If) and child in cur.orelse):
@@ -473,6 +473,19 @@ def _narrowed_by_name(test: ast.AST, var: str) -> bool:
             a = node.args[0] if node.args else None
             if isinstance(a, ast.Constant) and isinstance(a.value, str) and not _TYPE_WORD.match(a.value):
                 return True
+    return False
+
+
+def _narrowed_by_flag(test: ast.AST, var: str) -> bool:
+    """A condition that picks layers by something other than their type: a flag (`zero_init_residual`), an
+    attribute the layer carries (`hasattr(m, "final_conv")`, `m.is_last`)."""
+    conjuncts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
+    for part in conjuncts:
+        if _tested_types(part, var):
+            continue
+        if isinstance(part, ast.Compare) and all(isinstance(c, ast.Constant) and c.value is None for c in part.comparators):
+            continue  # `m.bias is not None`
+        return True
     return False
 
 

@@ -285,6 +285,8 @@ def _backward_later(e, events) -> bool:
 def _grad_off(modes, e) -> bool:
     if e.no_grad or "enable_grad" in e.contexts:
         return True
+    if modes.parameters_frozen(e.target, e.via[0] if e.via else e.node):
+        return True
     if modes.grad_disabled_at(e.node) or modes.grad_disabled_globally(e.via[0] if e.via else e.node):
         return True
     return any(modes.grad_disabled_at(site) for site in e.via)

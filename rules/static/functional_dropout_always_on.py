@@ -6,6 +6,7 @@ import ast
 import re
 
 from doctor.core.findings import Applicability, Edit, Fix, Severity
+from doctor.analysis.guards import is_training_flag, runs_only_if
 from doctor.lint.rule import Rule
 
 #: Functional dropouts whose ``training`` parameter defaults to True, with its positional index.
@@ -166,6 +167,8 @@ class Net(nn.Module):
                 continue
             if _INTENT.search(ctx.lines[call.lineno - 1].partition("#")[2]):
                 continue  # the line's comment says it is on purpose (Tacotron's prenet, MC dropout)
+            if runs_only_if(m.index, call, is_training_flag):
+                continue  # `if self.training: x = F.dropout(x, p)`: off in eval mode by the guard
             fn = m.enclosing_function(call)
             cls = m.class_of(fn)
             if cls is None or not m.values.is_local_module_class(cls):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ast
-from typing import Iterator
+import re
+from typing import Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.values import literal_number
@@ -127,10 +128,13 @@ for it, batch in enumerate(loader):
                 continue
             if rewritten:
                 continue
+            tuned = _per_group_rates(m, call)
             for node, value in _learning_rates(call):
                 lr = literal_number(m, value)
                 if lr is None:
                     continue
+                if id(value) in tuned:
+                    continue  # a group's own, deliberately tuned rate (0.6 for embedding tables in a speed-run)
                 if lr <= 0 and not _unknown_scheduler(m):
                     msg = (
                         f"learning rate {lr:g} for {name}: "
@@ -156,9 +160,41 @@ def _few_parameter_fit(m) -> bool:
     return any(v.split(".")[0] in _FEW_PARAMETER_LIBRARIES for v in m.imports.aliases.values())
 
 
+def _per_group_rates(m, call: ast.Call) -> set[int]:
+    """Ids of learning rates set per parameter group when the groups are tuned one by one: several groups
+    with different literal rates, or a group that holds only embedding tables (lookups take large steps)."""
+    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+    if isinstance(groups, ast.Name):
+        groups = m.values.value_of(groups)
+    if not isinstance(groups, (ast.List, ast.Tuple)):
+        return set()
+    rates: list[tuple[ast.AST, Optional[float], str]] = []
+    for g in groups.elts:
+        entries = {}
+        if isinstance(g, ast.Dict):
+            entries = {k.value: v for k, v in zip(g.keys, g.values) if isinstance(k, ast.Constant)}
+        elif isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "dict":
+            entries = {kw.arg: kw.value for kw in g.keywords if kw.arg}
+        if "lr" in entries:
+            rates.append((entries["lr"], literal_number(m, entries["lr"]), ast.unparse(entries.get("params", ast.Constant(None)))))
+    distinct = {r for _, r, _ in rates if r is not None}
+    out = set()
+    for value, _, params in rates:
+        if len(distinct) > 1 or re.search(r"emb|wte|wpe|lookup", params, re.I):
+            out.add(id(value))
+    return out
+
+
 def _learning_rates(call: ast.Call) -> Iterator[tuple[ast.AST, ast.AST]]:
     for value in K.optimizer_hyperparameter(call, "lr", 1):
         yield value, value
+    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+    if isinstance(groups, (ast.List, ast.Tuple)):
+        for g in groups.elts:  # `dict(params=..., lr=0.6)` groups (dict literals are read above)
+            if isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "dict":
+                for kw in g.keywords:
+                    if kw.arg == "lr":
+                        yield kw.value, kw.value
 
 
 def _lr_rewritten(m) -> bool:

@@ -148,7 +148,39 @@ def _moved_leaf(m, expr: ast.AST) -> Optional[ast.Call]:
     if isinstance(recv, ast.Name):
         value = m.values.value_of(recv)
         recv = value if value is not None else recv
-    return expr if _requires_grad_leaf(m, recv) else None
+    if not _requires_grad_leaf(m, recv):
+        return None
+    if expr.func.attr == "to" and _already_on(m, recv, expr):
+        return None  # `content.clone().requires_grad_().to(device)` with `content` already on `device`: a no-op
+    return expr
+
+
+_SAME_TENSOR = {"clone", "detach", "requires_grad_", "contiguous", "float"}
+
+
+def _already_on(m, leaf: ast.AST, move: ast.Call) -> bool:
+    """The tensor the leaf was made from already lives on the device ``move`` targets, so the move returns the
+    leaf itself: ``x = img.to(device)`` ... ``x.clone().requires_grad_(True).to(device)``."""
+    target = ast.unparse(move.args[0]) if move.args else next((ast.unparse(k.value) for k in move.keywords if k.arg == "device"), None)
+    if target is None:
+        return False
+    src = leaf
+    for _ in range(8):
+        if isinstance(src, ast.Call) and isinstance(src.func, ast.Attribute) and src.func.attr in _SAME_TENSOR:
+            src = src.func.value
+            continue
+        if isinstance(src, ast.Name):
+            value = m.values.value_of(src)
+            if value is None:
+                return False
+            src = value
+            continue
+        break
+    if isinstance(src, ast.Call):
+        if isinstance(src.func, ast.Attribute) and src.func.attr == "to" and src.args:
+            return ast.unparse(src.args[0]) == target
+        return any(k.arg == "device" and ast.unparse(k.value) == target for k in src.keywords)
+    return False
 
 
 def _moves_device(m, call: ast.Call) -> bool:

@@ -177,8 +177,8 @@ optimizer.load_state_dict(extra["optimizer"])
             return
         m = ctx.model
         schedulers = {
-            key: info for key, info in m.objects.objects.items()
-            if info.kind == K.SCHEDULER and not info.from_name_only and _constructed(m, info.node)
+            key: info for key, info in ((k, m.objects.get(k)) for k in list(m.objects.objects))
+            if info is not None and info.kind == K.SCHEDULER and not info.from_name_only and _constructed(m, info.node)
         }
         if not schedulers:
             return
@@ -211,7 +211,7 @@ def _state_handled(m, key, info, calls) -> bool:
         return True  # positioned explicitly, or unknown keyword arguments
     if any(isinstance(n, ast.Name) and _POSITION.search(n.id) for n in ast.walk(ctor)):
         return True  # built from the resumed position (`total_steps - start_step`, `lambda s: f(s + start)`)
-    names = _aliases(key)
+    names = _loop_aliases(m, _aliases(key))
     for call in calls:
         attr = call.func.attr
         recv = receiver_key(call.func.value)
@@ -255,6 +255,24 @@ def _aliases(key: str) -> set[str]:
     last = key.rsplit(".", 1)[-1]
     bare = last.lstrip("_")
     return {key, last, bare, f"self.{bare}", f"self._{bare}"}
+
+
+def _loop_aliases(m, names: set[str]) -> set[str]:
+    """Names that iterate a collection of ``names``: ``for scheduler, ckpt in zip(self.param_schedulers, ...)``,
+    ``for name, schedulers in self.param_schedulers.items()`` (and loops over those in turn)."""
+    names = set(names)
+    loops = m.nodes(ast.For, ast.AsyncFor, ast.comprehension)
+    for _ in range(3):
+        grown = False
+        for loop in loops:
+            if any(receiver_key(n) in names for n in ast.walk(loop.iter) if isinstance(n, (ast.Name, ast.Attribute))):
+                for n in ast.walk(loop.target):
+                    if isinstance(n, ast.Name) and n.id not in names:
+                        names.add(n.id)
+                        grown = True
+        if not grown:
+            break
+    return names
 
 
 def _all_args(call: ast.Call) -> list[ast.AST]:
