@@ -45,9 +45,11 @@ class BadInit(Rule):
         `model.parameters()` that selects weights. Initialising one named layer (`self.fc.weight`) is taken as
         deliberate and never reported, and neither are names that conventionally start at zero (`lora`, `B`,
         `head`, `out_proj`, `c_proj`, `final`, `residual`, `gate`, `norm`, `scale`...), normalisation layers,
-        biases, or EMA/target copies. The ReLU-gain check compares with the activations used in the same class
-        (else in the file) and speaks only when all of them are tanh/sigmoid. The large-std check needs a
-        literal std of 0.5 or more (a uniform bound of 0.5·√3 or more), whatever the layer's width.
+        biases, EMA/target copies, or an init behind a condition that picks layers by a flag or an attribute
+        (`if zero_init_residual and hasattr(m, "bn3"):`). The ReLU-gain check compares with the activations used
+        in the same class (else in the file) and speaks only when all of them are tanh/sigmoid. The large-std
+        check needs a literal std of 0.5 or more (a uniform bound of 0.5·√3 or more), whatever the layer's
+        width.
     """
     bad = """
         import torch

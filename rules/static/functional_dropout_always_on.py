@@ -38,10 +38,11 @@ class FunctionalDropoutAlwaysOn(Rule):
         torch's `Module`), for `dropout`, `dropout1d/2d/3d` from `torch.nn.functional` called without a
         `training` argument (keyword, positional or `**kwargs`): an explicit `training=True` (Monte Carlo
         dropout) is a decision. Also silent for a literal `p=0` and for a call whose line carries a comment
-        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet). Dropout in a free
-        function called from a module's `forward`, in a module whose base class comes from another file or
-        library doctor cannot read, or written as `torch.dropout(x, p, train)` is not checked. `alpha_dropout`
-        is not reported: its `training` defaults to False.
+        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet), and for a call
+        that only runs in training mode (`if self.training:`, an early return in eval mode, a conditional
+        expression on `self.training`). Dropout in a free function called from a module's `forward`, in a module
+        whose base class comes from another file or library doctor cannot read, or written as `torch.dropout(x,
+        p, train)` is not checked. `alpha_dropout` is not reported: its `training` defaults to False.
     """
     bad = """
         import torch

@@ -32,14 +32,15 @@ class LrOutOfRange(Rule):
     """
     known_problems = """
         Reported only for torch optimizers with a learning rate doctor can read as a number (a literal or a
-        module constant, by keyword, by position or in a parameter-group dict); a value from a config or the
-        command line is not checked. The high bound (0.1) applies to Adam, AdamW, RMSprop, Adagrad, NAdam and
-        RAdam only, not to SGD (linear probes use LRs like 30), Adadelta (default 1.0) or LBFGS; a learning rate
-        of zero or below is reported for every torch optimizer. Stays silent when the file writes learning rates
-        itself (`param_group["lr"] = ...`), when a scheduler that treats the base LR as a multiplier
-        (`LambdaLR`, `MultiplicativeLR`, `OneCycleLR`, `CyclicLR`) or a scheduler that is not torch's or
-        transformers' is built, and in files importing gpytorch, botorch or pyro, whose few-parameter fits use
-        Adam at 0.1 on purpose.
+        module constant, by keyword, by position or in a parameter group written as a dict); a value from a
+        config or the command line is not checked. The high bound (0.1) applies to Adam, AdamW, RMSprop,
+        Adagrad, NAdam and RAdam only, not to SGD (linear probes use LRs like 30), Adadelta (default 1.0) or
+        LBFGS; a learning rate of zero or below is reported for every torch optimizer. Stays silent when the
+        file writes learning rates itself (`param_group["lr"] = ...`), when a scheduler that treats the base LR
+        as a multiplier (`LambdaLR`, `MultiplicativeLR`, `OneCycleLR`, `CyclicLR`) or a scheduler that is not
+        torch's or transformers' is built, for rates tuned per parameter group (several groups with different
+        literal rates, or a group holding only embedding tables), and in files importing gpytorch, botorch or
+        pyro, whose few-parameter fits use Adam at 0.1 on purpose.
     """
     bad = """
         import torch

@@ -28,11 +28,12 @@ class MissingEvalMode(Rule):
         Needs a model whose construction doctor can read in the file, with a dropout or batch-norm layer: a
         local `nn.Module` class that creates one, an `nn.Sequential` holding one, or a torchvision model known
         to use batch norm. It looks at functions named like an evaluation (`evaluate`, `validate`, `test`...)
-        that switch no mode themselves, and at loops over a loader named like validation data (`val_loader`,
-        `test_set`, `dev_data`...) in a function that never calls `.eval()`. Stays silent when a same-file
-        caller calls `.eval()` (or `.train(False)`) before the evaluation, and when the model is put in eval
-        mode anywhere outside training code (after loading weights, in a setup function): doctor cannot order
-        those calls. Models built in another file are not checked.
+        that switch no mode themselves and run the model over data (a one-off forward on `torch.randn` inputs is
+        a smoke test), and at loops over a loader named like validation data (`val_loader`, `test_set`,
+        `dev_data`...) in a function that never calls `.eval()`. Stays silent when a same-file caller calls
+        `.eval()` (or `.train(False)`) before the evaluation, and when the model is put in eval mode anywhere
+        outside training code (after loading weights, in a setup function): doctor cannot order those calls.
+        Models built in another file are not checked.
     """
     bad = """
         import torch

@@ -39,8 +39,9 @@ class NonLeafParameter(Rule):
         `.requires_grad_()`) and then moved with `.to(...)`, `.cuda()`, `.double()`, `.half()` or `.bfloat16()`,
         in one expression or through a name, when the assigned name is given to an optimizer or has its `.grad`
         read in the file. Not reported: `.to("cpu")`, `.to(torch.float32)` and other dtype conversions through
-        `.to`, tensors wrapped in `nn.Parameter`, and tensors that are never optimised or read for `.grad` here
-        (they may be used by code in another file). A move to a device variable that is `"cpu"` at run time is
+        `.to`, a `.to(device)` of a tensor made from one already on that device (a no-op that returns the leaf),
+        tensors wrapped in `nn.Parameter`, and tensors that are never optimised or read for `.grad` here (they
+        may be used by code in another file). A move to a device variable that is `"cpu"` at run time is
         reported too: the script then works on the CPU but not on a GPU.
     """
     bad = """

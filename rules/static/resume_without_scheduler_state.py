@@ -30,13 +30,13 @@ class ResumeWithoutSchedulerState(Rule):
     known_problems = """
         Needs a scheduler constructed in the file and a `load_state_dict(...)` call on an object doctor takes
         for an optimizer (built as one, or named like one). Anything that may restore or position the scheduler
-        silences it: its `state_dict()`/`load_state_dict()` called anywhere in the file, `last_epoch=`,
-        `**kwargs` or more than three positional arguments in its constructor, a constructor argument named like
-        `start`/`resume`/`global_step`, `step(n)` with an argument, a loop that only steps schedulers (a
-        fast-forward), the scheduler passed to a helper named like `save`/`load`/`checkpoint`, or placed in a
-        dict, list or tuple (a checkpoint being assembled). A `load_state_dict` inside a method named like
-        `*state*` (a wrapper delegating to its optimizer) is not reported. A scheduler handled by code in
-        another file it is not passed to is not seen.
+        silences it: its `state_dict()`/`load_state_dict()` called anywhere in the file (also through a loop
+        variable over a collection of schedulers), `last_epoch=`, `**kwargs` or more than three positional
+        arguments in its constructor, a constructor argument named like `start`/`resume`/`global_step`,
+        `step(n)` with an argument, a loop that only steps schedulers (a fast-forward), the scheduler passed to
+        a helper named like `save`/`load`/`checkpoint`, or placed in a dict, list or tuple (a checkpoint being
+        assembled). A `load_state_dict` inside a method named like `*state*` (a wrapper delegating to its
+        optimizer) is not reported. A scheduler handled by code in another file it is not passed to is not seen.
     """
     bad = """
         import torch

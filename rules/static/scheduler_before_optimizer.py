@@ -29,9 +29,10 @@ class SchedulerBeforeOptimizer(Rule):
         scheduler that runs on every micro-step of an accumulation window is left to
         `scheduler-every-micro-step`. The order is read inside one function with the helpers it calls from the
         same file inlined (up to three calls deep): a scheduler and an optimizer stepped in functions of
-        different files are not compared. When the file does not show which optimizer a scheduler was built on
-        (both passed in as parameters), the scheduler is assumed to drive the optimizer stepped in the same
-        loop; with two optimizers handed in that way this can report a scheduler that drives the other one.
+        different files are not compared. When doctor cannot see which optimizer a scheduler was built on (both
+        passed in as parameters, and no caller it can read passes them), the scheduler is assumed to drive the
+        optimizer stepped in the same loop; with two optimizers handed in that way this can report a scheduler
+        that drives the other one.
     """
     bad = """
         import torch

@@ -19,10 +19,10 @@ class ZeroGradEveryMicroStep(Rule):
     """
     known_problems = """
         Needs an accumulation doctor recognises (a step under `if (i + 1) % k == 0` or a flag named like
-        `accumulate`/`should_step`, or a micro-step loop named like `micro`/`accum`/`chunk`) and a clear that
-        provably runs on every micro-step and may clear the stepped optimizer. A clear between the backward and
-        a gated step is left to `zero-grad-after-backward`. Clearing through a helper of another module is not
-        seen.
+        `accumulate`/`should_step`, or a micro-step loop named like `micro`/`accum`/`chunk`; see
+        `unscaled-accumulation-loss`) and a clear that provably runs on every micro-step and may clear the
+        stepped optimizer. A clear between the backward and a gated step is left to `zero-grad-after-backward`.
+        Clearing through a helper of another module is not seen.
     """
     bad = """
         import torch
