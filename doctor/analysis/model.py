@@ -110,7 +110,8 @@ class TrainingModel(Program):
             return False
         return True
 
-    def _modules_related(self, module: str, roots: frozenset[str]) -> bool:
+    def modules_related(self, module: str, roots: frozenset[str]) -> bool:
+        """Is module ``module`` one of ``roots`` (an optimizer's parameter owners), part of one, or a wrapper of one?"""
         if module in ("self", "?"):
             return True
         names = {module} | self._wrapped(module)
@@ -148,13 +149,13 @@ class TrainingModel(Program):
         roots = info.param_roots if info is not None else None
         if roots is None or ev.target is None:
             return True
-        if self._modules_related(ev.target, roots):
+        if self.modules_related(ev.target, roots):
             return True
         # Not provably this optimizer's module: it is another one's only if another optimizer of the file is
         # built from it (GANs: `netD.zero_grad()` does not clear the generator's optimizer). A `self.model`
         # that is the constructor's `model` under another name must still count as clearing.
         return not any(
-            o.kind == K.OPTIMIZER and o.param_roots and o is not info and self._modules_related(ev.target, o.param_roots)
+            o.kind == K.OPTIMIZER and o.param_roots and o is not info and self.modules_related(ev.target, o.param_roots)
             for o in self.objects.objects.values()
         )
 
@@ -313,6 +314,18 @@ class TrainingModel(Program):
         if kind == K.LOSS:
             return "raw"
         if kind == K.MODEL:
+            # A model whose forward we can read and which returns the loss itself (diffusion trainers).
+            ref = self.values.module_of(call.func) if depth < 4 else None
+            found = ref.program.class_method(ref.cls, "forward") if ref is not None and ref.cls is not None else None
+            if found is not None and hasattr(found[0], "loss_status"):
+                program, fwd = found
+                statuses = {
+                    program.loss_status(r.value, r, depth + 1)
+                    for r in program.index.within(fwd, ast.Return)
+                    if r.value is not None and program.enclosing_function(r) is fwd
+                }
+                if statuses in ({"raw"}, {"scaled"}):
+                    return statuses.pop()
             return "model_output"
         fn = None
         if isinstance(call.func, ast.Name):

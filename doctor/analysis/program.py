@@ -112,7 +112,7 @@ class Program:
         if self._project is None and self.path:
             from doctor.analysis.project import Project
 
-            self._project = Project.for_file(self.path, Program)
+            self._project = Project.for_file(self.path, type(self))
             self._project.adopt(self)
         return self._project
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+
+from doctor.analysis.events import BACKWARD, STEP
 from doctor.core.findings import Severity
 from doctor.lint.rule import Rule
 
@@ -143,3 +146,36 @@ for x, y in loader:
                 f"the prediction `{ctx.segment(lc.input)}` is cut from autograd{how} before the loss backpropagated on "
                 f"line {backward.lineno}: no gradient reaches the model",
             )
+        yield from self._optimized_model_cut(ctx)
+
+    def _optimized_model_cut(self, ctx):
+        """The loss that a step follows reaches the stepped model only through a detach (a GAN's generator loss
+        computed on ``fake.detach()``): that optimizer updates with no gradient from it."""
+        m = ctx.model
+        for loop, events in m.loop_views():
+            for b in events:
+                if b.kind != BACKWARD or b.via or b.no_grad or b.arg is None or b.loop is not loop:
+                    continue
+                step = next(
+                    (e for e in events if e.kind == STEP and e.order > b.order and e.loop is loop and not e.exclusive_with(b)),
+                    None,
+                )
+                if step is None or any(e.kind == BACKWARD and b.order < e.order < step.order for e in events):
+                    continue
+                info = m.info(step.target, at=step.node)
+                roots = info.param_roots if info is not None else None
+                if not roots:
+                    continue
+                reach = m.values.model_reach(b.arg)
+                mine = {k: cut for k, cut in reach.items() if m.modules_related(k, roots)}
+                if not mine or any(cut is None for cut in mine.values()):
+                    continue
+                model, cut = next(iter(mine.items()))
+                loss = m.values.value_of(b.arg) if isinstance(b.arg, ast.Name) else None
+                yield self.finding(
+                    ctx,
+                    loss if loss is not None else b.node,
+                    f"`{ctx.segment(b.arg)}` reaches `{model}` only through `{ctx.segment(cut)}` (line {cut.lineno}), yet "
+                    f"`{ctx.segment(step.node)}` (line {step.node.lineno}) updates `{model}`: no gradient of this loss "
+                    "reaches it; compute the loss on the attached output, not on its detached copy",
+                )

@@ -173,7 +173,7 @@ with torch.no_grad():
             if loop.looks_like_micro_steps():
                 micro.add(id(loop.node))
         for stmt, acc, value in _running_totals(m):
-            loop = _innermost_loop(m, stmt)
+            loop = _training_loop(m, stmt, backwards_in)
             backs = backwards_in.get(id(loop), []) if loop is not None else []
             if not backs or m.modes.grad_disabled_at(stmt) or _reset_inside(loop, acc, stmt):
                 continue
@@ -183,7 +183,10 @@ with torch.no_grad():
             if any(acc in _keys(m, b.arg) for b in m.all_events() if b.kind == BACKWARD and b.arg is not None
                    and m.enclosing_function(b.node) is fn):
                 continue  # the total is itself backpropagated: a sum of loss terms
-            leaf = next((l for l in _leaves(value) if _backpropagated_here(m, l, stmt, loop, backs)), None)
+            leaf = next(
+                (l for l in _leaves(value) if _backpropagated_here(m, l, stmt, loop, backs) or _backpropagated_entry(m, l, stmt, backs)),
+                None,
+            )
             if leaf is None:
                 continue
             text = ctx.segment(value)
@@ -222,6 +225,36 @@ def _innermost_loop(m, node: ast.AST) -> Optional[ast.AST]:
             return cur
         cur = m.parents.get(id(cur))
     return None
+
+
+def _training_loop(m, node: ast.AST, backwards_in: dict[int, list]) -> Optional[ast.AST]:
+    """The innermost loop around ``node`` that runs a backward pass (``for k in losses:`` inside a training
+    loop only walks the loss dict)."""
+    innermost = _innermost_loop(m, node)
+    cur = innermost
+    while cur is not None:
+        if backwards_in.get(id(cur)):
+            return cur
+        cur = _innermost_loop(m, cur)
+    return innermost
+
+
+def _backpropagated_entry(m, leaf: ast.AST, stmt: ast.stmt, backs: list) -> bool:
+    """``losses[k]`` (or ``v`` in ``for k, v in losses.items()``) where the dict ``losses`` holds the loss terms
+    that this iteration's backward ran on (``loss = losses["ce"] + losses["l2"]; loss.backward()``)."""
+    name = None
+    if isinstance(leaf, ast.Subscript) and isinstance(leaf.value, ast.Name):
+        name = leaf.value.id
+    elif isinstance(leaf, ast.Name):
+        for anc in m.index.ancestors(stmt):
+            if isinstance(anc, (ast.For, ast.AsyncFor)) and any(isinstance(t, ast.Name) and t.id == leaf.id for t in ast.walk(anc.target)):
+                it = anc.iter
+                if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("items", "values") and isinstance(it.func.value, ast.Name):
+                    name = it.func.value.id
+                break
+    if name is None:
+        return False
+    return any(not b.via and b.arg is not None and name in _keys(m, b.arg) for b in backs)
 
 
 def _reset_inside(loop: ast.AST, acc: str, stmt: ast.stmt) -> bool:

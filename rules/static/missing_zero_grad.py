@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+
 from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP
 from doctor.core.findings import Applicability, Severity
-from doctor.lint.fixes import insert_before, statement_of
+from doctor.lint.fixes import insert_after, insert_before, statement_of
 from doctor.lint.rule import Rule
 
 
@@ -236,13 +238,20 @@ for batch in loader:
                 if any(m.clears(s.target, c, stepped) and not _first_iteration_only(c, loop) for c in events if c.kind == CLEAR):
                     continue
                 target = s.target or "the optimizer"
-                yield self.finding(
-                    ctx,
-                    s.node,
-                    f"`{target}` is stepped every iteration but its gradients are never cleared inside this loop "
-                    f"(line {loop.node.lineno}): gradients add up across iterations; call `{target}.zero_grad()` each iteration",
-                    fix=_fix(ctx, s, backwards, loop),
-                )
+                gate = next((g for g in s.guards if g.loop is loop and not g.negated), None)
+                if gate is not None:
+                    # `if i % accum == 0: optimizer.step()`: clearing before every backward would kill the window.
+                    message = (
+                        f"`{target}` steps when `{ast.unparse(gate.test)}` but its gradients are never cleared inside "
+                        f"this loop (line {loop.node.lineno}): every step applies all gradients since the start; call "
+                        f"`{target}.zero_grad()` right after the step"
+                    )
+                else:
+                    message = (
+                        f"`{target}` is stepped every iteration but its gradients are never cleared inside this loop "
+                        f"(line {loop.node.lineno}): gradients add up across iterations; call `{target}.zero_grad()` each iteration"
+                    )
+                yield self.finding(ctx, s.node, message, fix=_fix(ctx, s, backwards, loop, gated=gate is not None))
 
 
 def _first_iteration_only(clear, loop) -> bool:
@@ -270,9 +279,14 @@ def _owner_loop(step, events):
     return None
 
 
-def _fix(ctx, s, backwards, loop):
+def _fix(ctx, s, backwards, loop, gated=False):
     if s.via or not s.target or s.flavor not in ("optimizer", "scaler"):
         return None
+    if gated:
+        stmt = statement_of(ctx, s.node)
+        if stmt is None:
+            return None
+        return insert_after(ctx, stmt, f"{s.target}.zero_grad()", f"clear `{s.target}`'s gradients right after the step")
     first = next((b for b in backwards if b.loop is loop and not b.via and not any(g.loop is loop for g in b.guards)), None)
     if first is None:
         return None

@@ -121,6 +121,7 @@ def train(model, loader):
             yield self.finding(
                 ctx,
                 lc.input,
-                f"`{ctx.segment(lc.input)}` holds {what} (line {act.node.lineno}), but NLL loss expects "
-                "log-probabilities: apply log_softmax first, or use cross-entropy on the logits",
+                f"`{ctx.segment(lc.input)}` holds {what} ({values.where(act.node, act.program)}), but NLL loss expects "
+                "log-probabilities: apply log_softmax first, or use cross-entropy on the logits" + values.because(lc.input),
+                severity=Severity.WARNING if values.rests_on_guess(lc.input) else None,
             )

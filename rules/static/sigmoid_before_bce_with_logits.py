@@ -156,13 +156,14 @@ for x, y in loader:
             act = values.activation(lc.input)
             if act is None or act.kind != SIGMOID:
                 continue
-            where = "" if act.node.lineno == lc.input.lineno else f" (sigmoid applied on line {act.node.lineno})"
+            where = "" if act.program is None and act.node.lineno == lc.input.lineno else f" (sigmoid applied on {values.where(act.node, act.program)})"
             found = values.removable_activation(lc.input, act)
             fix = replace_node(ctx, found[0], ctx.segment(found[1]), "drop the sigmoid") if found else None
             yield self.finding(
                 ctx,
                 lc.input,
                 f"`{ctx.segment(lc.input)}` is a sigmoid output{where}, but BCE-with-logits applies the sigmoid itself: "
-                "pass the raw logits (or use BCELoss on probabilities)",
+                "pass the raw logits (or use BCELoss on probabilities)" + values.because(lc.input),
                 fix=fix,
+                severity=Severity.WARNING if values.rests_on_guess(lc.input) else None,
             )

@@ -168,13 +168,14 @@ for x, y in loader:
             act = values.activation(lc.input)
             if act is None or act.kind != SOFTMAX:
                 continue
-            where = "" if act.node.lineno == lc.input.lineno else f" (softmax applied on line {act.node.lineno})"
+            where = "" if act.program is None and act.node.lineno == lc.input.lineno else f" (softmax applied on {values.where(act.node, act.program)})"
             yield self.finding(
                 ctx,
                 lc.input,
                 f"`{ctx.segment(lc.input)}` holds softmax probabilities{where}, but cross-entropy applies log_softmax "
-                "itself: pass the raw logits",
+                "itself: pass the raw logits" + values.because(lc.input),
                 fix=_fix(ctx, values, lc.input, act),
+                severity=Severity.WARNING if values.rests_on_guess(lc.input) else None,
             )
 
 

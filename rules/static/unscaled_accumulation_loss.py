@@ -224,11 +224,15 @@ for i, (x, y) in enumerate(loader):
                 if m.loss_status(b.arg, b.node) != "raw":
                     continue
                 seen.add(id(b.node))
-                how = f"`{ctx.segment(acc.guard.test)}`" if acc.guard is not None else f"the micro-step loop on line {acc.micro_loop.node.lineno}"
+                opt = acc.step.target or "the optimizer"
+                how = (
+                    f"{opt} steps only when `{ctx.segment(acc.guard.test)}`" if acc.guard is not None
+                    else f"{opt} steps once per pass of the micro-step loop on line {acc.micro_loop.node.lineno}"
+                )
                 yield self.finding(
                     ctx,
                     b.node,
-                    f"gradients are accumulated ({acc.step.target or 'optimizer'} steps only when {how}) but the loss passed to "
+                    f"gradients are accumulated ({how}) but the loss passed to "
                     "backward() is not divided by the number of micro-steps: updates are k times too large",
                     fix=_fix(ctx, b, acc),
                 )
