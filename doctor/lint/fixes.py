@@ -70,6 +70,14 @@ def insert_before(ctx: FileContext, anchor: ast.stmt, code: str, description: st
     return Fix(description, applicability, (Edit(line, 0, line, 0, text),))
 
 
+def insert_after(ctx: FileContext, anchor: ast.stmt, code: str, description: str, applicability=Applicability.UNSAFE) -> Optional[Fix]:
+    if not _alone_on_lines(ctx, anchor):
+        return None
+    line = anchor.end_lineno + 1  # type: ignore[operator]
+    text = indentation(ctx, anchor) + code + ctx.source.newline
+    return Fix(description, applicability, (Edit(line, 0, line, 0, text),))
+
+
 def replace_node(ctx: FileContext, node: ast.AST, code: str, description: str, applicability=Applicability.UNSAFE) -> Optional[Fix]:
     start = ctx.char_column(node.lineno, node.col_offset)  # type: ignore[attr-defined]
     end = ctx.char_column(node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
