@@ -25,9 +25,12 @@ class DetachedLossInput(Rule):
     known_problems = """
         Reported only for a loss call that provably reaches a `backward()` outside `no_grad`, whose prediction
         argument is a model output cut off by `.detach()`, `.data`, `.item()`, `.numpy()` (traced through
-        assignments and same-file helpers). Stays silent when another argument still carries the model's
-        gradient (a detached target), when another loss term of the same backward trains the model, for losses
-        computed only for logging (never backpropagated), and when the value cannot be traced to a model call.
+        assignments and helpers). Also reported: a loss backpropagated right before an optimizer step that
+        reaches the stepped model only through a detach (a GAN's generator loss computed on `fake.detach()`);
+        that needs the optimizer's parameter owners to be known, and any path that keeps the gradient silences
+        it. Stays silent when another argument still carries the model's gradient (a detached target), when
+        another loss term of the same backward trains the model, for losses computed only for logging (never
+        backpropagated), and when the value cannot be traced to a model call.
     """
     bad = """
         import torch

@@ -29,11 +29,12 @@ class LossAccumulatedAsTensor(Rule):
     known_problems = """
         Reported only when the value added (`total += loss`, `total = total + loss`) is a plain name that was
         certainly passed to a `backward()` of the same loop iteration, on the same control path, and not rebound
-        in between: that is what makes `.detach()` safe. Stays silent for a total reset inside the loop, a total
-        that is itself backpropagated (a sum of loss terms), a loop that sums the micro-steps of one
-        accumulation window, code under `no_grad`, and loops that run no backward pass. Other ways of keeping
-        losses alive are not checked: appending them to a list (`losses.append(loss)`), or adding a loss that is
-        never backpropagated (a validation loss computed with gradients on: see `eval-without-no-grad`).
+        in between, or an entry of a dict of loss terms (`losses[k]`, `v` over `losses.items()`) that this
+        iteration's backward ran on: that is what makes `.detach()` safe. Stays silent for a total reset inside
+        the loop, a total that is itself backpropagated (a sum of loss terms), a loop that sums the micro-steps
+        of one accumulation window, code under `no_grad`, and loops that run no backward pass. Other ways of
+        keeping losses alive are not checked: appending them to a list (`losses.append(loss)`), or adding a loss
+        that is never backpropagated (a validation loss computed with gradients on: see `eval-without-no-grad`).
     """
     bad = """
         import torch
@@ -91,10 +92,10 @@ class LossAccumulatedAsTensor(Rule):
     """
     fix_safety = """
         The fix adds `.detach()` to the value added to the total. It is safe: the rule only reports a value that
-        was already backpropagated in the same iteration, so no gradient can flow through the total anyway;
-        `.detach()` keeps the same number, dtype and device (the total stays a tensor, so `total / n`, `.item()`
-        and formatting work as before) and only drops the link to the graph. It does not add a host sync, unlike
-        `.item()`.
+        already went into a `backward()` of the same iteration, so no gradient can flow through the total
+        anyway; `.detach()` keeps the same number, dtype and device (the total stays a tensor, so `total / n`,
+        `.item()` and formatting work as before) and only drops the link to the graph. It does not add a host
+        sync, unlike `.item()`.
     """
     fires = (
         """

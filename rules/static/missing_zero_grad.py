@@ -77,11 +77,12 @@ class MissingZeroGrad(Rule):
             optimizer.step()
     """
     fix_safety = """
-        The fix inserts `optimizer.zero_grad()` right before the loop's first unconditional `backward()`. It is
-        unsafe because it changes what every step applies (the gradients of one batch instead of a growing sum),
-        and because a loop that accumulates on purpose in a way doctor could not read (its clearing hidden in
-        another module) would lose that accumulation. It is offered only for a plain `optimizer.step()` or
-        `scaler.step(optimizer)` called directly in the loop.
+        The fix inserts `optimizer.zero_grad()` right before the loop's first unconditional `backward()`, or,
+        when the step only runs under a condition (an accumulation window that never clears), right after the
+        step. It is unsafe because it changes what every step applies (the gradients of one batch instead of a
+        growing sum), and because a loop that accumulates on purpose in a way doctor could not read (its
+        clearing hidden in another module) would lose that accumulation. It is offered only for a plain
+        `optimizer.step()` or `scaler.step(optimizer)` called directly in the loop.
     """
     fires = (
         """

@@ -20,9 +20,12 @@ class NllWithoutLogSoftmax(Rule):
     """
     known_problems = """
         Reported only when the input of `F.nll_loss`/`nn.NLLLoss` provably ends in an `nn.Linear` (a Linear
-        module, a Sequential whose last layer is Linear, a local module whose `forward` returns a Linear's
-        output) or in a softmax. An input whose origin is unknown (a model from another file) is not reported,
-        and neither is one that ends in `log_softmax` or `log(softmax(...))`.
+        module, a Sequential whose last layer is Linear, a module class of this file or of a local module the
+        script imports whose `forward` returns a Linear's output) or in a softmax, traced through assignments,
+        helpers and what callers pass for a parameter; a finding resting on a guess (a parameter no caller
+        passes, taken to be the file's only `nn.Module` class) is a warning. An input whose origin is unknown (a
+        model from an installed library) is not reported, and neither is one that ends in `log_softmax` or
+        `log(softmax(...))`.
     """
     bad = """
         import torch

@@ -21,11 +21,14 @@ class SigmoidBeforeBceWithLogits(Rule):
         to a poor model. Either drop the sigmoid or use `BCELoss` on probabilities (less stable).
     """
     known_problems = """
-        The sigmoid must be provable: `torch.sigmoid`/`F.sigmoid`/`.sigmoid()` (or an `nn.Sigmoid` ending a
-        Sequential or a local module's `forward`) on the value given to `F.binary_cross_entropy_with_logits` or
-        an `nn.BCEWithLogitsLoss`, traced through assignments and same-file helpers. A model from another file
-        whose output is already a probability is not seen. Sigmoid used for metrics, and `BCELoss` on
-        probabilities, are not reported.
+        The sigmoid must be provable: `torch.sigmoid`/`F.sigmoid`/`.sigmoid()` on the value given to
+        `F.binary_cross_entropy_with_logits` or an `nn.BCEWithLogitsLoss`, traced back from the loss's input
+        through assignments, helpers, model classes of this file or of the local modules the script imports (an
+        `nn.Sequential` ending in `nn.Sigmoid`, a `forward` returning a sigmoid), and function parameters
+        through what their callers pass. A finding that rests on an inference says so in its message; one that
+        rests on a guess (a parameter no caller passes, taken to be the file's only `nn.Module` class) is a
+        warning. Models from installed libraries are not read, so one whose output is already a probability is
+        not seen. Sigmoid used for metrics, and `BCELoss` on probabilities, are not reported.
     """
     bad = """
         import torch

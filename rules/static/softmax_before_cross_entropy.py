@@ -23,9 +23,12 @@ class SoftmaxBeforeCrossEntropy(Rule):
     """
     known_problems = """
         The softmax must be provable: a call of `softmax` (torch, `F`, a tensor method) on the value given to
-        `F.cross_entropy`/`nn.CrossEntropyLoss`, traced through assignments, same-file helpers, an
-        `nn.Sequential` ending in `nn.Softmax` and a local module whose `forward` returns a softmax. A model
-        from another file or library whose output is already a probability is not seen. `log_softmax` outputs,
+        `F.cross_entropy`/`nn.CrossEntropyLoss`, traced back from the loss's input through assignments, helpers,
+        model classes of this file or of the local modules the script imports (an `nn.Sequential` ending in
+        `nn.Softmax`, a `forward` returning a softmax), and function parameters through what their callers pass.
+        A finding that rests on an inference says so in its message; one that rests on a guess (a parameter no
+        caller passes, taken to be the file's only `nn.Module` class) is a warning. Models from installed
+        libraries are not read, so one whose output is already a probability is not seen. `log_softmax` outputs,
         softmax on the target argument (soft labels, distillation targets), and a softmax computed only for
         metrics are not reported.
     """

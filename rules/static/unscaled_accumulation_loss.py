@@ -26,12 +26,13 @@ class UnscaledAccumulationLoss(Rule):
         like `accumulate`/`sync_gradients`/`should_step`, or from an inner loop named like
         `micro`/`accum`/`chunk`; a comparison that cannot change inside the loop (`if cfg.accum_steps > 1:`)
         selects a mode and is not taken as a window. Reported only when the loss reaching `backward()` is
-        provably a raw loss (a torch loss function's or criterion's output, or a model's `.loss`, traced through
-        assignments and same-file helpers); a loss whose origin is unknown, or that is divided or multiplied by
-        anything other than a constant anywhere on its way, counts as scaled. Stays silent inside
-        `accelerator.accumulate(...)`, and for `accelerator.backward`, DeepSpeed and distributed-autograd
-        backward passes, which scale themselves (except an `Accelerator()` built in this file without
-        `gradient_accumulation_steps`). Dividing by the wrong number is not detected.
+        provably a raw loss (a torch loss function's or criterion's output, a model's `.loss`, or the output of
+        a model whose readable `forward` returns a raw loss, traced through assignments and same-file helpers);
+        a loss whose origin is unknown, or that is divided or multiplied by anything other than a constant
+        anywhere on its way, counts as scaled. Stays silent inside `accelerator.accumulate(...)`, and for
+        `accelerator.backward`, DeepSpeed and distributed-autograd backward passes, which scale themselves
+        (except an `Accelerator()` built in this file without `gradient_accumulation_steps`). Dividing by the
+        wrong number is not detected.
     """
     bad = """
         import torch
