@@ -113,18 +113,56 @@ class Event:
     flavor: str = ""
     #: Call sites through which this event was inlined (outermost first).
     via: tuple[ast.AST, ...] = ()
+    #: The file the event's node belongs to when it was inlined from another file of the project (a loss
+    #: scaler in ``utils/misc.py``); None for the file being analysed.
+    program: Optional["Program"] = None
+    #: How many of ``via``'s call sites lie in the file being analysed (the rest are in ``program``).
+    local_via: int = 0
+    #: For a backward inlined from a helper whose parameter carries the loss (``def backward(self, loss):
+    #: self.scaler.scale(loss).backward()``): the caller's expression for it, in the stream's own function.
+    arg_here: Optional[ast.AST] = None
 
     @property
     def loop(self) -> Optional[Loop]:
         return self.loops[-1] if self.loops else None
 
+    @property
+    def foreign(self) -> bool:
+        return self.program is not None
+
+    @property
+    def loss_here(self) -> tuple[Optional[ast.AST], ast.AST]:
+        """``(expression, where)`` to judge this backward's loss at: the caller's argument when the backward ran
+        in a helper on one of its parameters, else the backward's own argument at the backward."""
+        if self.arg_here is not None:
+            return self.arg_here, self.arg_here
+        return self.arg, self.node
+
+    @property
+    def line_ref(self) -> str:
+        """``line 12``, or ``misc.py:25`` for an event of another file."""
+        line = getattr(self.node, "lineno", 0)
+        if self.program is None or not self.program.path:
+            return f"line {line}"
+        import os
+
+        return f"{os.path.basename(self.program.path)}:{line}"
+
+    @property
+    def anchor(self) -> ast.AST:
+        """Where this event shows in the file being analysed: its node, or for an event of another file the call
+        (in this file) that led there."""
+        return self.node if self.program is None else self.via[self.local_via - 1]
+
     def site(self, other: "Event") -> ast.AST:
         """Where this event is ordered against ``other``: the call itself when both run in the same function,
         else the helper call (in the function they share) that this event was inlined through. Order mistakes
-        are reported where the order was written."""
+        are reported where the order was written (in this file)."""
         depth = 0
         while depth < min(len(self.via), len(other.via)) and self.via[depth] is other.via[depth]:
             depth += 1
+        if self.program is not None and depth >= self.local_via:
+            return self.anchor
         return self.via[depth] if depth < len(self.via) else self.node
 
     def exclusive_with(self, other: "Event") -> bool:
@@ -214,6 +252,48 @@ def is_mode_switch(test: ast.AST, loop: Optional["Loop"]) -> bool:
     return comparisons > 0
 
 
+def _as_called(expr: ast.AST, state: "BuildState") -> ast.AST:
+    """``expr`` as the caller wrote it: a bare parameter of an inlined function becomes the argument the caller
+    passed (``if update_grad:`` inside a loss scaler is ``(it + 1) % accum == 0`` at the call)."""
+    if isinstance(expr, ast.Name) and expr.id in state.exprs:
+        return state.exprs[expr.id]
+    return expr
+
+
+def _loss_as_called(expr: ast.AST, state: "BuildState") -> ast.AST:
+    """The caller's expression for a loss that an inlined helper backpropagates through one of its parameters
+    (``scaler.scale(loss).backward()``, ``loss.backward()``)."""
+    inner = expr
+    while isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "scale" and inner.args:
+        inner = inner.args[0]
+    return _as_called(inner, state) if isinstance(inner, ast.Name) else expr
+
+
+def first_iteration_only(clear: "Event", loop: "Loop") -> bool:
+    """`if batch_idx == 0: optimizer.zero_grad()` clears once, like a clear before the loop."""
+    names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)} if loop.target is not None else set()
+    names |= {"step", "global_step", "iteration", "it", "i", "batch_idx", "idx"}
+    for g in clear.guards:
+        t = g.test
+        if g.loop is not loop or g.negated or not isinstance(t, ast.Compare) or len(t.ops) != 1:
+            continue
+        if isinstance(t.ops[0], ast.Eq) and isinstance(t.left, ast.Name) and t.left.id in names:
+            c = t.comparators[0]
+            if isinstance(c, ast.Constant) and c.value == 0:
+                return True
+    return False
+
+
+def _decorated_no_grad(fn: ast.AST, program: "Program") -> bool:
+    """``@torch.no_grad()`` / ``@torch.inference_mode()`` (or a project wrapper named so) on a function."""
+    for d in getattr(fn, "decorator_list", ()):
+        name = (program.imports.qualify(d.func if isinstance(d, ast.Call) else d) or "").rsplit(".", 1)[-1]
+        if name in _NO_GRAD_CTX or re.search(r"no_grad|inference_mode", name):
+            if not (isinstance(d, ast.Call) and d.args and isinstance(d.args[0], ast.Constant) and d.args[0].value is False):
+                return True
+    return False
+
+
 def _names_a_definition(model: "Program", name: str) -> bool:
     """``name`` is a function or class defined or imported here (``train_model(...)``, ``reparameterize_model``),
     not a variable holding a model, whatever its name says."""
@@ -236,6 +316,13 @@ class BuildState:
     via: tuple[ast.AST, ...] = ()
     #: Local functions visible here (closures), by name.
     local_defs: dict[str, ast.AST] = field(default_factory=dict)
+    #: The file whose code is being walked when it is not the analysed one (an inlined function of a local
+    #: module), and how many of ``via``'s calls are in the analysed file.
+    program: Optional["Program"] = None
+    local_via: int = 0
+    #: For parameters of an inlined function: the caller's argument expressions (conditions such as
+    #: ``if update_grad:`` are judged on what the caller passed).
+    exprs: dict[str, ast.AST] = field(default_factory=dict)
 
     def but(self, **kw) -> "BuildState":
         data = dict(self.__dict__)
@@ -288,11 +375,16 @@ class StreamBuilder:
         """Emit the events of one statement; returns the branch id of an ``if``/``try`` it opened."""
         if isinstance(stmt, ast.If):
             self._expr(stmt.test, state)
+            test = _as_called(stmt.test, state)
+            if isinstance(test, ast.Constant):
+                # `if update_grad:` in a helper the caller called with the default `update_grad=True`.
+                self._block(stmt.body if test.value else stmt.orelse, state)
+                return None
             bid = next(_ids)
             loop = state.loops[-1] if state.loops else None
-            acc = _gates_window(stmt.test, loop)
-            g_body = Guard(stmt.test, False, acc, loop)
-            g_else = Guard(stmt.test, True, acc, loop)
+            acc = _gates_window(test, loop)
+            g_body = Guard(test, False, acc, loop)
+            g_else = Guard(test, True, acc, loop)
             self._block(stmt.body, state.but(guards=state.guards + (g_body,), branches=state.branches + ((bid, 0),)))
             if stmt.orelse:
                 self._block(stmt.orelse, state.but(guards=state.guards + (g_else,), branches=state.branches + ((bid, 1),)))
@@ -313,7 +405,7 @@ class StreamBuilder:
             contexts = list(state.contexts)
             for item in stmt.items:
                 self._expr(item.context_expr, state)
-                contexts.extend(self._context_kinds(item.context_expr))
+                contexts.extend(self._context_kinds(item.context_expr, state))
             self._block(stmt.body, state.but(contexts=tuple(contexts)))
         elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
             # The try body and each handler are treated as exclusive arms: we stay quiet about orders that
@@ -360,10 +452,10 @@ class StreamBuilder:
         if isinstance(target, ast.Attribute) and target.attr == "grad" and isinstance(value, ast.Constant) and value.value is None:
             self._emit(CLEAR, target, state, target=None, flavor="params")
 
-    def _context_kinds(self, expr: ast.AST) -> list[str]:
+    def _context_kinds(self, expr: ast.AST, state: BuildState) -> list[str]:
         call = expr if isinstance(expr, ast.Call) else None
         func = call.func if call else expr
-        q = self.model.imports.qualify(func) or ""
+        q = self._program(state).imports.qualify(func) or ""
         name = q.rsplit(".", 1)[-1]
         kinds = []
         if name in ("no_grad", "inference_mode"):
@@ -376,7 +468,7 @@ class StreamBuilder:
             kinds.append("autocast")
         elif name in ("accumulate", "no_sync", "join"):
             recv = receiver_key(func.value) if isinstance(func, ast.Attribute) else None
-            kind = self.model.objects.kind(recv)
+            kind = self._kind(recv, self.resolve(recv, state), state)
             if name == "accumulate" and kind in (K.ACCELERATOR, None):
                 kinds.append("accumulate")
             elif name == "no_sync":
@@ -412,6 +504,10 @@ class StreamBuilder:
         return key
 
     def _emit(self, kind: str, node: ast.AST, state: BuildState, **kw) -> Event:
+        if kind == BACKWARD and kw.get("arg") is not None and state.via:
+            here = _loss_as_called(kw["arg"], state)
+            if here is not kw["arg"] and self.model.owns(here):
+                kw["arg_here"] = here
         ev = Event(
             kind=kind,
             node=node,
@@ -421,18 +517,39 @@ class StreamBuilder:
             branches=state.branches,
             contexts=state.contexts,
             via=state.via,
+            program=state.program,
+            local_via=state.local_via if state.program is not None else len(state.via),
             **kw,
         )
         self.events.append(ev)
         return ev
 
+    def _program(self, state: BuildState) -> "Program":
+        return state.program if state.program is not None else self.model
+
+    def _kind(self, raw: Optional[str], resolved: Optional[str], state: BuildState) -> Optional[str]:
+        """The kind of the object a receiver names: by the caller's binding of the resolved key, by the
+        walked file's own binding of the key as written, and last by name."""
+        if not resolved:
+            return None
+        known = self.model.objects.get(resolved)
+        if known is not None:
+            return known.kind
+        here = self._program(state)
+        if raw and raw != resolved or here is not self.model:
+            own = here.objects.get(raw) if raw else None
+            if own is not None:
+                return own.kind
+        return self.model.objects.kind(resolved)
+
     def _call(self, call: ast.Call, state: BuildState) -> None:
-        model = self.model
+        model = self._program(state)
         func = call.func
         q = model.imports.qualify(func) or ""
         attr = func.attr if isinstance(func, ast.Attribute) else None
-        recv = self.resolve(receiver_key(func.value), state) if isinstance(func, ast.Attribute) else None
-        kind = model.objects.kind(recv) if recv else None
+        raw = receiver_key(func.value) if isinstance(func, ast.Attribute) else None
+        recv = self.resolve(raw, state)
+        kind = self._kind(raw, recv, state) if recv else None
         name = q.rsplit(".", 1)[-1]
 
         if attr == "backward":
@@ -491,8 +608,9 @@ class StreamBuilder:
             self._emit(FORWARD, call, state, target=recv)
         else:
             # `model(x)`, `self.model(x)`: the called object itself is the model.
-            callee = self.resolve(receiver_key(func), state)
-            if callee and model.objects.kind(callee) == K.MODEL and not _NOT_A_MODEL_CALL.match(last_part(callee)):
+            raw_callee = receiver_key(func)
+            callee = self.resolve(raw_callee, state)
+            if callee and self._kind(raw_callee, callee, state) == K.MODEL and not _NOT_A_MODEL_CALL.match(last_part(callee)):
                 if not (isinstance(func, ast.Name) and model.objects.get(callee) is None and _names_a_definition(model, func.id)):
                     self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
@@ -521,40 +639,100 @@ class StreamBuilder:
 
     def _closure(self, expr: ast.AST, state: BuildState) -> Optional[ast.AST]:
         if isinstance(expr, ast.Name):
-            return state.local_defs.get(expr.id) or self.model.functions.get(expr.id)
+            return state.local_defs.get(expr.id) or self._program(state).functions.get(expr.id)
         return None
 
-    # -- helpers from the same file ----------------------------------------------------------------
+    # -- helpers: same file, objects of readable classes, local modules --------------------------------
     def _maybe_inline(self, call: ast.Call, state: BuildState) -> None:
         if len(state.stack) >= MAX_INLINE_DEPTH:
             return
+        here = self._program(state)
         func = call.func
         target: Optional[ast.AST] = None
+        where: "Program" = here
+        receiver: Optional[str] = None
         if isinstance(func, ast.Name):
-            target = state.local_defs.get(func.id) or self.model.functions.get(func.id)
+            target = state.local_defs.get(func.id) or here.functions.get(func.id)
+            if target is None and func.id not in here.classes:
+                found = here.resolve_name(func.id) if func.id in here.imports.sources else None
+                if found is not None and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    where, target = found
+                elif found is None:
+                    # `loss_scaler(loss, optimizer, ...)`: an object whose class (with `__call__`) we can read.
+                    owner = here.class_of_receiver(func, call)
+                    if owner is not None:
+                        method = owner[0].class_method(owner[1], "__call__")
+                        if method is not None:
+                            where, target = method
+                            receiver = self.resolve(func.id, state)
         elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("self", "cls"):
-            target = self.model.method(state.cls, func.attr)
-        if target is None or id(target) in state.stack or not self.model.is_relevant(target):
+            target = here.method(state.cls, func.attr)
+            if target is None and state.cls in here.classes:
+                found = here.class_method(here.classes[state.cls], func.attr)  # a method of a base class
+                if found is not None:
+                    where, target = found
+        elif isinstance(func, ast.Attribute):
+            # `agent.finish_episode()`, `self.optim.step()`: a method of an object whose class we can read.
+            owner = here.class_of_receiver(func.value, call) if receiver_key(func.value) else None
+            if owner is not None:
+                found = owner[0].class_method(owner[1], func.attr)
+                if found is not None:
+                    where, target = found
+                    receiver = self.resolve(receiver_key(func.value), state)
+        if target is None or id(target) in state.stack or not where.is_relevant(target):
             return
-        self._inline(target, call, list(call.args), state, keywords=call.keywords, method=isinstance(func, ast.Attribute))
+        method = isinstance(func, ast.Attribute) or receiver is not None
+        self._inline(target, call, list(call.args), state, keywords=call.keywords, method=method, program=where, receiver=receiver)
 
-    def _inline(self, fn: ast.AST, call: ast.Call, args: list[ast.AST], state: BuildState, keywords=(), method: bool = False) -> None:
+    def _inline(
+        self, fn: ast.AST, call: ast.Call, args: list[ast.AST], state: BuildState, keywords=(), method: bool = False,
+        program: Optional["Program"] = None, receiver: Optional[str] = None,
+    ) -> None:
         params = [a.arg for a in fn.args.posonlyargs + fn.args.args]  # type: ignore[attr-defined]
         if method and params and params[0] in ("self", "cls"):
             params = params[1:]
         subst = dict(state.subst)
+        exprs = dict(state.exprs)
         # Inside the helper, its parameters stand for the caller's arguments.
         for p in params:
             subst.pop(p, None)
+            exprs.pop(p, None)
         for p, a in zip(params, args):
             key = self.resolve(receiver_key(a), state)
             if key and key != p:
                 subst[p] = key
+            exprs[p] = _as_called(a, state)
         for kw in keywords:
             if kw.arg:
                 key = self.resolve(receiver_key(kw.value), state)
                 if key and key != kw.arg:
                     subst[kw.arg] = key
-        cls = self.model.class_of(fn) or state.cls
-        inner = state.but(subst=subst, cls=cls, stack=state.stack + (id(fn),), via=state.via + (call,), local_defs={})
+                exprs[kw.arg] = _as_called(kw.value, state)
+        # Parameters the caller did not pass hold their defaults (constant flags decide conditions).
+        fargs = fn.args  # type: ignore[attr-defined]
+        positional = [a.arg for a in fargs.posonlyargs + fargs.args]
+        for name, default in list(zip(positional[len(positional) - len(fargs.defaults):], fargs.defaults)) + [
+            (a.arg, d) for a, d in zip(fargs.kwonlyargs, fargs.kw_defaults) if d is not None
+        ]:
+            if name not in exprs and isinstance(default, ast.Constant) and not any(isinstance(a, ast.Starred) for a in args) and not any(kw.arg is None for kw in keywords):
+                exprs[name] = default
+        if receiver is not None and receiver != "self":
+            subst["self"] = receiver  # `self.opt` inside the method is the caller's `agent.opt`
+        elif receiver is None and method and isinstance(call.func, ast.Attribute) and not (
+            isinstance(call.func.value, ast.Name) and call.func.value.id in ("self", "cls")
+        ):
+            key = self.resolve(receiver_key(call.func.value), state)
+            if key:
+                subst["self"] = key
+        here = self._program(state)
+        where = program if program is not None else here
+        foreign = where is not self.model
+        cls = where.class_of(fn) or (state.cls if where is here else None)
+        contexts = state.contexts + (("no_grad",) if _decorated_no_grad(fn, where) else ())
+        inner = state.but(
+            subst=subst, exprs=exprs, cls=cls, stack=state.stack + (id(fn),), via=state.via + (call,), local_defs={},
+            contexts=contexts,
+            program=where if foreign else None,
+            local_via=(state.local_via if state.program is not None else len(state.via) + 1),
+        )
         self._block(fn.body, inner)  # type: ignore[attr-defined]

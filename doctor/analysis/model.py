@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.data import DataFlow
-from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder
+from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder, first_iteration_only
 from doctor.analysis.modes import Modes
 from doctor.analysis.names import dotted_name, last_part, receiver_key
 from doctor.analysis.program import RELEVANT_ATTRS, Program
@@ -73,6 +73,30 @@ class TrainingModel(Program):
             if events:
                 out.append(Stream(owner, tuple(events)))
         return out
+
+    @cached_property
+    def _anchors(self) -> dict[int, ast.AST]:
+        """For nodes of other files that events were inlined from: the call in this file that led there."""
+        out: dict[int, ast.AST] = {}
+        for ev in self.all_events():
+            if ev.program is None:
+                continue
+            for node in (ev.node, ev.arg, *(g.test for g in ev.guards)):
+                if node is not None:
+                    out.setdefault(id(node), ev.anchor)
+        return out
+
+    def anchor_of(self, node: ast.AST) -> ast.AST:
+        """Where a node of another file shows in this one (the call that reached it); the node itself when local."""
+        if self.owns(node):
+            return node
+        found = self._anchors.get(id(node))
+        if found is not None:
+            return found
+        for ev in self.all_events():
+            if ev.program is not None and ev.program.owns(node):
+                return ev.anchor
+        return self.tree.body[0] if self.tree.body else node
 
     def all_events(self) -> Iterator[Event]:
         for s in self.streams:
@@ -243,7 +267,8 @@ class TrainingModel(Program):
         if ev.in_accumulate_context:
             return False
         if acc.guard is None:
-            return acc.micro_loop in ev.loops
+            # `if i == 0: zero_grad()` inside the micro-step loop clears once per window.
+            return acc.micro_loop in ev.loops and not first_iteration_only(ev, acc.micro_loop)
         if ev.loop is not acc.micro_loop:
             return False
         if ev.accumulation_guards():

@@ -382,13 +382,16 @@ def report_node(ev: Event, other: Optional[Event] = None) -> ast.AST:
     theirs = other.via if other is not None else ev.via
     while shared < len(ev.via) and shared < len(theirs) and ev.via[shared] is theirs[shared]:
         shared += 1
+    if ev.foreign and shared >= ev.local_via:
+        return ev.anchor
     return ev.via[shared] if shared < len(ev.via) else ev.node
 
 
 def report_node_in(ev: Event, region: ast.AST) -> ast.AST:
     """The innermost of ``ev``'s call sites (or ``ev`` itself) that lies inside ``region`` (a loop)."""
-    inside = [n for n in (*ev.via, ev.node) if _within(n, region)]
-    return inside[0] if inside else ev.node
+    local = (*ev.via[: ev.local_via], ev.node) if ev.foreign else (*ev.via, ev.node)
+    inside = [n for n in local if _within(n, region)]
+    return inside[0] if inside else ev.anchor
 
 
 def _within(node: ast.AST, region: ast.AST) -> bool:

@@ -349,7 +349,7 @@ class Program:
                     out.append((program, call))
         return out
 
-    def class_of_receiver(self, expr: ast.AST, at: ast.AST) -> Optional[tuple["Program", ast.ClassDef]]:
+    def class_of_receiver(self, expr: ast.AST, at: ast.AST, _depth: int = 0) -> Optional[tuple["Program", ast.ClassDef]]:
         """The readable class of the object ``expr`` (``self``, a name or ``self.x`` bound to ``Cls(...)``)."""
         if isinstance(expr, ast.Name) and expr.id == "self":
             cls_name = self.class_of(self.enclosing_function(at))
@@ -360,6 +360,16 @@ class Program:
         key = receiver_key(expr)
         if key is None:
             return None
+        fn = self.enclosing_function(at)
+        if isinstance(expr, ast.Name) and fn is not self.tree and key in parameters(fn) and not self.rebinds(fn, key):
+            # A parameter: the class of what every visible caller passes (never another function's binding).
+            found = None
+            for program, value in self.argument_values(fn, key) if _depth < 3 else []:
+                cls = program.class_of_receiver(value, value, _depth + 1)
+                if cls is None or (found is not None and found[1] is not cls[1]):
+                    return None
+                found = cls
+            return found
         ctor = self.constructor_of(key, at)
         return self.resolve_class(ctor.func) if ctor is not None else None
 

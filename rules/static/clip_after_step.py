@@ -163,7 +163,7 @@ for x, y in loader:
                 yield self.finding(
                     ctx,
                     node,
-                    f"`{ctx.segment(clip.node)}` runs after `{ctx.segment(step.node)}` (line {step.node.lineno}): the "
+                    f"`{ctx.segment(clip.node)}` runs after `{ctx.segment(step.node)}` ({step.line_ref}): the "
                     "step already used the unclipped gradients, so clipping changes nothing; clip before the step",
                 )
 

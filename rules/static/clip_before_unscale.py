@@ -239,7 +239,7 @@ class Trainer:
                     ctx,
                     node,
                     f"`{ctx.segment(clip.node)}` clips gradients that are still multiplied by the loss scale of "
-                    f"`{scaler or 'the GradScaler'}` (backward on line {back.node.lineno}); call "
+                    f"`{scaler or 'the GradScaler'}` (backward on {back.line_ref}); call "
                     f"`{scaler or 'scaler'}.unscale_({opt})` before clipping",
                     fix=_fix(ctx, clip, back, step, scaler),
                 )

@@ -179,6 +179,6 @@ for x, y in loader:
                     ctx,
                     loss if loss is not None else b.node,
                     f"`{ctx.segment(b.arg)}` reaches `{model}` only through `{ctx.segment(cut)}` (line {cut.lineno}), yet "
-                    f"`{ctx.segment(step.node)}` (line {step.node.lineno}) updates `{model}`: no gradient of this loss "
+                    f"`{ctx.segment(step.node)}` ({step.line_ref}) updates `{model}`: no gradient of this loss "
                     "reaches it; compute the loss on the attached output, not on its detached copy",
                 )

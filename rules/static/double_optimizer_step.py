@@ -217,8 +217,8 @@ for x, y in loader:
                     yield self.finding(
                         ctx,
                         node,
-                        f"`{second.target}` is stepped again here after `{ctx.segment(first.node) or 'a step'}` (line "
-                        f"{first.node.lineno}) in the same iteration: the gradients are applied twice; step once per iteration",
+                        f"`{second.target}` is stepped again here after `{ctx.segment(first.node) or 'a step'}` "
+                        f"({first.line_ref}) in the same iteration: the gradients are applied twice; step once per iteration",
                     )
                     break
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP
+from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP, first_iteration_only
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import insert_after, insert_before, statement_of
 from doctor.lint.rule import Rule
@@ -236,7 +236,7 @@ for batch in loader:
             for s in events:
                 if s.kind != STEP or s.flavor == "dist" or _owner_loop(s, events) is not loop:
                     continue
-                if any(m.clears(s.target, c, stepped) and not _first_iteration_only(c, loop) for c in events if c.kind == CLEAR):
+                if any(m.clears(s.target, c, stepped) and not first_iteration_only(c, loop) for c in events if c.kind == CLEAR):
                     continue
                 target = s.target or "the optimizer"
                 gate = next((g for g in s.guards if g.loop is loop and not g.negated), None)
@@ -252,24 +252,7 @@ for batch in loader:
                         f"`{target}` is stepped every iteration but its gradients are never cleared inside this loop "
                         f"(line {loop.node.lineno}): gradients add up across iterations; call `{target}.zero_grad()` each iteration"
                     )
-                yield self.finding(ctx, s.node, message, fix=_fix(ctx, s, backwards, loop, gated=gate is not None))
-
-
-def _first_iteration_only(clear, loop) -> bool:
-    """`if batch_idx == 0: optimizer.zero_grad()` clears once, like a clear before the loop."""
-    import ast
-
-    names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)} if loop.target is not None else set()
-    names |= {"step", "global_step", "iteration", "it", "i", "batch_idx", "idx"}
-    for g in clear.guards:
-        t = g.test
-        if g.loop is not loop or g.negated or not isinstance(t, ast.Compare) or len(t.ops) != 1:
-            continue
-        if isinstance(t.ops[0], ast.Eq) and isinstance(t.left, ast.Name) and t.left.id in names:
-            c = t.comparators[0]
-            if isinstance(c, ast.Constant) and c.value == 0:
-                return True
-    return False
+                yield self.finding(ctx, s.anchor, message, fix=_fix(ctx, s, backwards, loop, gated=gate is not None))
 
 
 def _owner_loop(step, events):

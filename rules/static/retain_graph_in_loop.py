@@ -129,7 +129,7 @@ for x, y in loader:
                     continue  # the graph is built once and reused by the next iterations
                 yield self.finding(
                     ctx,
-                    ev.node,
+                    ev.anchor,
                     f"`{ctx.segment(ev.node)}` is the last backward of the iteration: retain_graph=True only keeps the "
                     "graph alive (if it was added to silence 'backward through the graph a second time', .detach() "
                     "the tensor carried across iterations instead)",

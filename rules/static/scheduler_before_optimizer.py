@@ -210,7 +210,7 @@ for x in loader:
                     continue  # the scheduler runs every micro-step: scheduler-every-micro-step says it better
                 if s.loop is scope:
                     msg = (
-                        f"`{ctx.segment(k.node)}` runs before `{ctx.segment(s.node)}` (line {s.node.lineno}) in the "
+                        f"`{ctx.segment(k.node)}` runs before `{ctx.segment(s.node)}` ({s.line_ref}) in the "
                         "same iteration: the first learning rate of the schedule is skipped; step the optimizer first"
                     )
                     fix = _fix(ctx, k, s)
@@ -219,7 +219,7 @@ for x in loader:
                 ):
                     msg = (
                         f"`{ctx.segment(k.node)}` runs at the top of the epoch loop, before the batch loop steps the "
-                        f"optimizer (line {s.node.lineno}): the first learning rate is skipped; call it after the batch loop"
+                        f"optimizer ({s.line_ref}): the first learning rate is skipped; call it after the batch loop"
                     )
                     fix = None
                 else:

@@ -119,6 +119,6 @@ for epoch in range(epochs):
                 yield self.finding(
                     ctx,
                     k.site(s),
-                    f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                    f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` ({s.line_ref}) "
                     "steps once per accumulation window: the schedule runs k times too fast; step it with the optimizer",
                 )

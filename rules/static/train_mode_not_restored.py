@@ -266,7 +266,7 @@ for step, (x, y) in enumerate(train_loader):
                     None,
                 )
                 until = (
-                    f"is only switched back at the top of the next epoch (line {later.node.lineno})" if later
+                    f"is only switched back at the top of the next epoch ({later.line_ref})" if later
                     else "nothing switches it back"
                 )
                 yield self.finding(

@@ -222,7 +222,7 @@ for i, (x, y) in enumerate(loader):
                     continue
                 if b.flavor in _SELF_SCALING and not _accelerator_without_accumulation(m, b):
                     continue
-                if m.loss_status(b.arg, b.node) != "raw":
+                if m.loss_status(*b.loss_here) != "raw":
                     continue
                 seen.add(id(b.node))
                 opt = acc.step.target or "the optimizer"
@@ -232,7 +232,7 @@ for i, (x, y) in enumerate(loader):
                 )
                 yield self.finding(
                     ctx,
-                    b.node,
+                    b.anchor,
                     f"gradients are accumulated ({how}) but the loss passed to "
                     "backward() is not divided by the number of micro-steps: updates are k times too large",
                     fix=_fix(ctx, b, acc),

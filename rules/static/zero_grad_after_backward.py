@@ -142,8 +142,8 @@ for i, (x, y) in enumerate(loader):
                     yield self.finding(
                         ctx,
                         c.site(before[-1]),
-                        f"`{ctx.segment(c.node)}` clears the gradients computed by `backward()` on line "
-                        f"{before[-1].node.lineno} before `{ctx.segment(s.node)}` (line {s.node.lineno}) uses them: "
+                        f"`{ctx.segment(c.node)}` clears the gradients computed by `backward()` on "
+                        f"{before[-1].line_ref} before `{ctx.segment(s.node)}` ({s.line_ref}) uses them: "
                         "the optimizer steps on zeros; clear before backward() or after the step",
                     )
                     break

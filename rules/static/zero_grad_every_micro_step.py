@@ -128,6 +128,6 @@ for x, y in loader:
                 yield self.finding(
                     ctx,
                     c.site(acc.backwards[0]),
-                    f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                    f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` ({s.line_ref}) "
                     "steps once per accumulation window: only the last micro-batch's gradients survive; clear right after the step",
                 )
