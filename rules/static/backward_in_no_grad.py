@@ -33,7 +33,10 @@ class BackwardInNoGrad(Rule):
         like `no_grad`/`inference_mode`), with `enable_grad` not re-enabling it, and the value backpropagated
         was computed inside that same region (a call, or a name assigned there). A loss computed before the
         region and backpropagated inside it still has its graph and is not reported. Grad disabled by a plain
-        statement (`torch.set_grad_enabled(False)` on its own line) or by a caller in another file is not seen.
+        statement (`torch.set_grad_enabled(False)` on its own line) is not seen. A backward in a function called
+        inside the region is reported when that function is in the same file; one in a function of a local
+        module is not (its loss is not traced across the file boundary), nor is a region set up by a caller in
+        another file.
     """
     bad = """
         import torch

@@ -26,7 +26,8 @@ class ClipAfterStep(Rule):
         gradients, when nothing in the iteration clears the gradients (they then carry over to the next step, so
         the clip is not clearly wasted), when the clip only measures the norm (`max_norm=float("inf")` or a huge
         literal, as used for logging), and when no backward pass precedes the step in the loop doctor reads. The
-        clip and the step must be in the same loop of one function (same-file helpers inlined).
+        clip and the step must be in the same loop of one function (readable helpers from this file and local
+        modules inlined).
     """
     bad = """
         import torch

@@ -26,8 +26,8 @@ class DoubleOptimizerStep(Rule):
         when the steps sit in exclusive branches (`if`/`else`, opposite tests such as `if amp:` and `if not
         amp:`, the two arms of a conditional expression), in an `except` handler (a fallback), or under
         unrelated conditions that may never hold in the same iteration (`i % 2 == 0` and `== 1`). Only steps of
-        the same named optimizer in the same loop of one function (same-file helpers inlined) are compared; two
-        names bound to one optimizer object are not.
+        the same named optimizer in the same loop of one function (readable helpers from this file and local
+        modules inlined) are compared; two names bound to one optimizer object are not.
     """
     bad = """
         import torch

@@ -28,9 +28,10 @@ class MissingZeroGrad(Rule):
         under a condition (an accumulation window that clears every k steps is correct). It also stays silent
         for DeepSpeed engines (their `step()` clears), for distributed-autograd backward passes, and for
         optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first iteration
-        (`if i == 0: optimizer.zero_grad()`) does not count. Helpers called from the loop are followed only
-        within the same file (up to three calls deep): a loop whose clearing happens in a function of another
-        module is reported even though it clears.
+        (`if i == 0: optimizer.zero_grad()`) does not count. Functions and methods called from the loop are
+        followed when doctor can read them (this file and the local modules the script imports, up to three
+        calls deep): a loop whose clearing happens deeper than that, or inside an installed library, is reported
+        even though it clears.
     """
     bad = """
         import torch
@@ -81,8 +82,8 @@ class MissingZeroGrad(Rule):
         when the step only runs under a condition (an accumulation window that never clears), right after the
         step. It is unsafe because it changes what every step applies (the gradients of one batch instead of a
         growing sum), and because a loop that accumulates on purpose in a way doctor could not read (its
-        clearing hidden in another module) would lose that accumulation. It is offered only for a plain
-        `optimizer.step()` or `scaler.step(optimizer)` called directly in the loop.
+        clearing hidden inside an installed library) would lose that accumulation. It is offered only for a
+        plain `optimizer.step()` or `scaler.step(optimizer)` called directly in the loop.
     """
     fires = (
         """

@@ -28,7 +28,8 @@ class RetainGraphInLoop(Rule):
         iteration, when the value backpropagated is built inside that loop. Stays silent when a later backward
         of the same iteration (or a later `torch.autograd.grad` call in the loop body) may reuse the graph, when
         the graph is built once before the loop and reused on purpose, and for `retain_graph=flag` written with
-        a variable. A second backward in a helper of another file is not seen, so that case is reported.
+        a variable. A second backward inside an installed library (or more than three calls deep) is not seen,
+        so that case is reported.
     """
     bad = """
         import torch

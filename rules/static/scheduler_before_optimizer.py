@@ -27,12 +27,12 @@ class SchedulerBeforeOptimizer(Rule):
         not a torch LR scheduler, or a class out of reach without a torch-style name such as `WarmUpLR`), and a
         scheduler step guarded so that it skips the first iteration (`if epoch > 0: scheduler.step()`). A
         scheduler that runs on every micro-step of an accumulation window is left to
-        `scheduler-every-micro-step`. The order is read inside one function with the helpers it calls from the
-        same file inlined (up to three calls deep): a scheduler and an optimizer stepped in functions of
-        different files are not compared. When doctor cannot see which optimizer a scheduler was built on (both
-        passed in as parameters, and no caller it can read passes them), the scheduler is assumed to drive the
-        optimizer stepped in the same loop; with two optimizers handed in that way this can report a scheduler
-        that drives the other one.
+        `scheduler-every-micro-step`. The order is read inside one function, with the functions and methods it
+        calls inlined when doctor can read them (this file and the local modules the script imports, up to three
+        calls deep); steps taken inside an installed library are not seen. When doctor cannot see which
+        optimizer a scheduler was built on (both passed in as parameters, and no caller it can read passes
+        them), the scheduler is assumed to drive the optimizer stepped in the same loop; with two optimizers
+        handed in that way this can report a scheduler that drives the other one.
     """
     bad = """
         import torch

@@ -28,8 +28,8 @@ class TrainModeNotRestored(Rule):
         the evaluation is followed by `break`/`return`/`raise`, for models that are frozen on purpose (their
         forward runs under `no_grad`, the file sets `requires_grad` to False or filters parameters by it, names
         like `ema`/`teacher`/`target`, or the optimizer provably trains other modules), and for `m.eval()`
-        inside a loop over submodules. A `.train()` done in a helper of another file is not seen, so that case
-        is reported.
+        inside a loop over submodules. A `.train()` done inside an installed library (or more than three calls
+        deep) is not seen, so that case is reported.
     """
     bad = """
         import torch

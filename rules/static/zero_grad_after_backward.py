@@ -23,7 +23,8 @@ class ZeroGradAfterBackward(Rule):
         when the clear and the step sit in exclusive branches, and when the cleared optimizer is provably not
         the one that steps (two optimizers, as in a GAN). A clear that doctor cannot tie to an optimizer
         (`model.zero_grad()` on a model passed in) is assumed to clear the stepped one. Events are read per
-        iteration of the innermost loop, with same-file helpers inlined.
+        iteration of the innermost loop, with the functions and methods the loop calls inlined when doctor can
+        read them (this file and the local modules the script imports, up to three calls deep).
     """
     bad = """
         import torch

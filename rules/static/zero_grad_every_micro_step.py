@@ -22,7 +22,7 @@ class ZeroGradEveryMicroStep(Rule):
         `accumulate`/`should_step`, or a micro-step loop named like `micro`/`accum`/`chunk`; see
         `unscaled-accumulation-loss`) and a clear that provably runs on every micro-step and may clear the
         stepped optimizer. A clear between the backward and a gated step is left to `zero-grad-after-backward`.
-        Clearing through a helper of another module is not seen.
+        Clearing inside an installed library is not seen.
     """
     bad = """
         import torch
