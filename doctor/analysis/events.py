@@ -58,6 +58,16 @@ class Loop:
     node: ast.AST
     parent: Optional["Loop"]
     id: int = field(default_factory=lambda: next(_ids))
+    #: For the implicit loop around a function that runs once per iteration (an ignite update function, a
+    #: trainer's ``run_step``): why it does. ``node`` is then the function.
+    implicit: Optional[str] = None
+
+    @property
+    def where(self) -> str:
+        """``this loop (line 12)``, or for an implicit loop the reason the function repeats."""
+        if self.implicit:
+            return f"`{getattr(self.node, 'name', 'this function')}()`, which {self.implicit}"
+        return f"this loop (line {self.node.lineno})"
 
     @property
     def iter(self) -> Optional[ast.AST]:
@@ -552,6 +562,9 @@ class StreamBuilder:
         kind = self._kind(raw, recv, state) if recv else None
         name = q.rsplit(".", 1)[-1]
 
+        if attr == "backward" and isinstance(func, ast.Attribute) and self._own_method(func, call, state):
+            self._maybe_inline(call, state)  # `self.backward(loss)`: a method of the trainer, not Tensor.backward
+            return
         if attr == "backward":
             if kind == K.ACCELERATOR or last_part(recv) in ("accelerator", "fabric"):
                 self._emit(BACKWARD, call, state, arg=call.args[0] if call.args else None, flavor="accelerate" if "fabric" not in (recv or "") else "fabric", target=recv)
@@ -585,6 +598,9 @@ class StreamBuilder:
         if name in ("_foreach_zero_",):
             self._emit(CLEAR, call, state, target=None, flavor="params")
             return
+        if attr == "step" and kind not in (K.OPTIMIZER, K.SCALER, K.SCHEDULER, K.ENGINE, K.DIST_OPTIMIZER) and self._own_method(func, call, state):  # type: ignore[arg-type]
+            self._maybe_inline(call, state)  # `manager.step()`: a project class that steps the optimizer inside
+            return
         if attr == "step":
             self._step(call, recv, kind, state)
             return
@@ -614,6 +630,16 @@ class StreamBuilder:
                 if not (isinstance(func, ast.Name) and model.objects.get(callee) is None and _names_a_definition(model, func.id)):
                     self._emit(FORWARD, call, state, target=callee)
         self._maybe_inline(call, state)
+
+    def _own_method(self, func: ast.Attribute, call: ast.Call, state: BuildState) -> bool:
+        """Is ``x.name(...)`` a method that a class we can read defines (``self.backward(loss)`` of a trainer,
+        ``manager.step()``), rather than torch's method of that name?"""
+        here = self._program(state)
+        owner = here.class_of_receiver(func.value, call)
+        if owner is None:
+            return False
+        found = owner[0].class_method(owner[1], func.attr)
+        return found is not None and owner[0].class_kind(owner[1]) not in (K.OPTIMIZER, K.SCHEDULER)
 
     def _step(self, call: ast.Call, recv: Optional[str], kind: Optional[str], state: BuildState) -> None:
         if kind == K.SCALER:

@@ -70,6 +70,12 @@ class TrainingModel(Program):
             builder = StreamBuilder(self)
             state = BuildState(cls=cls, stack=(id(owner),))
             events = builder.build(body, state)
+            if owner is not self.tree and _steps_outside_loops(events):
+                why = self.runs_per_iteration(owner)
+                if why is not None:
+                    # Called once per iteration from elsewhere: its body is one iteration of an implicit loop.
+                    builder = StreamBuilder(self)
+                    events = builder.build(body, BuildState(cls=cls, stack=(id(owner),), loops=(Loop(owner, None, implicit=why),)))
             if events:
                 out.append(Stream(owner, tuple(events)))
         return out
@@ -420,6 +426,11 @@ def _clears_every_parameter(ev: Event, loop: Loop) -> bool:
         return it.func.attr in ("parameters", "named_parameters")
     key = receiver_key(it) if it is not None else None
     return bool(key and _PARAM_ITER.search(key.rsplit(".", 1)[-1]))
+
+
+def _steps_outside_loops(events: list[Event]) -> bool:
+    """A backward pass and an optimizer step that run outside any loop of the function."""
+    return any(e.kind == BACKWARD and not e.loops for e in events) and any(e.kind == STEP and not e.loops for e in events)
 
 
 def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:

@@ -301,7 +301,7 @@ class Program:
         return False
 
     # -- call sites ------------------------------------------------------------------------------------
-    def call_sites(self, fn: ast.AST, *, by_method_name: bool = False) -> list[tuple["Program", ast.Call]]:
+    def call_sites(self, fn: ast.AST, *, by_method_name: bool = False, dispatch: bool = False) -> list[tuple["Program", ast.Call]]:
         """The calls of function or method ``fn`` (of this file) that we can see: in this file and, through
         imports, in the project's other files. Methods are matched through ``self`` and through objects
         whose class we can read; ``by_method_name`` also takes calls on receivers of unknown class in the
@@ -345,6 +345,10 @@ class Program:
                 if owner is not None:
                     if any(k is cls for _, k in owner[0].class_bases(owner[1])):
                         out.append((program, call))
+                    elif dispatch and isinstance(f.value, ast.Name) and f.value.id == "self" and any(
+                        k is owner[1] for _, k in self.class_bases(cls)
+                    ):
+                        out.append((program, call))  # a base class calls `self.name()`: the override runs
                 elif by_method_name and not (isinstance(f.value, ast.Name) and f.value.id in ("self", "cls", "super")):
                     out.append((program, call))
         return out
@@ -384,6 +388,40 @@ class Program:
         info = bound[-1] if bound else self.objects.objects.get(key)
         node = info.node if info is not None else None
         return K.unwrap_moves(node) if isinstance(node, ast.Call) else None  # type: ignore[return-value]
+
+    def runs_per_iteration(self, fn: ast.AST) -> Optional[str]:
+        """Why ``fn`` (a function without a loop of its own) runs once per training iteration although no loop
+        of this file calls it: a framework that calls it per iteration (ignite's ``Engine(fn)``), a base class
+        whose loop calls the override (``TrainerBase.train`` -> ``self.run_step()``), or a loop in another file
+        of the project (``model.optimize_parameters(it)`` on a registry-built model). None otherwise, and None
+        when that loop clears gradients itself."""
+        name = getattr(fn, "name", None)
+        if not name:
+            return None
+        for call in self.index.of(ast.Call):
+            callee = (self.imports.qualify(call.func) or "").rsplit(".", 1)[-1]
+            if callee in _PER_ITERATION_ENGINES and call.args and isinstance(call.args[0], ast.Name) and call.args[0].id == name:
+                return f"`{callee}` (line {call.lineno}) calls once per iteration"
+        by_name = name not in _COMMON_METHOD_NAMES and self.class_of(fn) is not None
+        for program, call in self.call_sites(fn, by_method_name=by_name, dispatch=True):
+            if program is self and self._inlined_here(fn, call):
+                continue  # a loop of this file calls it directly: the loop's own stream covers it
+            loop = _enclosing_loop(program, call)
+            if loop is None or _clears_in(loop):
+                continue
+            where = f"line {loop.lineno}" if program is self else f"{_short(program.path)}:{loop.lineno}"
+            return f"runs once per iteration of the loop at {where}"
+        return None
+
+    def _inlined_here(self, fn: ast.AST, call: ast.Call) -> bool:
+        """Does the stream builder inline ``call`` (a same-file call it resolves statically) into its caller?"""
+        f = call.func
+        if isinstance(f, ast.Name):
+            return True
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+            owner = self.class_of_receiver(f.value, call)
+            return owner is not None and any(k.name == self.class_of(fn) for _, k in owner[0].class_bases(owner[1]))
+        return isinstance(f, ast.Attribute) and self.class_of_receiver(f.value, call) is not None
 
     def argument_values(self, fn: ast.AST, param: str) -> list[tuple["Program", ast.AST]]:
         """What the visible calls of ``fn`` pass for ``param`` (positionally, by keyword or by default)."""
@@ -426,3 +464,40 @@ def parameters(fn: ast.AST) -> set[str]:
         return set()
     every = args.posonlyargs + args.args + args.kwonlyargs + [a for a in (args.vararg, args.kwarg) if a]
     return {a.arg for a in every}
+
+
+#: Framework objects that call a function once per training iteration: ignite's engines.
+_PER_ITERATION_ENGINES = {"Engine", "DeterministicEngine"}
+#: Method names too common to link a call to a definition by name alone.
+_COMMON_METHOD_NAMES = {
+    "step", "update", "forward", "__call__", "train", "run", "backward", "zero_grad", "optimize", "fit", "__init__",
+    "apply", "eval", "call", "process", "execute", "compute", "get", "set", "save", "load",
+}
+
+
+def _enclosing_loop(program: "Program", node: ast.AST) -> Optional[ast.AST]:
+    for anc in program.index.ancestors(node):
+        if isinstance(anc, (ast.For, ast.AsyncFor, ast.While)):
+            return anc
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            return None
+    return None
+
+
+def _clears_in(loop: ast.AST) -> bool:
+    """Does the loop body clear gradients anywhere (``zero_grad()``, ``p.grad = None``, ``grad.zero_()``)?"""
+    for node in ast.walk(loop):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if "zero_grad" in name or (name == "zero_" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) and f.value.attr == "grad"):
+                return True
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in node.targets):
+            return True
+    return False
+
+
+def _short(path: Optional[str]) -> str:
+    import os
+
+    return os.path.basename(path or "")

@@ -244,14 +244,14 @@ for batch in loader:
                 if gate is not None:
                     # `if i % accum == 0: optimizer.step()`: clearing before every backward would kill the window.
                     message = (
-                        f"`{target}` steps when `{ast.unparse(gate.test)}` but its gradients are never cleared inside "
-                        f"this loop (line {loop.node.lineno}): every step applies all gradients since the start; call "
+                        f"`{target}` steps when `{ast.unparse(gate.test)}` but its gradients are never cleared in "
+                        f"{loop.where}: every step applies all gradients since the start; call "
                         f"`{target}.zero_grad()` right after the step"
                     )
                 else:
                     message = (
-                        f"`{target}` is stepped every iteration but its gradients are never cleared inside this loop "
-                        f"(line {loop.node.lineno}): gradients add up across iterations; call `{target}.zero_grad()` each iteration"
+                        f"`{target}` is stepped every iteration but its gradients are never cleared in {loop.where}: "
+                        f"gradients add up across iterations; call `{target}.zero_grad()` each iteration"
                     )
                 yield self.finding(ctx, s.anchor, message, fix=_fix(ctx, s, backwards, loop, gated=gate is not None))
 

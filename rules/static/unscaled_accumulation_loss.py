@@ -232,7 +232,7 @@ for i, (x, y) in enumerate(loader):
                 )
                 yield self.finding(
                     ctx,
-                    b.anchor,
+                    b.site(acc.step),
                     f"gradients are accumulated ({how}) but the loss passed to "
                     "backward() is not divided by the number of micro-steps: updates are k times too large",
                     fix=_fix(ctx, b, acc),
