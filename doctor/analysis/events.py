@@ -107,6 +107,15 @@ class Guard:
     #: Innermost loop at the point where the condition was tested.
     loop: Optional[Loop]
     id: int = field(default_factory=lambda: next(_ids))
+    #: The id of the ``if`` whose arms this condition selects (see ``Event.branches``), when it has arms.
+    branch: Optional[int] = None
+    #: Decided once before the loop runs (which of several functions a name was bound to).
+    fixed: bool = False
+
+    @property
+    def mode_switch(self) -> bool:
+        """A condition that cannot change between iterations of its loop (``if args.accum_freq == 1``)."""
+        return self.fixed or is_mode_switch(self.test, self.loop)
 
 
 @dataclass(eq=False)
@@ -178,6 +187,13 @@ class Event:
     def exclusive_with(self, other: "Event") -> bool:
         mine = dict(self.branches)
         return any(arm != mine[b] for b, arm in other.branches if b in mine)
+
+    def other_mode(self, other: "Event") -> bool:
+        """Do the two events sit in different arms of a mode switch (``if args.accum_freq == 1: ... else: ...``),
+        so that no run executes both?"""
+        mine = dict(self.branches)
+        split = {b for b, arm in other.branches if b in mine and arm != mine[b]}
+        return any(g.branch in split and g.mode_switch for g in (*self.guards, *other.guards))
 
     def guarded_by(self, guard: Guard) -> bool:
         return any(g is guard for g in self.guards)
@@ -262,6 +278,42 @@ def is_mode_switch(test: ast.AST, loop: Optional["Loop"]) -> bool:
     return comparisons > 0
 
 
+class FunctionChoice(ast.AST):
+    """A name bound to one of several local functions: ``backward_pass = amp_pass if amp else plain_pass``."""
+
+    def __init__(self, options: list[ast.AST]) -> None:
+        super().__init__()
+        self.options = options
+
+
+def scope_functions(body: list[ast.stmt]) -> dict[str, ast.AST]:
+    """The functions a block defines, and names it binds to them (``step = amp_step``; assigned in several
+    places or through a conditional expression: a ``FunctionChoice``)."""
+    defs: dict[str, ast.AST] = {}
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            defs[stmt.name] = stmt
+    chosen: dict[str, list[ast.AST]] = {}
+
+    def visit(stmts: list[ast.stmt]) -> None:
+        for stmt in stmts:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                values = [stmt.value.body, stmt.value.orelse] if isinstance(stmt.value, ast.IfExp) else [stmt.value]
+                for v in values:
+                    if isinstance(v, ast.Name) and v.id in defs:
+                        chosen.setdefault(stmt.targets[0].id, []).append(defs[v.id])
+            elif isinstance(stmt, ast.If):
+                visit(stmt.body)
+                visit(stmt.orelse)
+
+    visit(body)
+    for name, options in chosen.items():
+        if name not in defs:
+            unique = list({id(o): o for o in options}.values())
+            defs[name] = unique[0] if len(unique) == 1 else FunctionChoice(unique)
+    return defs
+
+
 def _as_called(expr: ast.AST, state: "BuildState") -> ast.AST:
     """``expr`` as the caller wrote it: a bare parameter of an inlined function becomes the argument the caller
     passed (``if update_grad:`` inside a loss scaler is ``(it + 1) % accum == 0`` at the call)."""
@@ -324,7 +376,8 @@ class BuildState:
     cls: Optional[str] = None
     stack: tuple[int, ...] = ()
     via: tuple[ast.AST, ...] = ()
-    #: Local functions visible here (closures), by name.
+    #: Local functions visible here (closures), by name; a name bound to one of several local functions
+    #: (``step = amp_step if amp else plain_step``) maps to a ``FunctionChoice``.
     local_defs: dict[str, ast.AST] = field(default_factory=dict)
     #: The file whose code is being walked when it is not the analysed one (an inlined function of a local
     #: module), and how many of ``via``'s calls are in the analysed file.
@@ -363,9 +416,7 @@ class StreamBuilder:
 
     def _block(self, body: list[ast.stmt], state: BuildState) -> None:
         local_defs = dict(state.local_defs)
-        for stmt in body:
-            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                local_defs[stmt.name] = stmt
+        local_defs.update(scope_functions(body))
         state = state.but(local_defs=local_defs)
         for stmt in body:
             if len(self.events) > MAX_EVENTS:
@@ -393,8 +444,8 @@ class StreamBuilder:
             bid = next(_ids)
             loop = state.loops[-1] if state.loops else None
             acc = _gates_window(test, loop)
-            g_body = Guard(test, False, acc, loop)
-            g_else = Guard(test, True, acc, loop)
+            g_body = Guard(test, False, acc, loop, branch=bid)
+            g_else = Guard(test, True, acc, loop, branch=bid)
             self._block(stmt.body, state.but(guards=state.guards + (g_body,), branches=state.branches + ((bid, 0),)))
             if stmt.orelse:
                 self._block(stmt.orelse, state.but(guards=state.guards + (g_else,), branches=state.branches + ((bid, 1),)))
@@ -665,7 +716,8 @@ class StreamBuilder:
 
     def _closure(self, expr: ast.AST, state: BuildState) -> Optional[ast.AST]:
         if isinstance(expr, ast.Name):
-            return state.local_defs.get(expr.id) or self._program(state).functions.get(expr.id)
+            found = state.local_defs.get(expr.id) or self._program(state).functions.get(expr.id)
+            return None if isinstance(found, FunctionChoice) else found
         return None
 
     # -- helpers: same file, objects of readable classes, local modules --------------------------------
@@ -679,6 +731,16 @@ class StreamBuilder:
         receiver: Optional[str] = None
         if isinstance(func, ast.Name):
             target = state.local_defs.get(func.id) or here.functions.get(func.id)
+            if isinstance(target, FunctionChoice):
+                # One of several local functions, chosen once (by config): each is one exclusive possibility.
+                bid = next(_ids)
+                for i, option in enumerate(target.options):
+                    if id(option) not in state.stack and where.is_relevant(option):
+                        which = ast.Compare(left=func, ops=[ast.Is()], comparators=[ast.Name(id=getattr(option, "name", "?"), ctx=ast.Load())])
+                        choice = Guard(which, False, False, None, branch=bid, fixed=True)
+                        option_state = state.but(branches=state.branches + ((bid, i),), guards=state.guards + (choice,))
+                        self._inline(option, call, list(call.args), option_state, keywords=call.keywords)
+                return
             if target is None and func.id not in here.classes:
                 found = here.resolve_name(func.id) if func.id in here.imports.sources else None
                 if found is not None and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.data import DataFlow
-from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder, first_iteration_only
+from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder, first_iteration_only, scope_functions
 from doctor.analysis.modes import Modes
 from doctor.analysis.names import dotted_name, last_part, receiver_key
 from doctor.analysis.program import RELEVANT_ATTRS, Program
@@ -68,14 +68,15 @@ class TrainingModel(Program):
                 continue
             body = owner.body if owner is not self.tree else [s for s in self.tree.body]
             builder = StreamBuilder(self)
-            state = BuildState(cls=cls, stack=(id(owner),))
+            closure = self._enclosing_defs(owner)
+            state = BuildState(cls=cls, stack=(id(owner),), local_defs=closure)
             events = builder.build(body, state)
             if owner is not self.tree and _steps_outside_loops(events):
                 why = self.runs_per_iteration(owner)
                 if why is not None:
                     # Called once per iteration from elsewhere: its body is one iteration of an implicit loop.
                     builder = StreamBuilder(self)
-                    events = builder.build(body, BuildState(cls=cls, stack=(id(owner),), loops=(Loop(owner, None, implicit=why),)))
+                    events = builder.build(body, BuildState(cls=cls, stack=(id(owner),), loops=(Loop(owner, None, implicit=why),), local_defs=closure))
             if events:
                 out.append(Stream(owner, tuple(events)))
         return out
@@ -103,6 +104,18 @@ class TrainingModel(Program):
             if ev.program is not None and ev.program.owns(node):
                 return ev.anchor
         return self.tree.body[0] if self.tree.body else node
+
+    def _enclosing_defs(self, fn: ast.AST) -> dict[str, ast.AST]:
+        """The functions a nested function sees from the functions around it (closures)."""
+        chain = []
+        cur = self.enclosing_function(fn) if fn is not self.tree else self.tree
+        while cur is not self.tree:
+            chain.append(cur)
+            cur = self.enclosing_function(cur)
+        out: dict[str, ast.AST] = {}
+        for scope in reversed(chain):
+            out.update(scope_functions(scope.body))  # type: ignore[attr-defined]
+        return out
 
     def all_events(self) -> Iterator[Event]:
         for s in self.streams:
@@ -160,12 +173,21 @@ class TrainingModel(Program):
         if info is not None and isinstance(info.node, ast.Call):
             for a in info.node.args[:1]:
                 k = receiver_key(a)
-                if k:
+                if k and self._wraps(info.node, k):
                     out.add(k)
         for other, oinfo in self.objects.objects.items():
             if isinstance(oinfo.node, ast.Call) and oinfo.node.args and receiver_key(oinfo.node.args[0]) == key:
-                out.add(other)
+                if self._wraps(oinfo.node, key):
+                    out.add(other)
         return out
+
+    def _wraps(self, ctor: ast.Call, inner: str) -> bool:
+        """Does ``ctor`` wrap the module ``inner`` (``DDP(net)``, ``torch.compile(net)``, ``EMA(model)``), rather
+        than take some other first argument (``Generator(ngpu)``)?"""
+        name = (self.imports.qualify(ctor.func) or "").rsplit(".", 1)[-1]
+        if name in _WRAPPER_CTORS or name in K._PASS_THROUGH:
+            return True
+        return self.objects.kind(inner) == K.MODEL
 
     def clears(self, optimizer: Optional[str], ev: Event, stepped: set[str] = frozenset()) -> bool:
         """Does event ``ev`` clear the gradients that ``optimizer`` steps on?"""
@@ -174,7 +196,9 @@ class TrainingModel(Program):
         if ev.flavor in ("optimizer", "engine"):
             return self.same_optimizer(optimizer, ev.target, stepped)
         if ev.flavor == "params":
-            return True
+            # `for n, p in model.named_parameters(): if "predictor" in n: p.grad = None` clears only some.
+            loop = ev.loop
+            return not (loop is not None and _iterates_parameters(loop) and any(g.loop is loop for g in ev.guards))
         info = self.info(optimizer, at=ev.node)
         roots = info.param_roots if info is not None else None
         if roots is None or ev.target is None:
@@ -361,6 +385,9 @@ class TrainingModel(Program):
         fn = None
         if isinstance(call.func, ast.Name):
             fn = self.functions.get(call.func.id)
+            if fn is None:
+                options = self._closures(self.enclosing_function(call)).get(call.func.id, [])
+                fn = options[0] if len(options) == 1 else None
         elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
             fn = self.method(None, call.func.attr)
         if fn is not None and depth < 4:
@@ -414,6 +441,7 @@ class TrainingModel(Program):
 
 
 _RAW_MARK = ast.Constant(value="raw loss")
+_WRAPPER_CTORS = {"DistributedDataParallel", "DataParallel", "DDP", "FullyShardedDataParallel", "FSDP", "compile", "ModelEMA", "EMA"}
 _PARAM_ITER = re.compile(r"param", re.I)
 
 
@@ -421,6 +449,10 @@ def _clears_every_parameter(ev: Event, loop: Loop) -> bool:
     """A ``p.grad = None`` / ``p.grad.zero_()`` run unconditionally for every parameter of a loop over parameters."""
     if ev.flavor != "params" or any(g.loop is loop for g in ev.guards):
         return False
+    return _iterates_parameters(loop)
+
+
+def _iterates_parameters(loop: Loop) -> bool:
     it = loop.iter
     if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute):
         return it.func.attr in ("parameters", "named_parameters")

@@ -7,6 +7,8 @@ functions and methods, and which functions (transitively) do something a trainin
 from __future__ import annotations
 
 import ast
+import re
+from functools import cached_property
 from typing import TYPE_CHECKING, Optional, Union
 
 from doctor.analysis import objects as K
@@ -238,16 +240,61 @@ class Program:
                     break
                 continue
             if _depth < 3:
+                owner: Program = self
                 callee = None
-                if isinstance(node.func, ast.Name):
-                    callee = self.functions.get(node.func.id)
-                elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == "self":
-                    callee = self.method(self.class_of(fn), node.func.attr)
-                if callee is not None and callee is not fn and self.is_relevant(callee, _depth + 1):
+                f = node.func
+                if isinstance(f, ast.Name):
+                    callee = self.functions.get(f.id)
+                    if callee is None and fn is not self.tree:
+                        # A closure of an enclosing function, or a name bound to one (`step = amp_step`).
+                        options = self._closures(fn).get(f.id, [])
+                        if any(o is not fn and self.is_relevant(o, _depth + 1) for o in options):
+                            result = True
+                            break
+                    if callee is None and f.id in self.imports.sources:
+                        found = self.resolve_name(f.id)  # a function of a local module
+                        if found is not None and not isinstance(found[1], ast.ClassDef):
+                            owner, callee = found
+                elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+                    callee = self.method(self.class_of(fn), f.attr)
+                elif isinstance(f, ast.Attribute) and (f.attr in self._method_names or isinstance(f.value, ast.Name) and f.value.id in self._constructed):
+                    # `agent.finish_episode()`: a method of an object whose class we can read.
+                    cls = self.class_of_receiver(f.value, node)
+                    found = cls[0].class_method(cls[1], f.attr) if cls is not None else None
+                    if found is not None:
+                        owner, callee = found
+                if callee is not None and callee is not fn and owner.is_relevant(callee, _depth + 1):
                     result = True
                     break
         self._relevant[key] = result
         return result
+
+    def _closures(self, fn: ast.AST) -> dict[str, list[ast.AST]]:
+        """Functions defined in ``fn`` and in the functions around it, by name, and names bound to them."""
+        out: dict[str, list[ast.AST]] = {}
+        cur: ast.AST = fn
+        while cur is not self.tree:
+            body = getattr(cur, "body", [])
+            defs = {s.name: s for s in body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            for name, d in defs.items():
+                out.setdefault(name, []).append(d)
+            for node in ast.walk(cur) if cur is not fn else ():
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    values = [node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) else [node.value]
+                    for v in values:
+                        if isinstance(v, ast.Name) and v.id in defs:
+                            out.setdefault(node.targets[0].id, []).append(defs[v.id])
+            cur = self.enclosing_function(cur)
+        return out
+
+    @cached_property
+    def _method_names(self) -> frozenset[str]:
+        return frozenset(name for table in self.methods.values() for name in table)
+
+    @cached_property
+    def _constructed(self) -> frozenset[str]:
+        """Names bound to a constructor we have not classified (maybe a class of a local module)."""
+        return frozenset(k for k, i in self.objects.objects.items() if i.kind == K.PENDING and "." not in k)
 
     @property
     def parents(self) -> dict[int, ast.AST]:
@@ -402,6 +449,13 @@ class Program:
             callee = (self.imports.qualify(call.func) or "").rsplit(".", 1)[-1]
             if callee in _PER_ITERATION_ENGINES and call.args and isinstance(call.args[0], ast.Name) and call.args[0].id == name:
                 return f"`{callee}` (line {call.lineno}) calls once per iteration"
+            if callee == "add_event_handler" and len(call.args) > 1 and isinstance(call.args[1], ast.Name) and call.args[1].id == name:
+                if _repeating_event(call.args[0]):
+                    return f"runs on every `{ast.unparse(call.args[0])}` (line {call.lineno})"
+        for d in getattr(fn, "decorator_list", ()):
+            # `@trainer.on(Events.EPOCH_COMPLETED)`: an ignite handler run on every such event.
+            if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "on" and d.args and _repeating_event(d.args[0]):
+                return f"runs on every `{ast.unparse(d.args[0])}` (line {d.lineno})"
         by_name = name not in _COMMON_METHOD_NAMES and self.class_of(fn) is not None
         for program, call in self.call_sites(fn, by_method_name=by_name, dispatch=True):
             if program is self and self._inlined_here(fn, call):
@@ -473,6 +527,14 @@ _COMMON_METHOD_NAMES = {
     "step", "update", "forward", "__call__", "train", "run", "backward", "zero_grad", "optimize", "fit", "__init__",
     "apply", "eval", "call", "process", "execute", "compute", "get", "set", "save", "load",
 }
+
+
+def _repeating_event(event: ast.AST) -> bool:
+    """An ignite event that fires repeatedly (``EPOCH_COMPLETED``, ``ITERATION_COMPLETED(every=10)``, a custom
+    ``EPISODE_COMPLETED``), not ``STARTED``/``COMPLETED``, which fire once per run."""
+    text = ast.unparse(event)
+    last = re.split(r"[.(]", text.split("(")[0])[-1] if "(" in text else text.rsplit(".", 1)[-1]
+    return last not in ("STARTED", "COMPLETED", "EXCEPTION_RAISED", "TERMINATE") and bool(re.search(r"[A-Z]", last))
 
 
 def _enclosing_loop(program: "Program", node: ast.AST) -> Optional[ast.AST]:

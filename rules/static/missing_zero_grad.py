@@ -237,7 +237,23 @@ for batch in loader:
             for s in events:
                 if s.kind != STEP or s.flavor == "dist" or _owner_loop(s, events) is not loop:
                     continue
-                if any(m.clears(s.target, c, stepped) and not first_iteration_only(c, loop) for c in events if c.kind == CLEAR):
+                clears = [c for c in events if c.kind == CLEAR and m.clears(s.target, c, stepped) and not first_iteration_only(c, loop)]
+                if clears:
+                    # A clearing in one arm of a mode switch does not serve a backward in the other arm.
+                    mode = next(
+                        (b for b in backwards if b.loop is loop and not b.exclusive_with(s) and all(c.other_mode(b) for c in clears)),
+                        None,
+                    )
+                    if mode is None:
+                        continue
+                    guard = next(g for g in mode.guards if g.mode_switch and any(g.branch == bid for bid, _ in mode.branches))
+                    when = ast.unparse(guard.test) if not guard.negated else f"not ({ast.unparse(guard.test)})"
+                    yield self.finding(
+                        ctx, s.anchor,
+                        f"when `{when}`, `{s.target or 'the optimizer'}` steps on the gradients of the backward on "
+                        f"line {mode.site(s).lineno} but nothing clears them in that branch of {loop.where}: only the other branch "
+                        f"clears ({clears[0].line_ref}); gradients add up across iterations; clear before that backward",
+                    )
                     continue
                 target = s.target or "the optimizer"
                 gate = next((g for g in s.guards if g.loop is loop and not g.negated), None)

@@ -206,7 +206,7 @@ for x in loader:
                 if not later:
                     continue
                 s = later[0]
-                if any(not k.guarded_by(g) for g in s.accumulation_guards()):
+                if any(not k.guarded_by(g) and g.loop in k.loops for g in s.accumulation_guards()):
                     continue  # the scheduler runs every micro-step: scheduler-every-micro-step says it better
                 if s.loop is scope:
                     msg = (
