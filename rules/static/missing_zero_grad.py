@@ -25,13 +25,15 @@ class MissingZeroGrad(Rule):
     known_problems = """
         Stays silent when anything in the loop may clear this optimizer's gradients: `optimizer.zero_grad()`,
         `model.zero_grad()` of a model that may hold its parameters, `p.grad = None` over the parameters, even
-        under a condition (an accumulation window that clears every k steps is correct). It also stays silent
-        for DeepSpeed engines (their `step()` clears), for distributed-autograd backward passes, and for
-        optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first iteration
-        (`if i == 0: optimizer.zero_grad()`) does not count. Functions and methods called from the loop are
-        followed when doctor can read them (this file and the local modules the script imports, up to three
-        calls deep): a loop whose clearing happens deeper than that, or inside an installed library, is reported
-        even though it clears.
+        under a condition (an accumulation window that clears every k steps is correct). The exception is a
+        clear in one arm of a mode switch (a condition that cannot change inside the loop, such as `if
+        cfg.accum_steps > 1:`), which does not serve a backward in the other arm: that arm is reported. It also
+        stays silent for DeepSpeed engines (their `step()` clears), for distributed-autograd backward passes,
+        and for optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first
+        iteration (`if i == 0: optimizer.zero_grad()`) does not count. Functions and methods called from the
+        loop are followed when doctor can read them (this file and the local modules the script imports, up to
+        three calls deep): a loop whose clearing happens deeper than that, or inside an installed library, is
+        reported even though it clears.
     """
     bad = """
         import torch
