@@ -37,20 +37,44 @@ class BadInit(Rule):
         one unit per layer (zeros also kill the gradient to earlier layers). An init whose gain was chosen for
         another activation (Kaiming/ReLU in a tanh network) and a fixed large std on wide layers make activations
         explode or saturate from the first step (severity warning: a smell rather than a certain bug).
-        Zero init of biases, of LoRA `B` matrices, of final/residual projections and BatchNorm gammas is standard
-        and not reported.
+    """
+    known_problems = """
+        Constant init is reported only when it reaches the Linear/Conv weights generically: a function given to
+        `model.apply(...)` (or named like `init`) that tests `isinstance(m, nn.Linear)`, a loop over
+        `model.modules()`, over a stack named `layers`/`blocks`/`h`..., or an init function's loop over
+        `model.parameters()` that selects weights. Initialising one named layer (`self.fc.weight`) is taken as
+        deliberate and never reported, and neither are names that conventionally start at zero (`lora`, `B`,
+        `head`, `out_proj`, `c_proj`, `final`, `residual`, `gate`, `norm`, `scale`...), normalisation layers,
+        biases, EMA/target copies, or an init behind a condition that picks layers by a flag or an attribute
+        (`if zero_init_residual and hasattr(m, "bn3"):`). The ReLU-gain check compares with the activations used
+        in the same class (else in the file) and speaks only when all of them are tanh/sigmoid. The large-std
+        check needs a literal std of 0.5 or more (a uniform bound of 0.5·√3 or more), whatever the layer's
+        width.
     """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
+
         def init_weights(m):
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+
         model.apply(init_weights)
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
+
         def init_weights(m):
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
         model.apply(init_weights)
     """
     fires = (

@@ -20,19 +20,52 @@ class DetachedLossInput(Rule):
         of tensors does not require grad") or, after the usual workaround `loss.requires_grad = True`, runs and
         leaves every parameter's `.grad` at None: the optimizer steps on nothing and the model never learns.
         Detaching the *target* (a DQN target network, a teacher's outputs, `fake.detach()` for the discriminator
-        step) is correct and not reported, and neither are losses computed only for logging or loss terms summed
-        with another term that does train the model.
+        step) is correct.
+    """
+    known_problems = """
+        Reported only for a loss call that provably reaches a `backward()` outside `no_grad`, whose prediction
+        argument is a model output cut off by `.detach()`, `.data`, `.item()`, `.numpy()` (traced through
+        assignments and helpers). Also reported: a loss backpropagated right before an optimizer step that
+        reaches the stepped model only through a detach (a GAN's generator loss computed on `fake.detach()`);
+        that needs the optimizer's parameter owners to be known, and any path that keeps the gradient silences
+        it. Stays silent when another argument still carries the model's gradient (a detached target), when
+        another loss term of the same backward trains the model, for losses computed only for logging (never
+        backpropagated), and when the value cannot be traced to a model call.
     """
     bad = """
-        output = model(x)
-        loss = criterion(output.detach(), y)
-        loss.requires_grad = True
-        loss.backward()
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        model = nn.Linear(20, 5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 5, (32,))) for _ in range(16)]
+
+        criterion = nn.CrossEntropyLoss()
+        for x, y in loader:
+            optimizer.zero_grad()
+            output = model(x)
+            loss = criterion(output.detach(), y)
+            loss.requires_grad = True
+            loss.backward()
+            optimizer.step()
     """
     good = """
-        output = model(x)
-        loss = criterion(output, y)
-        loss.backward()
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        model = nn.Linear(20, 5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 5, (32,))) for _ in range(16)]
+
+        criterion = nn.CrossEntropyLoss()
+        for x, y in loader:
+            optimizer.zero_grad()
+            output = model(x)
+            loss = criterion(output, y)
+            loss.backward()
+            optimizer.step()
     """
     fires = (
         """

@@ -26,21 +26,76 @@ class LossAccumulatedAsTensor(Rule):
         (`loss.item()`, `float(loss)`) or a detached tensor (`loss.detach()`, which avoids a GPU sync).
         A sum of losses that is itself backpropagated (`loss += w * term` then `loss.backward()`) is correct.
     """
+    known_problems = """
+        Reported only when the value added (`total += loss`, `total = total + loss`) is a plain name that was
+        certainly passed to a `backward()` of the same loop iteration, on the same control path, and not rebound
+        in between, or an entry of a dict of loss terms (`losses[k]`, `v` over `losses.items()`) that this
+        iteration's backward ran on: that is what makes `.detach()` safe. Stays silent for a total reset inside
+        the loop, a total that is itself backpropagated (a sum of loss terms), a loop that sums the micro-steps
+        of one accumulation window, code under `no_grad`, and loops that run no backward pass. Other ways of
+        keeping losses alive are not checked: appending them to a list (`losses.append(loss)`), or adding a loss
+        that is never backpropagated (a validation loss computed with gradients on: see `eval-without-no-grad`).
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         total_loss = 0
         for x, y in loader:
-            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             total_loss += loss
+        print(f"mean loss {total_loss / len(loader):.3f}")
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        total_loss = 0.0
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+        print(f"mean loss {total_loss / len(loader):.3f}")
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         total_loss = 0
         for x, y in loader:
-            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             total_loss += loss.detach()
+        print(f"mean loss {total_loss / len(loader):.3f}")
+    """
+    fix_safety = """
+        The fix adds `.detach()` to the value added to the total. It is safe: the rule only reports a value that
+        already went into a `backward()` of the same iteration, so no gradient can flow through the total
+        anyway; `.detach()` keeps the same number, dtype and device (the total stays a tensor, so `total / n`,
+        `.item()` and formatting work as before) and only drops the link to the graph. It does not add a host
+        sync, unlike `.item()`.
     """
     fires = (
         """

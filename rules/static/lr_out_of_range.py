@@ -29,15 +29,46 @@ class LrOutOfRange(Rule):
         so `lr=0.1` or more moves every weight by that much per step: the loss explodes or becomes NaN within a
         few iterations (typical values are 1e-5..3e-3). The number is usually copied from an SGD recipe, where
         0.1 is standard. A learning rate of zero or below never trains (or climbs the loss).
-        Not reported: SGD (linear probes use LRs like 30), Adadelta (default 1.0), LBFGS, and optimizers whose LR
-        is rewritten by the code (`param_group["lr"] = ...`) or driven by LambdaLR/OneCycleLR/CyclicLR or a custom
-        scheduler, where the base LR is only a multiplier.
+    """
+    known_problems = """
+        Reported only for torch optimizers with a learning rate doctor can read as a number (a literal or a
+        module constant, by keyword, by position or in a parameter group written as a dict); a value from a
+        config or the command line is not checked. The high bound (0.1) applies to Adam, AdamW, RMSprop,
+        Adagrad, NAdam and RAdam only, not to SGD (linear probes use LRs like 30), Adadelta (default 1.0) or
+        LBFGS; a learning rate of zero or below is reported for every torch optimizer. Stays silent when the
+        file writes learning rates itself (`param_group["lr"] = ...`), when a scheduler that treats the base LR
+        as a multiplier (`LambdaLR`, `MultiplicativeLR`, `OneCycleLR`, `CyclicLR`) or a scheduler that is not
+        torch's or transformers' is built, for rates tuned per parameter group (several groups with different
+        literal rates, or a group holding only embedding tables), and in files importing gpytorch, botorch or
+        pyro, whose few-parameter fits use Adam at 0.1 on purpose.
     """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
         optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
     """
     fires = (
         """

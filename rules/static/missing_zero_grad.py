@@ -22,18 +22,70 @@ class MissingZeroGrad(Rule):
         since the start, so the effective step size grows each iteration and training diverges or stalls.
         Clearing once before the loop is not enough, and with two optimizers each needs its own clearing.
     """
+    known_problems = """
+        Stays silent when anything in the loop may clear this optimizer's gradients: `optimizer.zero_grad()`,
+        `model.zero_grad()` of a model that may hold its parameters, `p.grad = None` over the parameters, even
+        under a condition (an accumulation window that clears every k steps is correct). The exception is a
+        clear in one arm of a mode switch (a condition that cannot change inside the loop, such as `if
+        cfg.accum_steps > 1:`), which does not serve a backward in the other arm: that arm is reported. It also
+        stays silent for DeepSpeed engines (their `step()` clears), for distributed-autograd backward passes,
+        and for optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first
+        iteration (`if i == 0: optimizer.zero_grad()`) does not count. Functions and methods called from the
+        loop are followed when doctor can read them (this file and the local modules the script imports, up to
+        three calls deep): a loop whose clearing happens deeper than that, or inside an installed library, is
+        reported even though it clears.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         for x, y in loader:
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         for x, y in loader:
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    """
+    fix_safety = """
+        The fix inserts `optimizer.zero_grad()` right before the loop's first unconditional `backward()`, or,
+        when the step only runs under a condition (an accumulation window that never clears), right after the
+        step. It is unsafe because it changes what every step applies (the gradients of one batch instead of a
+        growing sum), and because a loop that accumulates on purpose in a way doctor could not read (its
+        clearing hidden inside an installed library) would lose that accumulation. It is offered only for a
+        plain `optimizer.step()` or `scaler.step(optimizer)` called directly in the loop.
     """
     fires = (
         """

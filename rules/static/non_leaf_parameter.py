@@ -34,13 +34,43 @@ class NonLeafParameter(Rule):
         (`.to(device).requires_grad_()`), or wrap it: `nn.Parameter(t.to(device))`. Reported when the moved
         tensor is given to an optimizer or its `.grad` is read.
     """
+    known_problems = """
+        Reported for an assignment whose value is a tensor created with a literal `requires_grad=True` (or
+        `.requires_grad_()`) and then moved with `.to(...)`, `.cuda()`, `.double()`, `.half()` or `.bfloat16()`,
+        in one expression or through a name, when the assigned name is given to an optimizer or has its `.grad`
+        read in the file. Not reported: `.to("cpu")`, `.to(torch.float32)` and other dtype conversions through
+        `.to`, a `.to(device)` of a tensor made from one already on that device (a no-op that returns the leaf),
+        tensors wrapped in `nn.Parameter`, and tensors that are never optimised or read for `.grad` here (they
+        may be used by code in another file). A move to a device variable that is `"cpu"` at run time is
+        reported too: the script then works on the CPU but not on a GPU.
+    """
     bad = """
-        w = torch.randn(10, 1, requires_grad=True).to(device)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        w = torch.randn(20, 1, requires_grad=True).to(device)
         optimizer = torch.optim.SGD([w], lr=0.1)
+        x, y = torch.randn(64, 20, device=device), torch.randn(64, 1, device=device)
+
+        for step in range(100):
+            optimizer.zero_grad()
+            loss = ((x @ w - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
     """
     good = """
-        w = torch.randn(10, 1, device=device, requires_grad=True)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        w = torch.randn(20, 1, device=device, requires_grad=True)
         optimizer = torch.optim.SGD([w], lr=0.1)
+        x, y = torch.randn(64, 20, device=device), torch.randn(64, 1, device=device)
+
+        for step in range(100):
+            optimizer.zero_grad()
+            loss = ((x @ w - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
     """
     fires = (
         """

@@ -27,17 +27,56 @@ class ResumeWithoutSchedulerState(Rule):
         `scheduler.state_dict()` with the checkpoint and `load_state_dict` it on resume (or rebuild it with
         `last_epoch=`, or step it forward to the resumed position).
     """
+    known_problems = """
+        Needs a scheduler constructed in the file and a `load_state_dict(...)` call on an object doctor takes
+        for an optimizer (built as one, or named like one). Anything that may restore or position the scheduler
+        silences it: its `state_dict()`/`load_state_dict()` called anywhere in the file (also through a loop
+        variable over a collection of schedulers), `last_epoch=`, `**kwargs` or more than three positional
+        arguments in its constructor, a constructor argument named like `start`/`resume`/`global_step`,
+        `step(n)` with an argument, a loop that only steps schedulers (a fast-forward), the scheduler passed to
+        a helper named like `save`/`load`/`checkpoint`, or placed in a dict, list or tuple (a checkpoint being
+        assembled). A `load_state_dict` inside a method named like `*state*` (a wrapper delegating to its
+        optimizer) is not reported. A scheduler handled by code in another file it is not passed to is not seen.
+    """
     bad = """
-        ckpt = torch.load(path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler = CosineAnnealingLR(optimizer, T_max=epochs)
+        import torch
+        from torch import nn
+        from torch.optim.lr_scheduler import CosineAnnealingLR
+
+        model = nn.Linear(20, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = CosineAnnealingLR(optimizer, T_max=100)
+
+
+        def save(path):
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+
+
+        def resume(path):
+            ckpt = torch.load(path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
     """
     good = """
-        ckpt = torch.load(path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        import torch
+        from torch import nn
+        from torch.optim.lr_scheduler import CosineAnnealingLR
+
+        model = nn.Linear(20, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = CosineAnnealingLR(optimizer, T_max=100)
+
+
+        def save(path):
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()}, path)
+
+
+        def resume(path):
+            ckpt = torch.load(path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
     """
     fires = (
         """

@@ -21,7 +21,29 @@ class UnscaledAccumulationLoss(Rule):
         it imitates: the effective learning rate silently grows with the accumulation factor, and gradient
         clipping thresholds mean something else. Dividing only a logged copy of the loss does not help.
     """
+    known_problems = """
+        Accumulation is recognised from a step under a condition such as `if (i + 1) % k == 0` or a flag named
+        like `accumulate`/`sync_gradients`/`should_step`, or from an inner loop named like
+        `micro`/`accum`/`chunk`; a comparison that cannot change inside the loop (`if cfg.accum_steps > 1:`)
+        selects a mode and is not taken as a window. Reported only when the loss reaching `backward()` is
+        provably a raw loss (a torch loss function's or criterion's output, a model's `.loss`, or the output of
+        a model whose readable `forward` returns a raw loss, traced through assignments and same-file helpers);
+        a loss whose origin is unknown, or that is divided or multiplied by anything other than a constant
+        anywhere on its way, counts as scaled. Stays silent inside `accelerator.accumulate(...)`, and for
+        `accelerator.backward`, DeepSpeed and distributed-autograd backward passes, which scale themselves
+        (except an `Accelerator()` built in this file without `gradient_accumulation_steps`). Dividing by the
+        wrong number is not detected.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+
         for i, (x, y) in enumerate(loader):
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -30,12 +52,45 @@ class UnscaledAccumulationLoss(Rule):
                 optimizer.zero_grad()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+
         for i, (x, y) in enumerate(loader):
             loss = loss_fn(model(x), y) / accum_steps
             loss.backward()
             if (i + 1) % accum_steps == 0:
                 optimizer.step()
                 optimizer.zero_grad()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+
+        for i, (x, y) in enumerate(loader):
+            loss = loss_fn(model(x), y)
+            (loss / accum_steps).backward()
+            if (i + 1) % accum_steps == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    """
+    fix_safety = """
+        The fix divides the expression passed to `backward()` by the right-hand side of the `%` in the step's
+        condition (`(loss / accum_steps).backward()`); a logged `loss` keeps its undivided value. It is unsafe
+        because every update becomes k times smaller: that is the point, but the learning rate, warm-up and
+        clipping threshold tuned on the old behaviour may need tuning again. It is offered only when the
+        condition names the count plainly (`% accum_steps`, `% 4`) and the backward is in the same function.
     """
     fires = (
         """
