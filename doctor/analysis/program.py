@@ -92,7 +92,9 @@ class Program:
                 sub = program.objects.verified("", sub) if sub is not None and sub.unverified and sub.node is not call else sub
                 kinds.add(sub.kind if sub is not None else None)
             elif isinstance(value, (ast.Name, ast.Attribute)):
-                kinds.add(program.objects.kind(receiver_key(value)))
+                # What the returned variable was built as (never what its name says).
+                sub = program.objects.get(receiver_key(value)) if receiver_key(value) else None
+                kinds.add(sub.kind if sub is not None and not sub.from_name_only else None)
             else:
                 kinds.add(K.OTHER)
         kinds.discard(K.PENDING)
