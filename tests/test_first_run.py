@@ -53,8 +53,8 @@ def test_rules_lists_the_runtime_checks_too(run_doctor):
 
 def test_explain_a_runtime_check_shows_its_numbers(run_doctor):
     out = run_doctor("explain", "DP105").stdout
-    assert "1e-6 (VANISH_RATIO)" in out and "1000 (EXPLODE_WARN)" in out
-    assert "``VANISH_RATIO``" not in out
+    assert "1e-6" in out and "1000" in out  # the thresholds as numbers
+    assert "VANISH_RATIO" not in out and "EXPLODE_WARN" not in out
 
 
 # -- --exclude, --quiet, stdin ---------------------------------------------------------------------------------

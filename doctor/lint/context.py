@@ -50,7 +50,13 @@ class FileContext:
 
     def segment(self, node: ast.AST) -> str:
         """The source text of ``node`` (what ``ast.get_source_segment`` gives, without re-splitting the file
-        on every call: that made files with many findings quadratic)."""
+        on every call: that made files with many findings quadratic); for a node of another file (inlined
+        from a local module) its code."""
+        if not self._local(node):
+            try:
+                return ast.unparse(node)
+            except Exception:  # noqa: BLE001 - a message must never fail on odd syntax
+                return ""
         try:
             first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
             col, end_col = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
@@ -101,6 +107,10 @@ class FileContext:
                 return None
         return code
 
+    def _local(self, node: ast.AST) -> bool:
+        model = self.__dict__.get("model")
+        return model is None or model.owns(node) or not hasattr(node, "lineno") or isinstance(node, ast.Pass)
+
     def fingerprint(self, rule: str, line: int) -> str:
         """Keyed by rule and the code on the line, not the line number, so baselines survive edits."""
         text = self.lines[line - 1].strip() if 1 <= line <= len(self.lines) else ""
@@ -130,6 +140,8 @@ class FileContext:
         severity: Optional[Severity] = None,
         evidence: Optional[dict] = None,
     ) -> Finding:
+        if not self._local(node):
+            node = self.model.anchor_of(node)  # a node of another file: report the call here that led there
         line = getattr(node, "lineno", 1)
         end_line = getattr(node, "end_lineno", None) or line
         col = self.char_column(line, getattr(node, "col_offset", 0))

@@ -18,6 +18,7 @@ from doctor.core.source import NotebookError, Source, decode_notebook, decode_py
 from doctor.lint.suppress import is_ours, parse_suppressions
 from doctor.lint.parts import PARTS_FROM_BYTES, Plan
 from doctor.lint.workers import pool_map, usable_cores
+from doctor.analysis.project import Consulted, recording
 
 #: Files larger than this are skipped with a message (generated code, data dumps saved as .py).
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -47,6 +48,8 @@ class FileResult:
     cached: bool = False
     #: SHA-256 of the bytes that were checked: the fixer reuses these findings only for the same bytes.
     digest: str = ""
+    #: Other files (and whole project folders) the analysis read: the cache re-checks the file when they change.
+    consulted: Optional[Consulted] = None
 
 
 @dataclass
@@ -149,19 +152,21 @@ def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Sett
         ctx = FileContext(path, source, tree)
         ignored = settings.ignored_for(path)
         found: list[Finding] = []
-        for rule_cls in rules:
-            if ignored and _rule_ignored(rule_cls, ignored):
-                continue
-            start = time.perf_counter() if timing else 0.0
-            try:
-                found.extend(rule_cls().check(ctx))
-            except RecursionError:
-                result.error, result.error_kind = f"rule {rule_cls.name} gave up: code nested too deeply", INCOMPLETE
-            except Exception as exc:  # a rule bug must not lose the other rules' findings
-                result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
-                result.error_kind = INTERNAL
-            if timing:
-                result.rule_seconds[rule_cls.name] = time.perf_counter() - start
+        with recording() as consulted:
+            for rule_cls in rules:
+                if ignored and _rule_ignored(rule_cls, ignored):
+                    continue
+                start = time.perf_counter() if timing else 0.0
+                try:
+                    found.extend(rule_cls().check(ctx))
+                except RecursionError:
+                    result.error, result.error_kind = f"rule {rule_cls.name} gave up: code nested too deeply", INCOMPLETE
+                except Exception as exc:  # a rule bug must not lose the other rules' findings
+                    result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
+                    result.error_kind = INTERNAL
+                if timing:
+                    result.rule_seconds[rule_cls.name] = time.perf_counter() - start
+        _keep_consulted(result, path, consulted)
         stage = "applying suppressions to"
         result.findings = _apply_suppressions(ctx, _dedupe(found), rules)
         return result
@@ -178,6 +183,15 @@ def _syntax_finding(path: str, source: Source, exc: BaseException) -> Finding:
     return ctx.make_finding(_syntax_rule(), node, f"file could not be parsed: {msg}")
 
 
+def _keep_consulted(result: FileResult, path: str, consulted: Consulted) -> None:
+    """What the analysis read of other files, for the cache (the file itself does not count)."""
+    consulted.files.discard(os.path.normpath(os.path.abspath(path)))
+    if result.consulted is not None:
+        consulted.files |= result.consulted.files
+        consulted.roots |= result.consulted.roots
+    result.consulted = consulted if consulted.files or consulted.roots else None
+
+
 @dataclass
 class _PartResult:
     findings: list[Finding] = field(default_factory=list)
@@ -186,6 +200,8 @@ class _PartResult:
     rule_seconds: dict[str, float] = field(default_factory=dict)
     #: The part did not parse (the file may not either, or our cut was wrong).
     unparsable: bool = False
+    #: Other files the analysis of this part read.
+    consulted: Optional[Consulted] = None
 
 
 def _check_part(path: str, part: Source, rules: list[type[Rule]], timing: bool) -> _PartResult:
@@ -196,16 +212,18 @@ def _check_part(path: str, part: Source, rules: list[type[Rule]], timing: bool) 
         out.unparsable = True
         return out
     ctx = FileContext(path, part, tree)
-    for rule_cls in rules:
-        start = time.perf_counter() if timing else 0.0
-        try:
-            out.findings.extend(replace(f, fix=None) for f in rule_cls().check(ctx))
-        except RecursionError:
-            out.error, out.error_kind = f"rule {rule_cls.name} gave up: code nested too deeply", INCOMPLETE
-        except Exception as exc:  # a rule bug must not lose the other rules' findings
-            out.error, out.error_kind = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}", INTERNAL
-        if timing:
-            out.rule_seconds[rule_cls.name] = out.rule_seconds.get(rule_cls.name, 0.0) + time.perf_counter() - start
+    with recording() as consulted:
+        for rule_cls in rules:
+            start = time.perf_counter() if timing else 0.0
+            try:
+                out.findings.extend(replace(f, fix=None) for f in rule_cls().check(ctx))
+            except RecursionError:
+                out.error, out.error_kind = f"rule {rule_cls.name} gave up: code nested too deeply", INCOMPLETE
+            except Exception as exc:  # a rule bug must not lose the other rules' findings
+                out.error, out.error_kind = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}", INTERNAL
+            if timing:
+                out.rule_seconds[rule_cls.name] = out.rule_seconds.get(rule_cls.name, 0.0) + time.perf_counter() - start
+    out.consulted = consulted
     return out
 
 
@@ -242,6 +260,8 @@ def _check_in_parts(
                 return True
             return False
         found.extend(part_result.findings)
+        if part_result.consulted is not None:
+            _keep_consulted(result, path, part_result.consulted)
         if part_result.error and result.error_kind != INTERNAL:
             result.error, result.error_kind = part_result.error, part_result.error_kind
         for name, sec in part_result.rule_seconds.items():

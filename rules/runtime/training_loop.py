@@ -1,19 +1,8 @@
-"""training-loop: did the script train at all, as far as the probe can see?
-
-Measures: the number of ``optimizer.step()`` calls observed through PyTorch's global optimizer hooks.
-
-Fails when none was observed: the script crashed or exited before its first step, never calls
-``optimizer.step()`` (forgotten, or behind a flag that is off), or updates weights in a way the probe
-cannot see (manual ``p.data -= lr * p.grad``, a framework with its own fused optimizer outside
-``torch.optim``). Warns when the script ended by itself before the requested number of steps (a short
-epoch, or an early ``break``) because the other checks then judge fewer steps.
-
-What to do: make sure the training loop calls a ``torch.optim`` optimizer's ``step()``; if the script
-needs arguments to start training, pass them after ``--``.
-"""
+"""training-loop: did the script train at all, as far as the probe can see?"""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, result, finding_at
 from doctor.probe.trace import COMPLETED, CRASHED, TIMEOUT, ProbeRun
 
@@ -21,6 +10,42 @@ CHECK = RuntimeCheck(
     name="training-loop",
     code="DP101",
     summary="At least one optimizer step was observed: the script really trains through torch.optim.",
+)
+
+
+PAGE = Sections(
+    why="""
+        Every other check judges what happens around `optimizer.step()`: when none was observed, the script
+        did not train under the probe, and nothing else can be said. The probe counts the steps of
+        `torch.optim` optimizers through PyTorch's global optimizer hooks. It fails when none was observed:
+        the script crashed or exited before its first step (the failing line is shown), never calls
+        `optimizer.step()` (forgotten, or behind a flag that is off), or hung until the timeout. It warns
+        when the script ended by itself before the requested number of steps (a short epoch, an early
+        `break`), because the other checks then judge fewer steps.
+
+        What to do: make sure the training loop calls a `torch.optim` optimizer's `step()`; if the script
+        needs arguments to start training, pass them after `--`.
+    """,
+    known_problems="""
+        Only `torch.optim` optimizers are seen: weights updated by hand (`p.data -= lr * p.grad`), or by a
+        framework's fused optimizer outside `torch.optim`, read as "no optimizer step" although the script
+        trains.
+    """,
+    bad="""
+        for x, y in loader:
+            model.zero_grad()
+            loss_fn(model(x), y).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+    """,
+    good="""
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+    """,
 )
 
 
