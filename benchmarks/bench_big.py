@@ -247,12 +247,15 @@ def bench_big_file(tmp: str, repeats: int) -> None:
     print("| input | wall | CPU | peak RSS | exit | load |\n|---|---|---|---|---|---|")
     for name, make in (("training code", training_code), ("dense loops", dense_loops), ("data table", data_table)):
         for mb in (1.25, 2.5, 5.0):
-            path = os.path.join(tmp, f"{name.replace(' ', '_')}_{mb}.py")
+            # Each file in a folder of its own: doctor reads a file's neighbours (callers in the project).
+            folder = os.path.join(tmp, f"{name.replace(' ', '_')}_{mb}")
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, "train.py")
             with open(path, "w") as fh:
                 fh.write(make(int(mb * 1_000_000)))
             for _ in range(repeats):
                 row(f"{name}, {os.path.getsize(path) / 1e6:.2f} MB", run(["check", path, "--no-cache", "--exit-zero"], tmp))
-    path = os.path.join(tmp, "training_code_5.0.py")
+    path = os.path.join(tmp, "training_code_5.0", "train.py")
     row("training code, 5 MB, `-j 1`", run(["check", path, "--no-cache", "--exit-zero", "-j", "1"], tmp))
 
 

@@ -57,6 +57,9 @@ class Program:
         #: Per object key: (bindings seen, the position in the history of the last binding in each function).
         self._bound_in: dict[str, tuple[int, dict[int, int]]] = {}
         self._methods_by_name: Optional[dict[str, list[ast.AST]]] = None
+        self._calls_by: Optional[dict[str, dict[str, list[ast.Call]]]] = None
+        self._class_kinds: dict[int, tuple[ast.ClassDef, Optional[str]]] = {}
+        self._iteration_hooks: Optional[list[ast.Call]] = None
         self.classes: dict[str, ast.ClassDef] = {}
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
@@ -212,7 +215,15 @@ class Program:
 
     def class_kind(self, cls: ast.ClassDef) -> Optional[str]:
         """What instances of ``cls`` are, from its bases (through local modules): a model, an optimizer, a
-        scheduler; None when no base says so."""
+        scheduler; None when no base says so. (Once per class: every object built from it asks.)"""
+        hit = self._class_kinds.get(id(cls))
+        if hit is not None and hit[0] is cls:
+            return hit[1]
+        kind = self._class_kind(cls)
+        self._class_kinds[id(cls)] = (cls, kind)
+        return kind
+
+    def _class_kind(self, cls: ast.ClassDef) -> Optional[str]:
         for program, klass in self.class_bases(cls):
             for base in klass.bases:
                 q = program.imports.qualify(base) or ""
@@ -222,6 +233,22 @@ class Program:
         return None
 
     # -- indexes ---------------------------------------------------------------------------------------
+    def calls_named(self, name: str, how: str = "any") -> list[ast.Call]:
+        """This file's calls of ``name``, in source order: ``how`` = "name" (``name(...)``), "attr"
+        (``x.name(...)``) or "any". One table for the file: a scan of every call per function looked up made
+        big files quadratic."""
+        if self._calls_by is None:
+            tables: dict[str, dict[str, list[ast.Call]]] = {"name": {}, "attr": {}, "any": {}}
+            for call in self.index.of(ast.Call):
+                f = call.func
+                key = "name" if isinstance(f, ast.Name) else "attr" if isinstance(f, ast.Attribute) else None
+                if key is not None:
+                    called = f.id if key == "name" else f.attr  # type: ignore[union-attr]
+                    tables[key].setdefault(called, []).append(call)
+                    tables["any"].setdefault(called, []).append(call)
+            self._calls_by = tables
+        return self._calls_by[how].get(name, [])
+
     def method(self, cls: Optional[str], name: str) -> Optional[ast.AST]:
         if cls and name in self.methods.get(cls, {}):
             return self.methods[cls][name]
@@ -330,14 +357,7 @@ class Program:
             if len(bound) > 1:
                 # One table per key, not one scan per use: a generated file binding `opt` in thousands of
                 # functions would otherwise cost (uses x bindings) ancestor walks.
-                # Positions, not the entries: verifying an object replaces its entry in the history.
-                seen, by_function = self._bound_in.get(key, (0, {}))
-                if seen != len(bound):
-                    by_function = {}
-                    for n, i in enumerate(bound):
-                        by_function[id(self.enclosing_function(i.node))] = n  # the last binding wins
-                    self._bound_in[key] = (len(bound), by_function)
-                local = by_function.get(id(fn))
+                local = self._last_binding_in(key, bound, fn)
                 if local is not None:
                     return self.objects.verified(key, bound[local])
         return self.objects.get(key)
@@ -385,9 +405,8 @@ class Program:
                     out.append((self, call))
             return out
         if cls_name is None:
-            for call in self.index.of(ast.Call):
-                if isinstance(call.func, ast.Name) and call.func.id == name:
-                    out.append((self, call))
+            for call in self.calls_named(name, "name"):
+                out.append((self, call))
             if self.project is not None:
                 for site in self.project.calls_named(name):
                     if site.program is self:
@@ -403,10 +422,8 @@ class Program:
         if self.project is not None:
             programs.extend(p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values() if p is not self)
         for program in programs:
-            for call in program.index.of(ast.Call):
+            for call in program.calls_named(name, "attr"):
                 f = call.func
-                if not (isinstance(f, ast.Attribute) and f.attr == name):
-                    continue
                 owner = program.class_of_receiver(f.value, call)
                 if owner is not None:
                     if any(k is cls for _, k in owner[0].class_bases(owner[1])):
@@ -443,14 +460,27 @@ class Program:
         ctor = self.constructor_of(key, at)
         return self.resolve_class(ctor.func) if ctor is not None else None
 
+    def _last_binding_in(self, key: str, bound: list, fn: ast.AST) -> Optional[int]:
+        """The position in ``bound`` (the history of ``key``) of its last binding made in ``fn``, or None.
+
+        One table per key, not one scan per use: a generated file binding `opt` in thousands of functions would
+        otherwise cost (uses x bindings) ancestor walks. Positions, not the entries: verifying an object
+        replaces its entry in the history."""
+        seen, by_function = self._bound_in.get(key, (0, {}))
+        if seen != len(bound):
+            by_function = {}
+            for n, i in enumerate(bound):
+                by_function[id(self.enclosing_function(i.node))] = n  # the last binding wins
+            self._bound_in[key] = (len(bound), by_function)
+        return by_function.get(id(fn))
+
     def constructor_of(self, key: str, at: Optional[ast.AST] = None) -> Optional[ast.Call]:
         """The call that built the object ``key`` holds (the binding in ``at``'s function first)."""
         bound = self.objects.history.get(key, [])
         if at is not None and len(bound) > 1:
-            fn = self.enclosing_function(at)
-            local = [i for i in bound if self.enclosing_function(i.node) is fn]
-            if local:
-                bound = local
+            local = self._last_binding_in(key, bound, self.enclosing_function(at))
+            if local is not None:
+                bound = [bound[local]]
         info = bound[-1] if bound else self.objects.objects.get(key)
         node = info.node if info is not None else None
         return K.unwrap_moves(node) if isinstance(node, ast.Call) else None  # type: ignore[return-value]
@@ -464,7 +494,12 @@ class Program:
         name = getattr(fn, "name", None)
         if not name:
             return None
-        for call in self.index.of(ast.Call):
+        if self._iteration_hooks is None:  # the calls that can make a function run per iteration, found once
+            self._iteration_hooks = [
+                c for c in self.index.of(ast.Call)
+                if (self.imports.qualify(c.func) or "").rsplit(".", 1)[-1] in _PER_ITERATION_ENGINES | {"add_event_handler"}
+            ]
+        for call in self._iteration_hooks:
             callee = (self.imports.qualify(call.func) or "").rsplit(".", 1)[-1]
             if callee in _PER_ITERATION_ENGINES and call.args and isinstance(call.args[0], ast.Name) and call.args[0].id == name:
                 return f"`{callee}` (line {call.lineno}) calls once per iteration"

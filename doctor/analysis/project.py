@@ -93,6 +93,10 @@ class Project:
         self._texts: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]] = {}
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
         self._callers: dict[str, list[CallSite]] = {}
+        #: called_names() per file, with the text it was read from.
+        self._called: dict[str, tuple[Optional[str], frozenset[str]]] = {}
+        #: module_file() answers; forgotten with the callers when the project's files change.
+        self._module_files: dict[tuple[str, str, int], Optional[str]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
     @classmethod
@@ -111,8 +115,15 @@ class Project:
 
     # -- imports ----------------------------------------------------------------------------------------
     def module_file(self, importer: str, module: str, level: int = 0) -> Optional[str]:
-        """The local file that ``import module`` (``level`` dots) names from ``importer``, or None."""
+        """The local file that ``import module`` (``level`` dots) names from ``importer``, or None (looked up
+        on disk once per folder and module: a big file asks for the same modules thousands of times)."""
         here = os.path.dirname(os.path.abspath(importer))
+        key = (here, module, level)
+        if key not in self._module_files:
+            self._module_files[key] = self._module_file(here, module, level)
+        return self._module_files[key]
+
+    def _module_file(self, here: str, module: str, level: int) -> Optional[str]:
         if level:
             base = here
             for _ in range(level - 1):
@@ -184,6 +195,17 @@ class Project:
         self._texts[path] = (sig, text)
         return text
 
+    def called_names(self, path: str) -> frozenset[str]:
+        """Every name the file calls (a word followed by ``(``), read once per version of the file: testing
+        each looked-up name against the whole text again made big projects and files quadratic."""
+        text = self.text(path)
+        cached = self._called.get(path)
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        names = frozenset(_CALLED.findall(text)) if text is not None else frozenset()
+        self._called[path] = (text, names)
+        return names
+
     # -- reverse lookups --------------------------------------------------------------------------------
     def files(self) -> list[str]:
         """The project's ``.py`` files (bounded), skipping virtual environments and build folders."""
@@ -197,6 +219,7 @@ class Project:
                     break
             self._files = (sig, out[:MAX_FILES])
             self._callers.clear()
+            self._module_files.clear()
         return self._files[1]
 
     def calls_named(self, name: str) -> list[CallSite]:
@@ -205,21 +228,20 @@ class Project:
             seen.roots.add(self.root)
         files = self.files()
         if name not in self._callers:
-            pattern = re.compile(r"\b" + re.escape(name) + r"\s*\(")
             sites: list[CallSite] = []
             for path in files:
-                text = self.text(path)
-                if text is None or not pattern.search(text):
+                if name not in self.called_names(path):
                     continue
                 program = self.program(path)
                 if program is None:
                     continue
-                for call in program.index.of(ast.Call):
-                    f = call.func
-                    if (isinstance(f, ast.Name) and f.id == name) or (isinstance(f, ast.Attribute) and f.attr == name):
-                        sites.append(CallSite(program, call))
+                sites.extend(CallSite(program, call) for call in program.calls_named(name))
             self._callers[name] = sites
         return self._callers[name]
+
+
+#: A call of a name: the whole word, then an opening parenthesis.
+_CALLED = re.compile(r"\b(\w+)\s*\(")
 
 
 def file_signature(path: str) -> Optional[list[int]]:
