@@ -193,12 +193,13 @@ def train_dense_{i}(model, loader, epochs=3):
 '''
 
 
-def training_code(size: int, bug: bool = False) -> str:
-    out, total, i = [HEADER], len(HEADER), 0
+def training_code(size: int, bug: bool = False, first: int = 0) -> str:
+    """``first``: the number of the first module (files of one project get names of their own)."""
+    out, total, i = [HEADER], len(HEADER), first
     while total < size:
-        block = MODULE.format(i=i, bug=BUG if bug and i == 0 else "")
-        if bug and i == 0:
-            block = block.replace("    meter = AverageMeter0()\n", "    meter = AverageMeter0()\n    running_loss = 0\n")
+        block = MODULE.format(i=i, bug=BUG if bug and i == first else "")
+        if bug and i == first:
+            block = block.replace(f"    meter = AverageMeter{i}()\n", f"    meter = AverageMeter{i}()\n    running_loss = 0\n")
         out.append(block)
         total += len(block)
         i += 1
@@ -262,10 +263,12 @@ def bench_big_file(tmp: str, repeats: int) -> None:
 def bench_fix_many(tmp: str, files: int, size: int) -> None:
     folder = os.path.join(tmp, "many")
     os.makedirs(folder, exist_ok=True)
-    code = training_code(size, bug=True)
     for k in range(files):
+        # Names of their own per file (a project's modules define different functions and classes; the
+        # methods `forward`, `update`, `__getitem__`... are common to all, as in real code).
+        code = training_code(size, bug=True, first=k * 1000)
         with open(os.path.join(folder, f"train_{k:03d}.py"), "w") as fh:
-            fh.write(code.replace("Net0", f"Net{k}x"))
+            fh.write(code)
     print(f"\n### `doctor check --fix` on {files} files of {len(code) / 1000:.0f} KB, one safe fix each\n")
     print("| run | wall | CPU | peak RSS | exit | load |\n|---|---|---|---|---|---|")
     row("check (no fix), `--no-cache`", run(["check", folder, "--no-cache", "--exit-zero"], tmp))
