@@ -31,7 +31,7 @@ def test_every_check_module_is_documented():
     import importlib
 
     checks = load_checks()
-    assert len(checks) == 10
+    assert len(checks) == 21
     for check, _ in checks:
         module = importlib.import_module(f"doctor.rules.runtime.{check.name.replace('-', '_')}")
         assert module.__doc__ and "What to do" in module.__doc__, check.name

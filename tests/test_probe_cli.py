@@ -66,6 +66,6 @@ def test_rules_and_explain_know_the_runtime_checks():
     proc = _doctor("rules", "--all", "--format", "json")
     assert proc.returncode == 0
     runtime = [r for r in json.loads(proc.stdout) if r["kind"] == "runtime"]
-    assert [r["code"] for r in runtime] == [f"DP1{i:02d}" for i in range(1, 11)]
+    assert [r["code"] for r in runtime] == [f"DP1{i:02d}" for i in range(1, 22)]
     proc = _doctor("explain", "update-ratio")
     assert proc.returncode == 0 and "HIGH_WARN" in proc.stdout and "‖Δw‖/‖w‖" in proc.stdout

@@ -17,7 +17,7 @@ normalisation before saturating activations.
 
 from __future__ import annotations
 
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -35,9 +35,6 @@ SATURATED_WARN = 0.5
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     layers: dict[str, dict] = {}
     for s in run.sampled_steps():
         for name, st in s.activations.items():
@@ -45,7 +42,9 @@ def evaluate(run: ProbeRun):
             if "saturated" in st:
                 layers[name].setdefault("_sat", []).append(st["saturated"])
     if not layers:
-        return result(CHECK, SKIP, "no ReLU, Tanh or Sigmoid module ran on a sampled step")
+        if run.compiled:
+            raise Skip("the model is torch.compile'd: activations inside the compiled region are not observed")
+        raise Skip("no ReLU, Tanh or Sigmoid module ran on a sampled step")
     per_layer, fails, warns = {}, [], []
     for name, st in layers.items():
         if "dead_units" in st and st.get("units"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -42,13 +42,9 @@ NOISE_Z = 2.0
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     losses = [s.loss for s in run.healthy_steps() if s.loss is not None and math.isfinite(s.loss)]
     if len(losses) < MIN_STEPS:
-        return result(CHECK, SKIP, f"only {len(losses)} finite loss value(s); need {MIN_STEPS} to judge a trend",
-                      {"losses": len(losses)})
+        raise Skip(f"only {len(losses)} finite loss value(s); need {MIN_STEPS} to judge a trend", {"losses": len(losses)})
     k = max(2, len(losses) // 3)
     first, last = statistics.fmean(losses[:k]), statistics.fmean(losses[-k:])
     diffs = [b - a for a, b in zip(losses, losses[1:])]

@@ -21,7 +21,7 @@ inputs vs labels), rebalance classes or weight the loss, and check the layers in
 
 from __future__ import annotations
 
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -41,15 +41,12 @@ MIN_ROWS = 8
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     sampled = [s for s in run.sampled_steps() if s.output.get("rows")]
     if not sampled:
-        return result(CHECK, SKIP, "no model output seen on a sampled step (the model is not an nn.Module called on the batch?)")
+        raise Skip("no model output seen on a sampled step (the model is not an nn.Module called on the batch?)")
     judged = sampled[len(sampled) // 2:]
     if max(s.output["rows"] for s in judged) < MIN_ROWS:
-        return result(CHECK, SKIP, f"batches of fewer than {MIN_ROWS} rows cannot show diversity")
+        raise Skip(f"batches of fewer than {MIN_ROWS} rows cannot show diversity")
     rel = [s.output["row_spread"] / s.output["scale"] if s.output.get("scale") else 0.0 for s in judged]
     top = [s.output.get("pred_top_frac") for s in judged]
     labels = [s.output.get("label_top_frac") for s in judged]
@@ -59,17 +56,25 @@ def evaluate(run: ProbeRun):
         return result(CHECK, FAIL, f"outputs are (nearly) identical across the batch (relative spread {fmt(max(rel))})",
                       evidence, "Check that each sample's input reaches the model (broadcasting, a collapsed "
                       "representation, a dead layer before the head).")
-    if all(t is not None and t >= ONE_CLASS for t in top):
-        known = [x for x in labels if x is not None]
-        if known and max(known) <= LABEL_VARIED:
-            return result(CHECK, FAIL, f"every sample predicted as one class ({min(top):.0%} of rows) while the most "
-                          f"common label is {max(known):.0%}", evidence,
+    known_top = [t for t in top if t is not None]
+    mean_top = sum(known_top) / len(known_top) if known_top else None
+    known = [x for x in labels if x is not None]
+    label_top = max(known) if known else None
+    evidence.update(mean_pred_top_frac=mean_top, label_top_frac_max=label_top)
+    # One statistic for the verdict and the summary: the share of rows in the top predicted class, averaged
+    # over the judged steps.
+    if mean_top is not None and mean_top >= ONE_CLASS:
+        if label_top is not None and label_top <= LABEL_VARIED:
+            return result(CHECK, FAIL, f"every sample predicted as one class ({mean_top:.0%} of rows on average) while the "
+                          f"most common label is at most {label_top:.0%} of a batch", evidence,
                           "Rebalance or weight classes, check that labels are aligned with inputs, and that the "
                           "features carry signal.")
-        if not known:
-            return result(CHECK, WARN, f"every sample predicted as one class ({min(top):.0%} of rows); labels unknown",
+        if label_top is None:
+            return result(CHECK, WARN, f"every sample predicted as one class ({mean_top:.0%} of rows on average); labels unknown",
                           evidence, "Check class balance and that labels are aligned with inputs.")
+        return result(CHECK, PASS, f"every sample predicted as one class ({mean_top:.0%} of rows), as is up to "
+                      f"{label_top:.0%} of the labels: right for these batches (see class-balance)", evidence)
     summary = f"relative row spread {fmt(min(rel))}"
-    if any(t is not None for t in top):
-        summary += f", top predicted class {max(t for t in top if t is not None):.0%} of rows"
+    if mean_top is not None:
+        summary += f", top predicted class {mean_top:.0%} of rows on average"
     return result(CHECK, PASS, summary, evidence)

@@ -17,7 +17,7 @@ the LR and the ratio per group); check schedulers that start at 0 and per-group 
 
 from __future__ import annotations
 
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, median, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, median, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -37,12 +37,9 @@ HIGH_FAIL = 1.0
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     sampled = [s for s in run.sampled_steps() if s.update_ratio]
     if not sampled:
-        return result(CHECK, SKIP, "no sampled step with update statistics")
+        raise Skip("no sampled step with update statistics")
     groups = max(len(s.update_ratio) for s in sampled)
     per_group = []
     for g in range(groups):

@@ -1,0 +1,98 @@
+"""lr-range (recipe): the LR range test — which learning rates make the loss fall, and a suggested LR.
+
+Leslie Smith's range test (``--recipe lr-range``): the script runs once more for ``--recipe-steps`` steps
+(default 60) with the learning rate of every parameter group set before each optimizer step to a geometric
+sweep from ``lr_min`` to ``lr_max`` (1e-7 to 10; groups keep their ratios) — **the script's own schedule is
+overridden** — and stops early once the loss exceeds 4x its best value. Measures the loss against the LR,
+smoothed (exponential average, ``SMOOTHING``).
+
+- pass, with the suggestion: the LR where the smoothed loss is lowest divided by 10 (the classic rule), and
+  the LR of the steepest fall;
+- fail: the script's own LR is at or past where the sweep's loss had climbed back half-way to its start
+  (``DIVERGED``): too high;
+- warn: the script's own LR is within ``NEAR_MIN`` times of the LR where the sweep's loss was lowest (or past
+  it): at the edge — the sweep reaches that LR with weights already trained at lower LRs, so starting there
+  may overshoot;
+- warn: the script's own LR is more than ``TOO_LOW`` times below the suggestion: too low;
+- warn: the loss fell nowhere in the sweep: the model does not learn at any LR (see overfit-batch).
+
+Cost: one extra run of the script for ``--recipe-steps`` steps (fewer if the sweep diverges), every step sampled.
+
+What to do: start from the suggested LR (with warm-up for large models), and re-probe.
+"""
+
+from __future__ import annotations
+
+import math
+
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="lr-range",
+    code="DP121",
+    summary="Recipe: LR range test — the loss against a geometric LR sweep, with a suggested LR.",
+    needs_steps=False,
+    recipe=True,
+)
+
+#: Exponential smoothing of the swept loss (per-batch noise would otherwise pick a lucky batch).
+SMOOTHING = 0.7
+#: The sweep has diverged once the smoothed loss has lost half of what it gained (back half-way to its start).
+DIVERGED = 0.5
+#: The loss "fell" when its smoothed minimum is at least 5% below its start.
+FELL = 0.05
+#: Most healthy scripts sit 10-40x below the sweep's lowest-loss LR; within 3x of it they are at the edge.
+NEAR_MIN = 3.0
+#: A script LR this far below the suggestion barely trains.
+TOO_LOW = 100.0
+
+
+def evaluate(run: ProbeRun):
+    rr = run.recipe_runs.get("lr-range")
+    if rr is None:
+        raise Skip("the recipe run was not made: the normal run observed no optimizer step")
+    pts = [(s.lr[0], s.loss) for s in rr.steps if s.lr and s.lr[0] and s.loss is not None and math.isfinite(s.loss)]
+    if len(pts) < 5:
+        why = f" ({rr.error.type}: {rr.error.message})" if rr.error else ""
+        raise Skip(f"the LR range run gave only {len(pts)} finite loss(es){why}")
+    smooth, avg = [], 0.0
+    for i, (_, loss) in enumerate(pts):
+        avg = SMOOTHING * avg + (1 - SMOOTHING) * loss
+        smooth.append(avg / (1 - SMOOTHING ** (i + 1)))
+    m = min(range(len(smooth)), key=smooth.__getitem__)
+    lr_min_loss = pts[m][0]
+    slopes = [(smooth[i + 1] - smooth[i]) / (math.log(pts[i + 1][0]) - math.log(pts[i][0]))
+              for i in range(max(0, m)) if pts[i + 1][0] > pts[i][0]]
+    steep = pts[min(range(len(slopes)), key=slopes.__getitem__)][0] if slopes else None
+    back = smooth[m] + DIVERGED * (smooth[0] - smooth[m])
+    diverge = next((pts[i][0] for i in range(m, len(pts)) if smooth[i] > back), None)
+    if diverge is None and rr.lr_range.get("stopped_at_step") is not None:
+        diverge = pts[-1][0]
+    suggested = lr_min_loss / 10
+    script_lr = (rr.lr_range.get("script_lr") or [None])[0]
+    if script_lr is None:
+        script_lr = next((s.lr[0] for s in run.steps if s.lr), None)
+    evidence = {"lr": [p[0] for p in pts], "loss": [p[1] for p in pts], "smoothed": smooth, "lr_at_min_loss": lr_min_loss,
+                "steepest_lr": steep, "diverged_at_lr": diverge, "suggested_lr": suggested, "script_lr": script_lr,
+                "sweep": [rr.lr_range.get("lr_min"), rr.lr_range.get("lr_max")], "schedule_overridden": True,
+                "cost": f"one extra run of {rr.steps_observed} steps, {rr.wall_seconds:.1f} s"}
+    note = "the script's own LR schedule was overridden by the sweep"
+    if smooth[m] > (1 - FELL) * smooth[0]:
+        return result(CHECK, WARN, f"the loss fell nowhere in the sweep {fmt(pts[0][0])} -> {fmt(pts[-1][0])} ({note}): "
+                      "the model does not learn at any LR", evidence,
+                      "Check overfit-batch and gradient-flow: something other than the LR stops learning.")
+    head = (f"suggested LR {fmt(suggested)} (loss lowest at {fmt(lr_min_loss)}"
+            + (f", steepest fall at {fmt(steep)}" if steep else "") + (f", diverging from {fmt(diverge)}" if diverge else "")
+            + f"); the script's LR {fmt(script_lr)}; {note}")
+    if script_lr and diverge and script_lr >= diverge:
+        return result(CHECK, FAIL, f"{head} — the script's LR is where the sweep diverged: too high", evidence,
+                      f"Lower the LR towards {fmt(suggested)}.")
+    if script_lr and script_lr * NEAR_MIN >= lr_min_loss:
+        where = "past the bottom of the sweep" if script_lr >= lr_min_loss else f"within {NEAR_MIN:g}x of the bottom of the sweep"
+        return result(CHECK, WARN, f"{head} — the script's LR is {where}: at the edge of stability", evidence,
+                      f"If training is unstable, lower the LR towards {fmt(suggested)}.")
+    if script_lr and script_lr * TOO_LOW < suggested:
+        return result(CHECK, WARN, f"{head} — the script's LR is more than {TOO_LOW:g}x below the suggestion", evidence,
+                      f"Raise the LR towards {fmt(suggested)}.")
+    return result(CHECK, PASS, head, evidence)

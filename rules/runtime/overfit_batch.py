@@ -1,0 +1,100 @@
+"""overfit-batch (recipe): the model can drive the loss on one repeated batch to a small fraction of its start.
+
+Karpathy's "overfit one batch": ``--recipe overfit-batch`` runs the script once more for ``--recipe-steps``
+optimizer steps (default 60) with its first batch repeated — every call of the top-level model and every
+criterion target of a later step replaced by the first step's — and otherwise unchanged (model, optimizer,
+LR schedule). Measures the criterion's value per step (the first criterion term, above its floor: the
+target entropy for soft BCE targets, the smoothed-label entropy for label smoothing, else 0).
+
+- pass: the loss above its floor falls to at most ``OVERFIT_FRACTION`` of its start;
+- fail: it stays above ``STUCK_FRACTION`` of its start and has stopped falling (the last third of the steps
+  gains less than ``PLATEAU`` of the start): the model cannot fit even one batch — an output head that cannot
+  reach the targets (a sigmoid in front of a regression target outside [0, 1]), a loss that cannot reach
+  zero, a broken optimizer (LR 0, parameters not in it), gradients that do not arrive;
+- warn: in between — still falling, but slowly (an LR warm-up, a large model at a small LR): probe longer
+  with ``--recipe-steps``.
+
+Cost: one extra run of the script for ``--recipe-steps`` steps, every step sampled.
+
+What to do: on a fail, look at the output head and the loss (can the model's output reach the targets at
+all?), the optimizer's parameter list and LR, and gradient-flow of the normal run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
+from doctor.probe.trace import ProbeRun
+
+CHECK = RuntimeCheck(
+    name="overfit-batch",
+    code="DP118",
+    summary="Recipe: on one repeated batch the loss falls to a small fraction of its start.",
+    needs_steps=False,
+    recipe=True,
+)
+
+#: Karpathy asks for "the lowest achievable loss"; within a short probe, 20% of the start above the floor.
+OVERFIT_FRACTION = 0.2
+#: Above half of the start the model has barely fitted the batch at all.
+STUCK_FRACTION = 0.5
+#: The last third of the steps gaining less than 5% of the start is a plateau.
+PLATEAU = 0.05
+
+
+def _floor(term: dict) -> float:
+    """The lowest value the criterion can reach on these targets (per element, or summed for reduction='sum')."""
+    kind, per = term.get("kind"), 0.0
+    if kind in ("bce", "bce_logits"):
+        per = float(term.get("target_entropy") or 0.0)
+    elif kind in ("cross_entropy", "nll") and term.get("label_smoothing"):
+        eps, c = float(term["label_smoothing"]), int(term.get("classes") or 2)
+        hi, lo = 1 - eps + eps / c, eps / c
+        per = -(hi * math.log(hi) + (c - 1) * lo * math.log(lo)) if lo > 0 else 0.0
+    if term.get("reduction") == "sum":
+        per *= float(term.get("count") or 0)
+    return per
+
+
+def evaluate(run: ProbeRun):
+    rr = run.recipe_runs.get("overfit-batch")
+    if rr is None:
+        raise Skip("the recipe run was not made: the normal run observed no optimizer step")
+    if rr.steps_observed < 4:
+        why = f" ({rr.error.type}: {rr.error.message})" if rr.error else ""
+        raise Skip(f"the overfit run observed only {rr.steps_observed} step(s){why}")
+    replaced = int((rr.summary or {}).get("overfit_replaced") or 0)
+    if rr.summary and not replaced:
+        raise Skip("the first batch could not be repeated (the model is not called with positional tensors?)")
+    term = rr.loss_terms[0] if rr.loss_terms else {}
+    kind = term.get("kind")
+    values = [(s.criterion.get(kind) if kind else None) for s in rr.steps]
+    if sum(v is not None for v in values) < len(values) // 2:
+        values, term = [s.loss for s in rr.steps], {}
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if len(vals) < 4:
+        raise Skip("fewer than four finite losses in the overfit run")
+    floor = _floor(term) if term else 0.0
+    start, end = vals[0] - floor, min(vals[-3:]) - floor
+    third = max(2, len(vals) // 3)
+    gain_last = (statistics.fmean(vals[-2 * third: -third]) - statistics.fmean(vals[-third:])) / start if start > 0 else 0.0
+    evidence = {"steps": rr.steps_observed, "first": vals[0], "last": vals[-1], "best_of_last_3": min(vals[-3:]),
+                "floor": floor, "fraction_left": end / start if start > 0 else None, "criterion": kind or "loss",
+                "losses": vals, "calls_replaced": replaced, "cost": f"one extra run of {rr.steps_observed} steps, "
+                f"{rr.wall_seconds:.1f} s"}
+    if start <= 0:
+        raise Skip(f"the first loss {fmt(vals[0])} is already at its floor {fmt(floor)}", evidence)
+    frac = end / start
+    head = f"on one repeated batch the loss went {fmt(vals[0])} -> {fmt(min(vals[-3:]))} in {rr.steps_observed} steps"
+    floor_text = f" (floor {fmt(floor)})" if floor else ""
+    if frac <= OVERFIT_FRACTION:
+        return result(CHECK, PASS, f"{head}: {frac:.0%} of its start left{floor_text}", evidence)
+    if frac > STUCK_FRACTION and gain_last < PLATEAU:
+        return result(CHECK, FAIL, f"{head} and stopped falling: {frac:.0%} of its start left{floor_text} — the model cannot "
+                      "fit even one batch", evidence,
+                      "Check that the output head can reach the targets (no sigmoid/tanh in front of a wider-ranged target), "
+                      "the loss, the optimizer's parameters and LR, and gradient-flow.")
+    return result(CHECK, WARN, f"{head}: {frac:.0%} of its start left{floor_text}, still falling slowly", evidence,
+                  "Probe longer (--recipe-steps) before acting; a long warm-up or a small LR fits one batch slowly.")
