@@ -130,7 +130,7 @@ def line_chart(
         ylabels = [_log_label(t) for t in yticks]
     else:
         lo, hi, yticks = nice_axis(min(all_vals), max(all_vals))
-        step = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
+        step = nice_step((yticks[1] - yticks[0]) * (1 - 1e-9)) if len(yticks) > 1 else 1.0
         ylabels = [_tick_label(t, step) for t in yticks]
     xvals = [tx(v) for v in xs if isinstance(v, (int, float)) and (v > 0 or not log_x)]
     if log_x:
@@ -141,7 +141,8 @@ def line_chart(
         x_lo, x_hi = min(xvals), max(xvals)
         if x_hi <= x_lo:
             x_hi = x_lo + 1
-        xstep = max(1.0, nice_step((x_hi - x_lo) / 5))  # whole steps
+        raw = (x_hi - x_lo) / 5
+        xstep = next(m * 10 ** k for k in range(0, 12) for m in (1, 2, 5) if m * 10 ** k >= raw)  # whole steps
         xticks = [t for t in (math.ceil(x_lo / xstep) * xstep + i * xstep for i in range(12)) if t <= x_hi + 1e-9]
         xlabels = [_tick_label(t, xstep) for t in xticks]
 
