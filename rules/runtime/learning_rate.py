@@ -3,14 +3,16 @@
 Measures: the loss of every probed step before any NaN, and the update/weight ratio ‖Δw‖/‖w‖ of the first
 sampled steps (0, 1, 2).
 
-- fail "rises": the loss climbs well above its start — more than ``RISE`` above the first loss and beyond its
-  batch-to-batch noise (``NOISE_Z`` robust standard deviations of the step-to-step change among the losses
-  that did not rise) — even if it comes
-  back down later (nanoGPT at lr 0.1: 4.42 → 12.0 → 3.3 passes a first-vs-last test);
+- fail "rises": the loss stays well above its start — more than ``SUSTAINED_RISE`` above the first loss for at
+  least ``SUSTAINED_STEPS`` steps in a row (or more than ``RISE`` above it for two), beyond its batch-to-batch
+  noise (``NOISE_Z`` robust standard deviations of the step-to-step change among the losses that did not
+  rise) — even if it comes back down later, which a first-vs-last test would call "decreasing". A single
+  spike that recovers at the next step (Adadelta's first step on MNIST) is not a fail;
 - fail "oscillates": at least ``MIN_SWINGS`` up-down swings each larger than ``SWING`` of the loss's level;
-The early update ratio (10x the ~1e-2 of a small net under Adam is ``EARLY_RATIO``) and the LR are named
-alongside, but a large ratio alone does not fail here: weights initialised near zero show it too (bad-init),
-and update-ratio reports it.
+- fail "huge first steps": the first steps rewrite more than ``EARLY_FAIL`` of the weights per step (30x the
+  ~1e-2 of a small net under Adam) *and* the loss goes above its start (``EARLY_RISE``) — nanoGPT at lr 0.1
+  changes its weights by 0.9 of their size on step 0. A large early ratio alone does not fail: weights
+  initialised near zero show it too (bad-init), and update-ratio reports it.
 
 Stays silent (skip) with fewer than ``MIN_STEPS`` finite losses and, for the trajectory, when several
 optimizers step (a GAN's discriminator loss need not fall). A loss that turns NaN is non-finite-loss's
@@ -36,8 +38,11 @@ CHECK = RuntimeCheck(
 
 #: Fewer losses cannot show a trajectory.
 MIN_STEPS = 6
-#: A loss 50% above its value at init is not noise of a healthy run: the steps overshoot.
+#: A loss 50% above its value at init for two steps is not noise of a healthy run: the steps overshoot.
 RISE = 0.5
+#: 20% above the start for three steps in a row: the loss is going the wrong way, not spiking once.
+SUSTAINED_RISE = 0.2
+SUSTAINED_STEPS = 3
 #: Robust standard deviations of the step-to-step change a rise must exceed (batch noise is not a rise).
 NOISE_Z = 3.0
 #: An up or down move of half the loss's level in one step is a swing, not batch noise.
@@ -46,6 +51,10 @@ SWING = 0.5
 MIN_SWINGS = 3
 #: Updates rewriting 10% of the weights per step: 10x what a small net under Adam shows (~1e-2).
 EARLY_RATIO = 0.1
+#: 30% of the weights per step on the first steps, with the loss going up: the LR overshoots from step 0.
+EARLY_FAIL = 0.3
+#: "goes above its start" for the early-ratio rule: 10% above the first loss, beyond noise.
+EARLY_RISE = 0.1
 
 
 def _robust_sigma(losses: list[float]) -> float:
@@ -58,10 +67,16 @@ def evaluate(run: ProbeRun):
     losses = [s.loss for s in healthy]
     if len(losses) < MIN_STEPS:
         raise Skip(f"only {len(losses)} finite loss value(s); need {MIN_STEPS} to judge a trajectory")
+    # per parameter group, the median over steps 0-2; the largest group counts (a group of LayerNorm weights
+    # at 1.0 barely moves while the matrices are rewritten)
     early = [s for s in run.sampled_steps() if s.step <= 2 and s.update_ratio]
-    ratios = [r for s in early for r in s.update_ratio if r is not None]
-    early_ratio = median(ratios) if ratios else None
-    lr = next((s.lr for s in healthy if s.lr), [])
+    groups = max((len(s.update_ratio) for s in early), default=0)
+    per_group = [median([s.update_ratio[g] for s in early if g < len(s.update_ratio) and s.update_ratio[g] is not None])
+                 for g in range(groups)]
+    early_ratio = max((r for r in per_group if r is not None), default=None)
+    # the largest LR each group reached (a warm-up starts low), shown once per distinct value
+    groups_lr = max((len(s.lr) for s in healthy), default=0)
+    lr = [max((s.lr[g] for s in healthy if g < len(s.lr) and s.lr[g] is not None), default=None) for g in range(groups_lr)]
     # The start is the loss at init (initial-loss judges it). The batch noise is estimated from the losses that
     # did not rise, so a divergence does not hide itself by inflating the noise estimate.
     start = losses[0]
@@ -75,16 +90,31 @@ def evaluate(run: ProbeRun):
                 "swings": swings, "early_update_ratio": early_ratio, "lr": lr, "losses": len(losses)}
     problems = []
     several = run.other_optimizer_steps > 0
-    if not several:
-        if start > 0 and peak > start * (1 + RISE) and peak - start > NOISE_Z * sigma:
+
+    def longest_run(limit: float) -> int:
+        best = cur = 0
+        for v in losses[1:]:
+            cur = cur + 1 if v > limit and v - start > NOISE_Z * sigma else 0
+            best = max(best, cur)
+        return best
+
+    sustained, high = longest_run(start * (1 + SUSTAINED_RISE)), longest_run(start * (1 + RISE))
+    evidence.update(steps_above_start_20pct=sustained, steps_above_start_50pct=high)
+    if not several and start > 0:
+        if sustained >= SUSTAINED_STEPS or high >= 2:
             problems.append(f"the loss rose from {fmt(start)} to {fmt(peak)} ({peak / start:.1f}x its start) at step "
-                            f"{healthy[peak_i].step}")
+                            f"{healthy[peak_i].step} and stayed above {fmt(start * (1 + SUSTAINED_RISE))} for {sustained} steps")
         if swings >= MIN_SWINGS:
             problems.append(f"it swings up and down by more than {SWING:.0%} of its level {swings} times")
-    if problems and early_ratio is not None:
+        rose = peak > start * (1 + EARLY_RISE) and peak - start > NOISE_Z * sigma
+        if not problems and early_ratio is not None and early_ratio > EARLY_FAIL and rose:
+            problems.append(f"the first steps change the weights by {fmt(early_ratio)} of their size per step "
+                            f"(healthy ~1e-3..1e-2) and the loss rose from {fmt(start)} to {fmt(peak)}")
+    if problems and early_ratio is not None and "change the weights" not in problems[-1]:
         big = " — far above" if early_ratio > EARLY_RATIO else ""
         problems.append(f"the first steps' update/weight ratio is {fmt(early_ratio)} (healthy ~1e-3..1e-2{big})")
-    lr_text = f" at lr {', '.join(fmt(x) for x in lr if x is not None)}" if lr else ""
+    shown = list(dict.fromkeys(fmt(x) for x in lr if x is not None))
+    lr_text = f" at lr {', '.join(shown)}" if shown else ""
     if problems:
         return result(CHECK, FAIL, f"learning rate too high{lr_text}: " + "; ".join(problems), evidence,
                       "Lower the LR (try 10x smaller) or add warm-up and gradient clipping; `--recipe lr-range` suggests a value.")

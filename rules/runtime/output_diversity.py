@@ -10,7 +10,8 @@ favour one class for a step or two).
 - fail "identical rows": relative spread below ``IDENTICAL_REL`` — the output ignores the input (inputs
   broadcast from one sample, a collapsed representation, a dead layer in front of the head, a bias-only
   output);
-- fail "one class": at least ``ONE_CLASS`` of the rows predict the same class while the labels are more
+- fail "one class": at least ``ONE_CLASS`` of the rows predict the same class (on every judged step) while the
+  labels are more
   varied (most common label at most ``LABEL_VARIED``) — the model learned the prior only: class
   imbalance, labels not aligned with inputs, or features that carry no signal. Warn instead when the
   labels are unknown.
@@ -57,24 +58,28 @@ def evaluate(run: ProbeRun):
                       evidence, "Check that each sample's input reaches the model (broadcasting, a collapsed "
                       "representation, a dead layer before the head).")
     known_top = [t for t in top if t is not None]
-    mean_top = sum(known_top) / len(known_top) if known_top else None
     known = [x for x in labels if x is not None]
     label_top = max(known) if known else None
-    evidence.update(mean_pred_top_frac=mean_top, label_top_frac_max=label_top)
-    # One statistic for the verdict and the summary: the share of rows in the top predicted class, averaged
-    # over the judged steps.
-    if mean_top is not None and mean_top >= ONE_CLASS:
+    lo_top, hi_top = (min(known_top), max(known_top)) if known_top else (None, None)
+    evidence.update(pred_top_frac_min=lo_top, pred_top_frac_max=hi_top, label_top_frac_max=label_top)
+    # The verdict and the summary read the same numbers: one class on *every* judged step (the lowest share
+    # is at least ONE_CLASS) is a collapse; a model still learning the prior on some steps is not.
+    if lo_top is not None and lo_top >= ONE_CLASS:
         if label_top is not None and label_top <= LABEL_VARIED:
-            return result(CHECK, FAIL, f"every sample predicted as one class ({mean_top:.0%} of rows on average) while the "
-                          f"most common label is at most {label_top:.0%} of a batch", evidence,
-                          "Rebalance or weight classes, check that labels are aligned with inputs, and that the "
+            return result(CHECK, FAIL, f"every sample predicted as one class (at least {lo_top:.0%} of rows on each of "
+                          f"{len(known_top)} judged steps) while the most common label is at most {label_top:.0%} of a batch",
+                          evidence, "Rebalance or weight classes, check that labels are aligned with inputs, and that the "
                           "features carry signal.")
         if label_top is None:
-            return result(CHECK, WARN, f"every sample predicted as one class ({mean_top:.0%} of rows on average); labels unknown",
-                          evidence, "Check class balance and that labels are aligned with inputs.")
-        return result(CHECK, PASS, f"every sample predicted as one class ({mean_top:.0%} of rows), as is up to "
+            return result(CHECK, WARN, f"every sample predicted as one class (at least {lo_top:.0%} of rows on each judged "
+                          "step); labels unknown", evidence, "Check class balance and that labels are aligned with inputs.")
+        return result(CHECK, PASS, f"every sample predicted as one class (at least {lo_top:.0%} of rows), as is up to "
                       f"{label_top:.0%} of the labels: right for these batches (see class-balance)", evidence)
     summary = f"relative row spread {fmt(min(rel))}"
-    if mean_top is not None:
-        summary += f", top predicted class {mean_top:.0%} of rows on average"
+    if hi_top is not None:
+        if hi_top >= ONE_CLASS:
+            summary += (f", top predicted class {lo_top:.0%}-{hi_top:.0%} of rows (one class on some judged steps, not on "
+                        "all: still learning the prior)")
+        else:
+            summary += f", top predicted class at most {hi_top:.0%} of rows"
     return result(CHECK, PASS, summary, evidence)
