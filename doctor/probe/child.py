@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -21,6 +22,7 @@ from doctor.probe.options import ProbeOptions  # noqa: E402  (timing starts befo
 from doctor.probe.stream import FD_ENV, Emitter  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 3
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -47,9 +49,9 @@ def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
     path, line = site if site else (None, None)
     if isinstance(exc, SyntaxError) and exc.filename:
         path, line = exc.filename, exc.lineno
-    message = str(exc)
+    message = _ANSI.sub("", str(exc))  # torch.load's weights_only message carries terminal bold codes
     oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in message.lower()
-    tb = traceback.format_exception(type(exc), exc, _user_tb(exc, script_path))
+    tb = [_ANSI.sub("", ln) for ln in traceback.format_exception(type(exc), exc, _user_tb(exc, script_path))]
     return {
         "type": type(exc).__name__,
         "message": message.splitlines()[0][:500] if message else "",

@@ -8,6 +8,8 @@ change is only called real when it is larger than ``NOISE_Z`` standard errors of
 - warn "flat": the relative change is below ``FLAT_REL`` or within noise — the LR is far too small,
   updates do not reach the weights (zero_grad after backward, a detached graph, a wrong optimizer
   parameter list), or the targets carry no signal (shuffled labels, misaligned inputs and targets);
+- warn "back at the start": it falls from an early spike but ends no lower than its value at step 0 — no
+  progress at all (labels unrelated to the inputs leave the loss at the label prior);
 - fail "growing": the loss rises by more than ``GROW_REL`` beyond noise — LR too high, a sign error
   (maximising the loss), or a gradient-ascent bug.
 
@@ -67,4 +69,11 @@ def evaluate(run: ProbeRun):
                       "and try a larger LR; with a long warm-up, probe more steps.")
     if change > 0:
         return result(CHECK, WARN, f"{head}: the loss rises slightly", evidence, "Watch the LR; probe more steps.")
+    init = losses[0]
+    evidence["loss_at_step_0"] = init
+    if last >= init - noise and last > init * (1 - FLAT_REL):
+        # falling from an early spike back to where it started is no progress (labels unrelated to inputs?)
+        return result(CHECK, WARN, f"{head}: but no lower than at step 0 ({fmt(init)}): the decrease only undoes an "
+                      "early rise", evidence, "Check that labels match inputs (shuffled or misaligned labels leave the "
+                      "loss at the label prior), and that the LR does not overshoot at the start.")
     return result(CHECK, PASS, head, evidence)

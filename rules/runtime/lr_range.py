@@ -16,6 +16,9 @@ smoothed (exponential average, ``SMOOTHING``).
 - warn: the script's own LR is more than ``TOO_LOW`` times below the suggestion: too low;
 - warn: the loss fell nowhere in the sweep: the model does not learn at any LR (see overfit-batch).
 
+Skips when the script itself ends before the sweep got anywhere (its data or epochs ran out) — say so, rather
+than call a model that never saw a useful LR broken.
+
 Cost: one extra run of the script for ``--recipe-steps`` steps (fewer if the sweep diverges), every step sampled.
 
 What to do: start from the suggested LR (with warm-up for large models), and re-probe.
@@ -78,6 +81,14 @@ def evaluate(run: ProbeRun):
                 "sweep": [rr.lr_range.get("lr_min"), rr.lr_range.get("lr_max")], "schedule_overridden": True,
                 "cost": f"one extra run of {rr.steps_observed} steps, {rr.wall_seconds:.1f} s"}
     note = "the script's own LR schedule was overridden by the sweep"
+    truncated = rr.lr_range.get("stopped_at_step") is None and rr.steps_observed < rr.steps_requested
+    if truncated:
+        evidence["truncated"] = f"the script ended after {rr.steps_observed} of {rr.steps_requested} steps"
+        note += f"; the script ended after {rr.steps_observed} of {rr.steps_requested} steps, so the sweep stopped at {fmt(pts[-1][0])}"
+    if smooth[m] > (1 - FELL) * smooth[0] and truncated:
+        raise Skip(f"the script ended after {rr.steps_observed} of {rr.steps_requested} steps (its own data or epochs ran "
+                   f"out), so the sweep only reached {fmt(pts[-1][0])} and the loss had not started to fall: give the "
+                   "script more data or epochs, or fewer --recipe-steps", evidence)
     if smooth[m] > (1 - FELL) * smooth[0]:
         return result(CHECK, WARN, f"the loss fell nowhere in the sweep {fmt(pts[0][0])} -> {fmt(pts[-1][0])} ({note}): "
                       "the model does not learn at any LR", evidence,

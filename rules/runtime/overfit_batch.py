@@ -12,7 +12,8 @@ target entropy for soft BCE targets, the smoothed-label entropy for label smooth
   reach the targets (a sigmoid in front of a regression target outside [0, 1]), a loss that cannot reach
   zero, a broken optimizer (LR 0, parameters not in it), gradients that do not arrive;
 - warn: in between — still falling, but slowly (an LR warm-up, a large model at a small LR): probe longer
-  with ``--recipe-steps``.
+  with ``--recipe-steps``; and when the script itself ended before ``MIN_FAIL_STEPS`` steps (its data or
+  epochs ran out), which is too short to call a plateau.
 
 Cost: one extra run of the script for ``--recipe-steps`` steps, every step sampled.
 
@@ -42,6 +43,8 @@ OVERFIT_FRACTION = 0.2
 STUCK_FRACTION = 0.5
 #: The last third of the steps gaining less than 5% of the start is a plateau.
 PLATEAU = 0.05
+#: A plateau is only called over at least this many steps (a script whose epoch ends sooner gets a warning).
+MIN_FAIL_STEPS = 30
 
 
 def _floor(term: dict) -> float:
@@ -91,10 +94,16 @@ def evaluate(run: ProbeRun):
     floor_text = f" (floor {fmt(floor)})" if floor else ""
     if frac <= OVERFIT_FRACTION:
         return result(CHECK, PASS, f"{head}: {frac:.0%} of its start left{floor_text}", evidence)
-    if frac > STUCK_FRACTION and gain_last < PLATEAU:
+    short = rr.steps_observed < MIN_FAIL_STEPS
+    if short:
+        evidence["note"] = (f"the script ended after {rr.steps_observed} of {rr.steps_requested} steps (its own data or "
+                            "epochs ran out): too few to call a plateau")
+    if frac > STUCK_FRACTION and gain_last < PLATEAU and not short:
         return result(CHECK, FAIL, f"{head} and stopped falling: {frac:.0%} of its start left{floor_text} — the model cannot "
                       "fit even one batch", evidence,
                       "Check that the output head can reach the targets (no sigmoid/tanh in front of a wider-ranged target), "
                       "the loss, the optimizer's parameters and LR, and gradient-flow.")
-    return result(CHECK, WARN, f"{head}: {frac:.0%} of its start left{floor_text}, still falling slowly", evidence,
-                  "Probe longer (--recipe-steps) before acting; a long warm-up or a small LR fits one batch slowly.")
+    why = (f"; the script ended after {rr.steps_observed} steps" if short else ", still falling slowly")
+    return result(CHECK, WARN, f"{head}: {frac:.0%} of its start left{floor_text}{why}", evidence,
+                  "Probe longer (--recipe-steps, and enough data or epochs for the script to run that long) before "
+                  "acting; a long warm-up or a small LR fits one batch slowly.")
