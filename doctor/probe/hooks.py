@@ -290,12 +290,13 @@ class Probe:
             if probe.experimenting:
                 return out
             try:
-                inp = args[0] if args else kwargs.get("input")
-                tgt = args[1] if len(args) > 1 else kwargs.get("target")
                 if isinstance(out, torch.Tensor) and out.dim() == 0:
                     probe.last_fn_loss = out.detach()
-                if isinstance(inp, torch.Tensor) and inp.requires_grad and isinstance(out, torch.Tensor):
-                    probe._criterion(kind, out, inp, tgt, args, kwargs)
+                if probe.sampling or kind not in probe.loss_info_sent:  # unsampled steps: nothing more to record
+                    inp = args[0] if args else kwargs.get("input")
+                    tgt = args[1] if len(args) > 1 else kwargs.get("target")
+                    if isinstance(inp, torch.Tensor) and inp.requires_grad and isinstance(out, torch.Tensor):
+                        probe._criterion(kind, out, inp, tgt, args, kwargs)
             except ProbeStop:
                 raise
             except Exception as exc:  # instrumentation must never break the user's run
@@ -787,10 +788,11 @@ class Probe:
     def _step_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
         if self.done:
             raise ProbeStop()
-        try:
-            self._track_optimizer(opt)
-        except Exception as exc:
-            self._internal(exc)
+        if self.sampling or id(opt) not in self.held_sizes:  # param groups rarely change: re-read on sampled steps
+            try:
+                self._track_optimizer(opt)
+            except Exception as exc:
+                self._internal(exc)
         if self.primary is None:
             self.primary = weakref.ref(opt)
             if self.manual:  # an optimizer after all: it owns the steps from now on
@@ -830,7 +832,7 @@ class Probe:
                 self._grad_stats(opt)
             except Exception as exc:
                 self._internal(exc)
-        self._end_step(opt, [p for g in opt.param_groups for p in g["params"]])
+        self._end_step(opt, [p for g in opt.param_groups for p in g["params"]] if self.sampling else [])
 
     def _end_step(self, opt: Any, params: list[Any]) -> None:
         """Close the current step: its record, the loss, the update; flush on sampled steps; stop at N."""
@@ -838,7 +840,6 @@ class Probe:
         step = self.step
         rec = self.records.setdefault(step, {})
         try:
-            sites = sorted(self.sites.values(), reverse=True)
             rec.update(
                 step=step,
                 sampled=self.sampling,
@@ -851,6 +852,7 @@ class Probe:
                 loss_scaled=self.window_scaled,
             )
             if self.sampling:
+                sites = sorted(self.sites.values(), reverse=True)
                 rec["backward_sites"] = len(sites)
                 rec["backwards_per_site"] = sites[0] if sites else 0
             if self.closure_step:
@@ -881,8 +883,11 @@ class Probe:
             if self.mode == LR_RANGE:
                 self._lr_range_diverged(rec)
         else:
-            # Sent now without the loss (it is still on the device): a hard kill loses no step count.
-            self.emitter.emit("step", **{k: v for k, v in rec.items() if k not in ("memory",)})
+            # Sent now without the loss (it is still on the device): a hard kill loses no step count. The full
+            # record follows at the next flush. A hand-built line: this runs on every unsampled step.
+            lr = ",".join(repr(x) if x is not None and math.isfinite(x) else "null" for x in rec.get("lr") or [])
+            self.emitter.write_line(f'{{"ev":"step","step":{step},"sampled":false,"lr":[{lr}],'
+                                    f'"wall_s":{rec.get("wall_s", 0.0)!r},"backwards":{int(rec.get("backwards") or 0)}}}')
         if self._wants_forward_hooks() != bool(self.handles):
             self._set_forward_hooks(self._wants_forward_hooks())
         self.depth = 0
