@@ -519,6 +519,8 @@ class Probe:
             self.manual_params = params
             self._send_params(None)
             self.emitter.emit("manual_updates", params=len(params))
+            if not self.experiments_done:
+                self._run_experiments()
             self._end_step(None, params)
 
     def _manual_stats(self) -> None:

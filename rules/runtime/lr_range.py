@@ -55,6 +55,8 @@ def evaluate(run: ProbeRun):
     rr = run.recipe_runs.get("lr-range")
     if rr is None:
         raise Skip("the recipe run was not made: the normal run observed no optimizer step")
+    if rr.manual_updates or run.manual_updates:
+        raise Skip("the script updates weights by hand (no torch.optim optimizer): there is no LR for the sweep to set")
     pts = [(s.lr[0], s.loss) for s in rr.steps if s.lr and s.lr[0] and s.loss is not None and math.isfinite(s.loss)]
     if len(pts) < 5:
         why = f" ({rr.error.type}: {rr.error.message})" if rr.error else ""
@@ -73,9 +75,10 @@ def evaluate(run: ProbeRun):
     if diverge is None and rr.lr_range.get("stopped_at_step") is not None:
         diverge = pts[-1][0]
     suggested = lr_min_loss / 10
-    script_lr = (rr.lr_range.get("script_lr") or [None])[0]
+    # the script's own LR: the largest the normal run used (a warm-up starts low), else the LR the sweep replaced
+    script_lr = max((s.lr[0] for s in run.steps if s.lr and s.lr[0] is not None), default=None)
     if script_lr is None:
-        script_lr = next((s.lr[0] for s in run.steps if s.lr), None)
+        script_lr = (rr.lr_range.get("script_lr") or [None])[0]
     evidence = {"lr": [p[0] for p in pts], "loss": [p[1] for p in pts], "smoothed": smooth, "lr_at_min_loss": lr_min_loss,
                 "steepest_lr": steep, "diverged_at_lr": diverge, "suggested_lr": suggested, "script_lr": script_lr,
                 "sweep": [rr.lr_range.get("lr_min"), rr.lr_range.get("lr_max")], "schedule_overridden": True,
