@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
-from doctor.lint.registry import all_rule_infos, static_rules
+from doctor.catalog import pages
+from doctor.core.page import render
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- rules:start -->", "<!-- rules:end -->"
@@ -18,7 +18,7 @@ START, END = "<!-- rules:start -->", "<!-- rules:end -->"
 
 def rule_table() -> str:
     lines = ["| code | name | kind | severity | default | fix | what it catches |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for i in all_rule_infos():
+    for i in pages():
         default = "on" if i.default_enabled else "off"
         sev = i.severity if i.kind == "static" else "—"
         lines.append(f"| {i.code} | [`{i.name}`](docs/rules.md#{i.name}) | {i.kind} | {sev} | {default} | {i.fixable} | {i.summary} |")
@@ -26,36 +26,15 @@ def rule_table() -> str:
 
 
 def rules_doc() -> str:
-    out = ["# Rules", "", "Generated from the rule modules by `python scripts/gen_docs.py`; `doctor explain NAME` prints the same.", ""]
-    for r in static_rules().values():
-        fix = f"{r.fixable.value} fix" if r.fixable else "no fix"
-        default = "on by default" if r.default_enabled else "off by default (enable with `--select`)"
-        out += [
-            f"## {r.name}",
-            "",
-            f"`{r.code}` · {r.severity.value} · {default} · {fix}",
-            "",
-            "**What it does.** " + " ".join(textwrap.dedent(r.summary).split()),
-            "",
-            "**Why is this bad?** " + " ".join(textwrap.dedent(r.why).split()),
-            "",
-            "**Example**",
-            "",
-            "```python",
-            textwrap.dedent(r.bad).strip(),
-            "```",
-            "",
-            "**Use instead**",
-            "",
-            "```python",
-            textwrap.dedent(r.good).strip(),
-            "```",
-            "",
-        ]
-    out += ["# Runtime checks (`doctor probe`)", "", "See [probe.md](probe.md) for thresholds and evidence.", ""]
-    for i in all_rule_infos():
-        if i.kind == "runtime":
-            out += [f"## {i.name}", "", f"`{i.code}` · runtime check", "", i.summary, ""]
+    """docs/rules.md: every page, rendered exactly as `doctor explain` and SARIF help show it."""
+    out = ["# Rules", "", "Generated from the rule modules by `python scripts/gen_docs.py`; `doctor explain NAME` prints the same pages.", ""]
+    every = pages()
+    for kind in ("static", "runtime"):
+        if kind == "runtime":
+            out += ["# Runtime checks (`doctor probe`)", "", "See [probe.md](probe.md) for how the probe runs and what it records.", ""]
+        for page in every:
+            if page.kind == kind:
+                out += [f"## {page.name}", "", render(page), ""]
     return "\n".join(out)
 
 

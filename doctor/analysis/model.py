@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.data import DataFlow
-from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder
+from doctor.analysis.events import BACKWARD, CLEAR, STEP, BuildState, Event, Guard, Loop, Stream, StreamBuilder, first_iteration_only, scope_functions
 from doctor.analysis.modes import Modes
 from doctor.analysis.names import dotted_name, last_part, receiver_key
 from doctor.analysis.program import RELEVANT_ATTRS, Program
@@ -68,10 +68,53 @@ class TrainingModel(Program):
                 continue
             body = owner.body if owner is not self.tree else [s for s in self.tree.body]
             builder = StreamBuilder(self)
-            state = BuildState(cls=cls, stack=(id(owner),))
+            closure = self._enclosing_defs(owner)
+            state = BuildState(cls=cls, stack=(id(owner),), local_defs=closure)
             events = builder.build(body, state)
+            if owner is not self.tree and _steps_outside_loops(events):
+                why = self.runs_per_iteration(owner)
+                if why is not None:
+                    # Called once per iteration from elsewhere: its body is one iteration of an implicit loop.
+                    builder = StreamBuilder(self)
+                    events = builder.build(body, BuildState(cls=cls, stack=(id(owner),), loops=(Loop(owner, None, implicit=why),), local_defs=closure))
             if events:
                 out.append(Stream(owner, tuple(events)))
+        return out
+
+    @cached_property
+    def _anchors(self) -> dict[int, ast.AST]:
+        """For nodes of other files that events were inlined from: the call in this file that led there."""
+        out: dict[int, ast.AST] = {}
+        for ev in self.all_events():
+            if ev.program is None:
+                continue
+            for node in (ev.node, ev.arg, *(g.test for g in ev.guards)):
+                if node is not None:
+                    out.setdefault(id(node), ev.anchor)
+        return out
+
+    def anchor_of(self, node: ast.AST) -> ast.AST:
+        """Where a node of another file shows in this one (the call that reached it); the node itself when local."""
+        if self.owns(node):
+            return node
+        found = self._anchors.get(id(node))
+        if found is not None:
+            return found
+        for ev in self.all_events():
+            if ev.program is not None and ev.program.owns(node):
+                return ev.anchor
+        return self.tree.body[0] if self.tree.body else node
+
+    def _enclosing_defs(self, fn: ast.AST) -> dict[str, ast.AST]:
+        """The functions a nested function sees from the functions around it (closures)."""
+        chain = []
+        cur = self.enclosing_function(fn) if fn is not self.tree else self.tree
+        while cur is not self.tree:
+            chain.append(cur)
+            cur = self.enclosing_function(cur)
+        out: dict[str, ast.AST] = {}
+        for scope in reversed(chain):
+            out.update(scope_functions(scope.body))  # type: ignore[attr-defined]
         return out
 
     def all_events(self) -> Iterator[Event]:
@@ -110,7 +153,8 @@ class TrainingModel(Program):
             return False
         return True
 
-    def _modules_related(self, module: str, roots: frozenset[str]) -> bool:
+    def modules_related(self, module: str, roots: frozenset[str]) -> bool:
+        """Is module ``module`` one of ``roots`` (an optimizer's parameter owners), part of one, or a wrapper of one?"""
         if module in ("self", "?"):
             return True
         names = {module} | self._wrapped(module)
@@ -129,12 +173,21 @@ class TrainingModel(Program):
         if info is not None and isinstance(info.node, ast.Call):
             for a in info.node.args[:1]:
                 k = receiver_key(a)
-                if k:
+                if k and self._wraps(info.node, k):
                     out.add(k)
         for other, oinfo in self.objects.objects.items():
             if isinstance(oinfo.node, ast.Call) and oinfo.node.args and receiver_key(oinfo.node.args[0]) == key:
-                out.add(other)
+                if self._wraps(oinfo.node, key):
+                    out.add(other)
         return out
+
+    def _wraps(self, ctor: ast.Call, inner: str) -> bool:
+        """Does ``ctor`` wrap the module ``inner`` (``DDP(net)``, ``torch.compile(net)``, ``EMA(model)``), rather
+        than take some other first argument (``Generator(ngpu)``)?"""
+        name = (self.imports.qualify(ctor.func) or "").rsplit(".", 1)[-1]
+        if name in _WRAPPER_CTORS or name in K._PASS_THROUGH:
+            return True
+        return self.objects.kind(inner) == K.MODEL
 
     def clears(self, optimizer: Optional[str], ev: Event, stepped: set[str] = frozenset()) -> bool:
         """Does event ``ev`` clear the gradients that ``optimizer`` steps on?"""
@@ -143,18 +196,20 @@ class TrainingModel(Program):
         if ev.flavor in ("optimizer", "engine"):
             return self.same_optimizer(optimizer, ev.target, stepped)
         if ev.flavor == "params":
-            return True
+            # `for n, p in model.named_parameters(): if "predictor" in n: p.grad = None` clears only some.
+            loop = ev.loop
+            return not (loop is not None and _iterates_parameters(loop) and any(g.loop is loop for g in ev.guards))
         info = self.info(optimizer, at=ev.node)
         roots = info.param_roots if info is not None else None
         if roots is None or ev.target is None:
             return True
-        if self._modules_related(ev.target, roots):
+        if self.modules_related(ev.target, roots):
             return True
         # Not provably this optimizer's module: it is another one's only if another optimizer of the file is
         # built from it (GANs: `netD.zero_grad()` does not clear the generator's optimizer). A `self.model`
         # that is the constructor's `model` under another name must still count as clearing.
         return not any(
-            o.kind == K.OPTIMIZER and o.param_roots and o is not info and self._modules_related(ev.target, o.param_roots)
+            o.kind == K.OPTIMIZER and o.param_roots and o is not info and self.modules_related(ev.target, o.param_roots)
             for o in self.objects.objects.values()
         )
 
@@ -184,18 +239,34 @@ class TrainingModel(Program):
         level = [e for e in events if e.loop is loop]
         stepped = {e.target for e in events if e.kind == STEP and e.target}
         for guard in step.accumulation_guards(loop):
+            if any(
+                e.kind == STEP and e is not step and _opposite_arms(e, step, guard)
+                and (self.same_optimizer(e.target, step.target, stepped) or _element_of(e, step.target))
+                for e in events
+            ):
+                continue  # `if step % 2 == 0: opt.step() else: for o in opts: o.step()`: it steps every iteration
+            # The gated block runs a backward of its own for this step (a GAN's generator every n-th
+            # iteration): each step then has its own backward, and the ungated ones serve other updates.
+            own = any(
+                b.kind == BACKWARD and b.guarded_by(guard) and b.order < step.order and not b.exclusive_with(step)
+                for b in level
+            )
             micro = []
             for b in level:
                 if b.kind != BACKWARD or b.guarded_by(guard):
                     continue
-                if b.exclusive_with(step) and not _opposite_arms(b, step, guard):
+                opposite = _opposite_arms(b, step, guard)
+                if b.exclusive_with(step) and not opposite:
+                    continue
+                if own and not opposite:
                     continue
                 if b.order < step.order and any(
-                    c.kind == CLEAR and b.order < c.order < step.order and not c.exclusive_with(step) and c.guarded_by(guard)
+                    c.kind == CLEAR and b.order < c.order < step.order and not c.exclusive_with(step)
+                    and not c.exclusive_with(b) and all(g in b.guards or g in step.guards for g in c.guards)
                     and self.clears(step.target, c, stepped)
                     for c in level
                 ):
-                    continue  # cleared inside the gated block first (WGAN-style alternating updates)
+                    continue  # cleared whenever both run, between them: its gradients never reach the step
                 micro.append(b)
             if micro:
                 return Accumulation(step, guard, loop, tuple(micro))
@@ -232,7 +303,8 @@ class TrainingModel(Program):
         if ev.in_accumulate_context:
             return False
         if acc.guard is None:
-            return acc.micro_loop in ev.loops
+            # `if i == 0: zero_grad()` inside the micro-step loop clears once per window.
+            return acc.micro_loop in ev.loops and not first_iteration_only(ev, acc.micro_loop)
         if ev.loop is not acc.micro_loop:
             return False
         if ev.accumulation_guards():
@@ -245,27 +317,39 @@ class TrainingModel(Program):
         return not any(ev.exclusive_with(b) for b in acc.backwards)
 
     # -- loss dataflow -------------------------------------------------------------------------------------
-    def loss_status(self, expr: Optional[ast.AST], at: ast.AST, _depth: int = 0) -> str:
-        """Is the loss that ``expr`` evaluates to divided/scaled ("scaled"), a raw loss ("raw"), or unknown?"""
+    def loss_status(self, expr: Optional[ast.AST], at: ast.AST, _depth: int = 0, strict: bool = False) -> str:
+        """Is the loss that ``expr`` evaluates to divided/scaled ("scaled"), a raw loss ("raw"), or unknown?
+
+        ``strict`` is for code that computes a loss for a caller (a helper, a model's forward): there a division
+        by a batch size or a multiplication by a loss weight is part of the loss, and only a factor named for
+        accumulation (``/ accum_steps``) counts as scaling for the window."""
         if expr is None or _depth > 6:
             return "unknown"
+        again = lambda e, a=at: self.loss_status(e, a, _depth + 1, strict)  # noqa: E731
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("scale",) and expr.args:
-            return self.loss_status(expr.args[0], at, _depth + 1)
+            return again(expr.args[0])
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("mean", "sum", "float", "squeeze", "clone", "contiguous", "to"):
             if expr.func.attr in ("mean", "sum") and expr.args:
                 return "unknown"
-            return self.loss_status(expr.func.value, at, _depth + 1)
+            return again(expr.func.value)
         if isinstance(expr, ast.BinOp):
             if isinstance(expr.op, (ast.Div, ast.FloorDiv)):
+                if strict and not _ACCUM_FACTOR.search(ast.unparse(expr.right)):
+                    return again(expr.left)  # `loss / n_tokens` in a helper: a normalisation, not the window's
                 return "scaled"
             if isinstance(expr.op, ast.Mult):
                 for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
                     if isinstance(side, ast.Constant) and isinstance(side.value, (int, float)):
-                        return self.loss_status(other, at, _depth + 1)
+                        return again(other)
+                if strict:
+                    if _ACCUM_FACTOR.search(ast.unparse(expr)):
+                        return "scaled"
+                    parts = {again(expr.left), again(expr.right)}
+                    return "raw" if "raw" in parts and "scaled" not in parts else "unknown"
                 return "scaled" if _mentions_scale(expr) else "unknown"
             if isinstance(expr.op, (ast.Add, ast.Sub)):
                 # A sum with a raw loss term and no scaled term is not divided as a whole (`ce + 0.1 * aux`).
-                parts = [self.loss_status(expr.left, at, _depth + 1), self.loss_status(expr.right, at, _depth + 1)]
+                parts = [again(expr.left), again(expr.right)]
                 if "scaled" in parts:
                     return "scaled" if all(p == "scaled" for p in parts) else "unknown"
                 if "raw" in parts:
@@ -273,20 +357,20 @@ class TrainingModel(Program):
                 return "unknown"
             return "unknown"
         if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Call):
-            return "raw" if self.loss_status(expr.value, at, _depth + 1) == "model_output" else "unknown"
+            return "raw" if again(expr.value) == "model_output" else "unknown"
         if isinstance(expr, ast.Attribute) and expr.attr == "loss" and isinstance(expr.value, ast.Name):
             # `outputs.loss` where `outputs = model(...)`: the model computed the (raw) loss.
-            return "raw" if self._name_status(expr.value.id, at, _depth) == "model_output" else "unknown"
+            return "raw" if self._name_status(expr.value.id, at, _depth, strict) == "model_output" else "unknown"
         if isinstance(expr, (ast.Name, ast.Attribute)):
             key = receiver_key(expr)
-            return self._name_status(key, at, _depth) if key else "unknown"
+            return self._name_status(key, at, _depth, strict) if key else "unknown"
         if isinstance(expr, ast.Subscript):
             base = expr.value
             if isinstance(base, ast.Call):
-                st = self.loss_status(base, at, _depth + 1)
+                st = again(base)
                 return "raw" if st == "model_output" else st
             if isinstance(base, ast.Name):
-                st = self._name_status(base.id, at, _depth)
+                st = self._name_status(base.id, at, _depth, strict)
                 return "raw" if st == "model_output" else st
             return "unknown"
         if isinstance(expr, ast.Call):
@@ -303,27 +387,48 @@ class TrainingModel(Program):
         if kind == K.LOSS:
             return "raw"
         if kind == K.MODEL:
+            # A model whose forward we can read and which returns the loss itself (diffusion trainers).
+            ref = self.values.module_of(call.func) if depth < 4 else None
+            found = ref.program.class_method(ref.cls, "forward") if ref is not None and ref.cls is not None else None
+            if found is not None and hasattr(found[0], "loss_status"):
+                status = found[0].returned_loss_status(found[1], depth + 1)
+                if status in ("raw", "scaled"):
+                    return status
             return "model_output"
-        fn = None
+        found = None
         if isinstance(call.func, ast.Name):
             fn = self.functions.get(call.func.id)
+            if fn is None:
+                options = self._closures(self.enclosing_function(call)).get(call.func.id, [])
+                fn = options[0] if len(options) == 1 else None
+            found = (self, fn) if fn is not None else None
         elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
             fn = self.method(None, call.func.attr)
-        if fn is not None and depth < 4:
-            statuses = {
-                self.loss_status(r.value, r, depth + 1)
-                for r in self.index.within(fn, ast.Return)
-                if r.value is not None
-            }
-            if statuses == {"scaled"}:
-                return "scaled"
-            if "scaled" in statuses:
-                return "unknown"
-            if "raw" in statuses and statuses <= {"raw", "model_output"}:
-                return "raw"
+            if fn is None:
+                owner = self.class_of_receiver(call.func.value, call)
+                found = owner[0].class_method(owner[1], call.func.attr) if owner is not None else None
+            else:
+                found = (self, fn)
+        if found is not None and depth < 4 and hasattr(found[0], "returned_loss_status"):
+            return found[0].returned_loss_status(found[1], depth + 1)
         return "unknown"
 
-    def _name_status(self, name: str, at: ast.AST, depth: int) -> str:
+    def returned_loss_status(self, fn: ast.AST, depth: int = 0) -> str:
+        """What ``fn`` (a helper, a forward) returns, judged strictly (see ``loss_status``)."""
+        statuses = {
+            self.loss_status(r.value, r, depth, strict=True)
+            for r in self.index.within(fn, ast.Return)
+            if r.value is not None and self.enclosing_function(r) is fn
+        }
+        if statuses == {"scaled"}:
+            return "scaled"
+        if "scaled" in statuses:
+            return "unknown"
+        if "raw" in statuses and statuses <= {"raw", "model_output"}:
+            return "raw"
+        return "unknown"
+
+    def _name_status(self, name: str, at: ast.AST, depth: int, strict: bool = False) -> str:
         fn = self.enclosing_function(at)
         line = getattr(at, "lineno", 0)
         best: Optional[ast.AST] = None
@@ -348,7 +453,7 @@ class TrainingModel(Program):
                 if lineno > best_line:
                     best, best_line = node.value, lineno
             elif isinstance(node, ast.AugAssign) and receiver_key(node.target) == name:
-                if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mult)):
+                if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mult)) and (not strict or _ACCUM_FACTOR.search(ast.unparse(node.value))):
                     scaled_after.append(lineno)
         if any(l > best_line for l in scaled_after):
             return "scaled"
@@ -356,10 +461,11 @@ class TrainingModel(Program):
             return "unknown"
         if best is _RAW_MARK:
             return "raw"
-        return self.loss_status(best, best, depth + 1)
+        return self.loss_status(best, best, depth + 1, strict)
 
 
 _RAW_MARK = ast.Constant(value="raw loss")
+_WRAPPER_CTORS = {"DistributedDataParallel", "DataParallel", "DDP", "FullyShardedDataParallel", "FSDP", "compile", "ModelEMA", "EMA"}
 _PARAM_ITER = re.compile(r"param", re.I)
 
 
@@ -367,6 +473,10 @@ def _clears_every_parameter(ev: Event, loop: Loop) -> bool:
     """A ``p.grad = None`` / ``p.grad.zero_()`` run unconditionally for every parameter of a loop over parameters."""
     if ev.flavor != "params" or any(g.loop is loop for g in ev.guards):
         return False
+    return _iterates_parameters(loop)
+
+
+def _iterates_parameters(loop: Loop) -> bool:
     it = loop.iter
     if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute):
         return it.func.attr in ("parameters", "named_parameters")
@@ -374,11 +484,29 @@ def _clears_every_parameter(ev: Event, loop: Loop) -> bool:
     return bool(key and _PARAM_ITER.search(key.rsplit(".", 1)[-1]))
 
 
+def _steps_outside_loops(events: list[Event]) -> bool:
+    """A backward pass and an optimizer step that run outside any loop of the function."""
+    return any(e.kind == BACKWARD and not e.loops for e in events) and any(e.kind == STEP and not e.loops for e in events)
+
+
+def _element_of(ev: Event, key: Optional[str]) -> bool:
+    """``ev`` steps the loop variable of a loop over the collection ``key`` belongs to: ``for opt in optimizers:
+    opt.step()`` steps ``optimizers[1]`` too."""
+    base = (key or "").split("[", 1)[0]
+    for loop in ev.loops:
+        names = {n.id for n in ast.walk(loop.target)} if loop.target is not None else set()
+        if ev.target in names and loop.iter is not None and any(receiver_key(n) == base for n in ast.walk(loop.iter) if isinstance(n, (ast.Name, ast.Attribute))):
+            return True
+    return False
+
+
 def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:
     """``a`` runs in the else-arm of the very condition that gates ``b`` (the `no_sync` micro-step arm)."""
     return any(g.test is guard.test and g.negated != guard.negated for g in a.guards)
 
 
+#: Factors named for the accumulation window (what dividing "for accumulation" looks like).
+_ACCUM_FACTOR = re.compile(r"accum|grad_?acc|micro|n_?steps|num_?steps|gradient_accumulation|accumulation_scale", re.I)
 _SCALE_NAME = re.compile(r"accum|grad_?acc|micro|n_?steps|num_?steps|scale|inv|weight|factor|coef|ratio", re.I)
 
 

@@ -159,6 +159,25 @@ class Modes:
                         return True
         return False
 
+    def parameters_frozen(self, key: Optional[str], at: ast.AST) -> bool:
+        """``key.requires_grad_(False)`` (also inside a chain: ``net.eval().requires_grad_(False).to(dev)``) runs
+        in the function around ``at`` before it: the model's forward then records no graph of its own."""
+        if not key:
+            return False
+        fn = self.model.enclosing_function(at)
+        line = getattr(at, "lineno", 0)
+        for call in self.model.index.within(fn, ast.Call):
+            if not (isinstance(call.func, ast.Attribute) and call.func.attr == "requires_grad_") or call.lineno > line:
+                continue
+            if not (call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value is False):
+                continue
+            base = call.func.value
+            while isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute):
+                base = base.func.value
+            if receiver_key(base) == key:
+                return True
+        return False
+
     def grad_disabled_globally(self, node: ast.AST) -> bool:
         """``torch.set_grad_enabled(False)`` as a statement in the module body or the function around ``node``."""
         scopes = [self.model.tree]
@@ -212,8 +231,50 @@ class Modes:
                 continue
             if not by_name and not any(e.kind == FORWARD and e.loops for e in events):
                 continue  # calls .eval() but runs no evaluation loop (export, tracing, one-off inference)
+            if by_name and not self._passes_over_data(fn, events):
+                continue  # `def test(): net = Net(); print(net(torch.randn(2, 3)).shape)`: a smoke test
             out.append(EvalFunction(fn, events, by_name))
         return out
+
+    def _passes_over_data(self, fn: ast.AST, events: tuple[Event, ...]) -> bool:
+        """An evaluation runs the model over data and measures the outputs: some forward takes an input that is
+        not made up on the spot (``torch.randn``, ``torch.zeros``...), and it runs in a loop or its outputs feed
+        a loss or a metric. A single forward on random tensors that prints a shape is not one."""
+        forwards = [e for e in events if e.kind == FORWARD]
+        real = [e for e in forwards if not self._made_up_inputs(e.node)]
+        if not real:
+            return False
+        if any(e.loops for e in real):
+            return True
+        return any(
+            isinstance(n, ast.Compare) or (isinstance(n, ast.Call) and _MEASURES.search(_callee_name(n)))
+            for n in self.model.index.within(fn, ast.Compare, ast.Call)
+        )
+
+    def _made_up_inputs(self, call: ast.AST) -> bool:
+        args = list(getattr(call, "args", ())) + [k.value for k in getattr(call, "keywords", ())]
+        if not args:
+            return False
+        return all(self._made_up(a) for a in args)
+
+    def _made_up(self, expr: ast.AST, depth: int = 0) -> bool:
+        if isinstance(expr, ast.Constant):
+            return True
+        if isinstance(expr, ast.Call):
+            q = self.model.imports.qualify(expr.func) or ""
+            if q.startswith("torch.") and _RANDOM_TENSOR.match(q.rsplit(".", 1)[-1]):
+                return True
+            if isinstance(expr.func, ast.Attribute) and expr.func.attr in ("to", "cuda", "float", "half") and depth < 4:
+                return self._made_up(expr.func.value, depth + 1)
+            return False
+        if isinstance(expr, ast.Name) and depth < 4:
+            fn = self.model.enclosing_function(expr)
+            values = [
+                n.value for n in self.model.index.within(fn, ast.Assign)
+                if any(isinstance(t, ast.Name) and t.id == expr.id for t in n.targets)
+            ]
+            return bool(values) and all(self._made_up(v, depth + 1) for v in values)
+        return False
 
     def enables_grad(self, fn: ast.AST) -> bool:
         """The function deliberately records gradients (saliency, attacks, test-time adaptation)."""
@@ -276,6 +337,16 @@ class Modes:
         return None
 
 
+_RANDOM_TENSOR = re.compile(r"^(randn|rand|randint|randn_like|rand_like|zeros|ones|empty|full|zeros_like|ones_like|arange|linspace|tensor)$")
+#: Calls that measure outputs: a loss, an accuracy, a metric update.
+_MEASURES = re.compile(r"loss|criterion|accuracy|acc$|metric|score|argmax|topk|eq$|compute|update|evaluate|psnr|ssim|bleu|f1", re.I)
+
+
+def _callee_name(call: ast.Call) -> str:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+
+
 def loop_iterated(loop_node: ast.AST) -> Optional[ast.AST]:
     """What a ``for`` loop iterates, through ``enumerate``/``tqdm``/``iter`` wrappers."""
     it = getattr(loop_node, "iter", None)
@@ -311,13 +382,16 @@ def report_node(ev: Event, other: Optional[Event] = None) -> ast.AST:
     theirs = other.via if other is not None else ev.via
     while shared < len(ev.via) and shared < len(theirs) and ev.via[shared] is theirs[shared]:
         shared += 1
+    if ev.foreign and shared >= ev.local_via:
+        return ev.anchor
     return ev.via[shared] if shared < len(ev.via) else ev.node
 
 
 def report_node_in(ev: Event, region: ast.AST) -> ast.AST:
     """The innermost of ``ev``'s call sites (or ``ev`` itself) that lies inside ``region`` (a loop)."""
-    inside = [n for n in (*ev.via, ev.node) if _within(n, region)]
-    return inside[0] if inside else ev.node
+    local = (*ev.via[: ev.local_via], ev.node) if ev.foreign else (*ev.via, ev.node)
+    inside = [n for n in local if _within(n, region)]
+    return inside[0] if inside else ev.anchor
 
 
 def _within(node: ast.AST, region: ast.AST) -> bool:

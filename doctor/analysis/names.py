@@ -11,24 +11,33 @@ class ImportTable:
 
     def __init__(self, tree: ast.AST, index=None) -> None:
         self.aliases: dict[str, str] = {}
+        #: Where each imported name comes from: (module, level, attribute or None for a module import).
+        self.sources: dict[str, tuple[str, int, Optional[str]]] = {}
+        #: Modules star-imported (``from utils import *``): (module, level).
+        self.star: list[tuple[str, int]] = []
         nodes = index.of(ast.Import, ast.ImportFrom) if index is not None else ast.walk(tree)
         for node in nodes:
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if a.asname:
                         self.aliases[a.asname] = a.name
+                        self.sources[a.asname] = (a.name, 0, None)
                     else:
                         root = a.name.split(".")[0]
                         self.aliases.setdefault(root, root)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                        self.sources.setdefault(root, (root, 0, None))
+            elif isinstance(node, ast.ImportFrom):
                 for a in node.names:
-                    if a.name != "*":
-                        self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
-            elif isinstance(node, ast.ImportFrom) and node.level:
-                # Relative imports: keep the bare name so heuristics on the last component still work.
-                for a in node.names:
-                    if a.name != "*":
-                        self.aliases.setdefault(a.asname or a.name, f"{node.module or ''}.{a.name}".lstrip("."))
+                    if a.name == "*":
+                        self.star.append((node.module or "", node.level))
+                        continue
+                    local = a.asname or a.name
+                    self.sources.setdefault(local, (node.module or "", node.level, a.name))
+                    if node.module and not node.level:
+                        self.aliases[local] = f"{node.module}.{a.name}"
+                    else:
+                        # Relative imports: keep the bare name so heuristics on the last component still work.
+                        self.aliases.setdefault(local, f"{node.module or ''}.{a.name}".lstrip("."))
 
     def qualify(self, node: ast.AST) -> Optional[str]:
         """``optim.SGD`` -> ``torch.optim.SGD`` when ``optim`` was imported; else the dotted text itself."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from doctor.analysis.names import ImportTable, call_arg, call_name, dotted_name, last_part, receiver_key
 
@@ -26,6 +26,8 @@ ACCELERATOR = "accelerator"  # Accelerate, Fabric: objects whose .backward() is 
 ENGINE = "engine"  # DeepSpeed engine: backward, step and zero_grad in one object
 DIST_OPTIMIZER = "dist_optimizer"  # torch.distributed.optim.DistributedOptimizer
 OTHER = "other"
+#: Built by a call we could not classify yet (``Net(...)``, ``make_schedule(...)``): see ``ObjectInfo.unverified``.
+PENDING = "pending"
 
 _TORCH_OPTIMIZERS = {
     "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "NAdam", "RAdam",
@@ -51,6 +53,13 @@ LOSS_FUNCTIONS = {
     "cosine_embedding_loss", "triplet_margin_loss", "poisson_nll_loss", "gaussian_nll_loss",
     "soft_margin_loss", "multilabel_soft_margin_loss", "hinge_embedding_loss",
 }
+
+
+#: Top-level packages whose classes and factories we know by name: their objects need no reading of a definition.
+LIBRARIES = frozenset({
+    "torch", "transformers", "timm", "lightning", "pytorch_lightning", "accelerate", "deepspeed", "diffusers",
+    "torchvision", "apex", "bitsandbytes", "fairscale", "peft", "nn", "optim", "F", "np", "numpy",
+})
 
 
 @dataclass
@@ -98,6 +107,9 @@ class ObjectInfo:
     torch_subclass: bool = False
     #: We read the class's definition (this file or a local module): its bases decided, not its name.
     source_seen: bool = False
+    #: The kind was read off the callee's name (``build_lr_scheduler(...)``), or is unknown (``Net(...)``):
+    #: when the callee is a function or class we can read, its definition decides (``ObjectTable.resolver``).
+    unverified: bool = False
 
 
 def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str]:
@@ -182,16 +194,43 @@ class ObjectTable:
     #: (`scheduler`) often holds different objects in different functions of one file.
     history: dict[str, list[ObjectInfo]] = field(default_factory=dict)
 
+    #: Classes of the file that subclass an optimizer, a scheduler or a module (by name).
+    local_classes: dict[str, str] = field(default_factory=dict)
+    #: Refines an unverified object from the definition of its constructor (set by the program tables): returns
+    #: the verified object, or None when the constructor cannot be read.
+    resolver: Optional[Callable[[ObjectInfo], Optional[ObjectInfo]]] = None
+
+    def _verified(self, key: str, info: ObjectInfo) -> Optional[ObjectInfo]:
+        if not info.unverified:
+            return None if info.kind == PENDING else info
+        info.unverified = False
+        found = self.resolver(info) if self.resolver is not None else None
+        if found is not None:
+            self.objects[key] = found
+            for seen in self.history.values():
+                for i, old in enumerate(seen):
+                    if old is info:
+                        seen[i] = found
+            info = found
+        return None if info.kind == PENDING else info
+
     def kind(self, key: Optional[str]) -> Optional[str]:
         if not key:
             return None
         info = self.objects.get(key)
         if info is not None:
-            return info.kind
+            info = self._verified(key, info)
+            if info is not None:
+                return info.kind
         return kind_from_name(key)
 
     def get(self, key: Optional[str]) -> Optional[ObjectInfo]:
-        return self.objects.get(key) if key else None
+        info = self.objects.get(key) if key else None
+        return self._verified(key, info) if info is not None else None  # type: ignore[arg-type]
+
+    def verified(self, key: str, info: ObjectInfo) -> Optional[ObjectInfo]:
+        """``info`` (an entry of ``history``) after its constructor was checked; None when it stays unknown."""
+        return self._verified(key, info)
 
     def set(self, key: str, info: ObjectInfo, *, override: bool = False) -> None:
         if info.node is not None and not info.from_name_only:
@@ -199,7 +238,9 @@ class ObjectTable:
             if not any(i.node is info.node for i in seen):
                 seen.append(info)
         old = self.objects.get(key)
-        if old is None or override or (old.from_name_only and not info.from_name_only) or old.kind == OTHER:
+        if info.kind == PENDING and old is not None:
+            return
+        if old is None or override or (old.from_name_only and not info.from_name_only) or old.kind in (OTHER, PENDING):
             self.objects[key] = info
 
 
@@ -213,7 +254,7 @@ def build_objects(tree: ast.AST, imports: ImportTable, index=None) -> ObjectTabl
 
         index = NodeIndex(tree)
     table = ObjectTable()
-    local_classes = classes_by_kind(index, imports)
+    local_classes = table.local_classes = classes_by_kind(index, imports)
     assigns: list[tuple[list[ast.AST], ast.AST]] = []
     for node in index.of(ast.Assign, ast.AnnAssign, ast.With, ast.AsyncWith):
         if isinstance(node, ast.Assign):
@@ -249,18 +290,44 @@ def _record(table: ObjectTable, target: ast.AST, value: ast.AST, imports: Import
         # `scheduler = NoamWarmup(opt)`: a class that is not a torch scheduler (custom_scheduler tells).
         q = imports.qualify(unwrap_moves(value).func) or ""  # type: ignore[attr-defined]
         if q[:1] and q.rsplit(".", 1)[-1][:1].isupper():
-            info = ObjectInfo(SCHEDULER, ctor=q, node=value)
+            info = ObjectInfo(SCHEDULER, ctor=q, node=value, unverified=True)
+    if info is None and _NOT_AN_OBJECT(value):
+        # A list, an array, a number: whatever its name says (`lr_schedule = [...]`), not an object we model.
+        info = ObjectInfo(OTHER)
     if info is not None:
-        table.set(key, info, override=not info.from_name_only)
+        table.set(key, info, override=not info.from_name_only and info.kind != OTHER)
     elif isinstance(value, ast.Call) and key not in table.objects:
         # Built by something we do not recognise: remember that, so a name like `opt` (argparse options)
         # is not taken for an optimizer on its name alone.
         q = imports.qualify(value.func) or ""
         if q.endswith(("parse_args", "ArgumentParser", "Namespace", "load", "safe_load", "OmegaConf.create")):
             table.set(key, ObjectInfo(OTHER, ctor=q))
+        elif q and isinstance(unwrap_moves(value), ast.Call) and isinstance(unwrap_moves(value).func, (ast.Name, ast.Attribute)):  # type: ignore[attr-defined]
+            # Maybe a class or factory of the project (`Net(...)`, `build_model(cfg)`): decided on demand.
+            table.set(key, ObjectInfo(PENDING, ctor=q, node=unwrap_moves(value), unverified=True))
 
 
 _MOVES = {"to", "cuda", "cpu", "half", "float", "double", "bfloat16", "train", "eval", "requires_grad_", "to_empty", "share_memory"}
+
+
+_ARRAY_FACTORIES = re.compile(r"^(np|numpy|math|torch)\.(linspace|arange|array|asarray|concatenate|cos|sin|exp|logspace|full|ones|zeros|tensor|cumsum|interp|geomspace)$")
+
+
+def _NOT_AN_OBJECT(value: ast.AST) -> bool:
+    """A value that is data, never an optimizer/scheduler/model object: literals, containers, arithmetic,
+    numpy/torch array factories."""
+    if isinstance(value, (ast.List, ast.Tuple, ast.Set, ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+        # Containers of numbers are data; a list of constructed objects (`[LambdaLR(o, f) for o in opts]`) is not.
+        elts = [value.elt] if isinstance(value, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) else value.elts
+        return not any(isinstance(n, (ast.Call, ast.Name, ast.Attribute, ast.Starred)) for e in elts for n in ast.walk(e))
+    if isinstance(value, (ast.JoinedStr, ast.BinOp, ast.Dict, ast.DictComp)):
+        return True
+    if isinstance(value, ast.Constant) and value.value is not None:
+        return True
+    if isinstance(value, ast.Call):
+        dotted = dotted_name(value.func) or ""
+        return bool(_ARRAY_FACTORIES.match(dotted))
+    return False
 
 
 def unwrap_moves(value: ast.AST) -> ast.AST:
@@ -292,7 +359,7 @@ def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_cla
                 return ObjectInfo(SCHEDULER, ctor="lightning.lr_schedulers", node=value)
             kind = classify_ctor(q, local_classes)
             if kind is not None:
-                info = ObjectInfo(kind, ctor=q, node=value, torch_subclass=name in local_classes)
+                info = ObjectInfo(kind, ctor=q, node=value, torch_subclass=name in local_classes, unverified=q.split(".")[0] not in LIBRARIES)
                 if kind == OPTIMIZER:
                     first = value.args[0] if value.args else call_arg(value, "params")
                     info.param_roots = _roots_of(first) if first is not None else None
@@ -305,6 +372,11 @@ def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_cla
         src = table.objects[key]
         return ObjectInfo(src.kind, ctor=src.ctor, node=src.node, optimizer=src.optimizer, param_roots=src.param_roots, from_name_only=src.from_name_only)
     return None
+
+
+def info_of(value: ast.AST, table: ObjectTable, imports: ImportTable) -> Optional[ObjectInfo]:
+    """What object an expression builds or names, from its constructor (or None when we cannot tell)."""
+    return _info_of(value, table, imports, table.local_classes)
 
 
 def _record_tuple(table: ObjectTable, target: ast.AST, value: ast.AST, imports: ImportTable, local_classes: dict[str, str]) -> None:
@@ -339,6 +411,22 @@ def _record_tuple(table: ObjectTable, target: ast.AST, value: ast.AST, imports: 
                     ObjectInfo(kind, ctor=src.ctor if src else "", node=value, optimizer=src.optimizer if src else None, param_roots=src.param_roots if src else None, from_name_only=src is None),
                     override=src is not None,
                 )
+
+
+def kind_of_base(qualified: str) -> Optional[str]:
+    """The kind of object a class is when it subclasses ``qualified`` (a base class's qualified name)."""
+    bname = qualified.rsplit(".", 1)[-1]
+    if bname == "Optimizer" or qualified.startswith("torch.optim.") and bname in _TORCH_OPTIMIZERS:
+        return OPTIMIZER
+    if bname in _TORCH_SCHEDULER_BASES:
+        return SCHEDULER
+    if bname in ("Module", "LightningModule", "Sequential", "ModuleList", "ModuleDict", "PreTrainedModel") or (
+        qualified.startswith(("torch.nn.", "nn.")) and bname[:1].isupper() and not bname.endswith("Loss")
+    ):
+        return MODEL
+    if bname.endswith("Loss") and qualified.startswith(("torch.nn.", "nn.")):
+        return LOSS
+    return None
 
 
 def classes_by_kind(index, imports: ImportTable) -> dict[str, str]:

@@ -72,6 +72,34 @@ class Step:
     node: ast.AST
     #: The operand the step applies to (the softmax's input), when there is one.
     inner: Optional[ast.AST] = None
+    #: The file whose tree holds ``node`` when it is not the traced file (a model defined in ``model.py``).
+    program: Optional[Program] = None
+    #: An inferred fact this step rests on, in the user's words (``model`` is the ``Net`` passed on main.py:9).
+    how: Optional[str] = None
+    #: ``how`` is a guess (no caller to read), not something read off the code: findings on it are warnings.
+    guess: bool = False
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    """The module object an expression holds: a class we can read (its ``forward`` is traced) and/or the call
+    that built it (``nn.Linear(...)``)."""
+
+    program: Program
+    cls: Optional[ast.ClassDef]
+    ctor: Optional[ast.Call]
+    name: str
+    #: How we know, when it was inferred rather than read off an assignment.
+    how: Optional[str] = None
+    guess: bool = False
+
+
+def _tag(steps: tuple[Step, ...], program: Optional[Program], how: Optional[str] = None) -> tuple[Step, ...]:
+    """Steps traced in another file carry that file; ``how`` goes on the first step."""
+    out = []
+    for i, s in enumerate(steps):
+        out.append(Step(s.kind, s.node, s.inner, s.program or program, s.how or (how if i == 0 else None), s.guess))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -265,6 +293,64 @@ class ValueTable:
                 return kw.value
         return None
 
+    def argument_sites(self, name: ast.Name) -> list[tuple[Program, ast.AST]]:
+        """For a parameter that its function never rebinds: what every visible call passes for it, in this file
+        and in the project's other files (``train_epoch(model, ...)`` in ``main.py``). Empty when unknown."""
+        fn = self.model.enclosing_function(name)
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or not _is_param(fn, name.id):
+            return []
+        if self.bindings(fn).get(name.id):
+            return []
+        return self.model.argument_values(fn, name.id)
+
+    def table_of(self, program: Program) -> Optional["ValueTable"]:
+        """The value table of another file of the project (None when it has none)."""
+        if program is self.model:
+            return self
+        return getattr(program, "values", None)
+
+    def where(self, node: ast.AST, program: Optional[Program] = None) -> str:
+        """``line 12`` for a node of this file, ``model.py:12`` for one of another file."""
+        line = getattr(node, "lineno", 0)
+        if program is None or program is self.model or not program.path:
+            return f"line {line}"
+        import os
+
+        base = os.path.dirname(os.path.abspath(self.model.path)) if self.model.path else ""
+        rel = os.path.relpath(program.path, base) if base else program.path
+        return f"{rel}:{line}"
+
+    def _traced_parameter(self, name: ast.Name, depth: int) -> Optional[tuple[Step, ...]]:
+        """The trace of a parameter through its callers, when they all pass values of the same shape."""
+        sites = self.argument_sites(name)
+        traces = []
+        for program, value in sites:
+            table = self.table_of(program)
+            if table is None:
+                return None
+            steps = table.trace(value, depth + 1)
+            traces.append((program, value, steps if program is self.model else _tag(steps, program)))
+        if not traces or len({tuple(s.kind for s in t) for _, _, t in traces}) != 1:
+            return None
+        program, value, steps = traces[0]
+        how = f"`{name.id}` is `{ast.unparse(value)}` passed on {self.where(value, program)}"
+        if len(traces) > 1:
+            how += f" (and {len(traces) - 1} more call{'s' if len(traces) > 2 else ''} alike)"
+        return _tag(steps, None, how)
+
+    def inferences(self, expr: Optional[ast.AST]) -> list[str]:
+        """The inferred facts the trace of ``expr`` rests on (for messages: say how doctor knows)."""
+        return [s.how for s in self.trace(expr) if s.how]
+
+    def because(self, expr: Optional[ast.AST]) -> str:
+        """`` (inferred: ...)`` naming the inferred facts behind ``expr``'s trace, or "" when there are none."""
+        hows = list(dict.fromkeys(self.inferences(expr)))
+        return f" (inferred: {'; '.join(hows)})" if hows else ""
+
+    def rests_on_guess(self, expr: Optional[ast.AST]) -> bool:
+        """Does the trace of ``expr`` rest on a guess (a class taken for a parameter nobody passes)?"""
+        return any(s.guess for s in self.trace(expr))
+
     def value_of(self, name: ast.Name) -> Optional[ast.AST]:
         """The expression a plain (non-unpacked) definition assigned to ``name``."""
         d = self.definition(name)
@@ -300,6 +386,99 @@ class ValueTable:
             if expr.attr == "module":
                 return self.module_ctor(expr.value, _depth + 1)
         return None
+
+    def module_of(self, expr: Optional[ast.AST], _depth: int = 0) -> Optional[ModuleRef]:
+        """The module object ``expr`` holds: built here (``Net()``, ``nn.Linear(...)``), passed by a caller in
+        this or another file of the project, or — for a parameter of a function nobody calls whose file defines
+        exactly one ``nn.Module`` — that one class (said so in ``how``)."""
+        if expr is None or _depth > MAX_DEPTH:
+            return None
+        if isinstance(expr, ast.Call):
+            q = self.imports.qualify(expr.func) or ""
+            last = q.rsplit(".", 1)[-1]
+            if isinstance(expr.func, ast.Attribute) and expr.func.attr in ("to", "cuda", "cpu", "train", "float", "half", "double"):
+                return self.module_of(expr.func.value, _depth + 1)
+            if last in _WRAPPERS and expr.args:
+                return self.module_of(expr.args[0], _depth + 1)
+            if last in self.classes:
+                return ModuleRef(self.model, self.classes[last], expr, last)
+            if q.startswith(("torch.nn.", "nn.")) and last[:1].isupper():
+                return ModuleRef(self.model, None, expr, last)
+            found = self.model.resolve_class(expr.func)
+            if found is not None and found[0].class_kind(found[1]) == K.MODEL:
+                return ModuleRef(found[0], found[1], expr, found[1].name)
+            return None
+        if isinstance(expr, ast.Name):
+            value = self.value_of(expr)
+            if value is None:
+                value = self.argument_for(expr)
+            if value is not None:
+                return self.module_of(value, _depth + 1)
+            return self._module_parameter(expr, _depth)
+        if isinstance(expr, ast.Attribute):
+            if isinstance(expr.value, ast.Name) and expr.value.id == "self":
+                cls = self.model.class_of(self.model.enclosing_function(expr))
+                values = self.self_attrs.get(cls or "", {}).get(expr.attr, [])
+                return self.module_of(values[0], _depth + 1) if len(values) == 1 else None
+            if expr.attr == "module":
+                return self.module_of(expr.value, _depth + 1)
+        return None
+
+    def _module_parameter(self, name: ast.Name, depth: int) -> Optional[ModuleRef]:
+        fn = self.model.enclosing_function(name)
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or not _is_param(fn, name.id) or self.bindings(fn).get(name.id):
+            return None
+        sites = self.argument_sites(name)
+        if sites:
+            refs = []
+            for program, value in sites:
+                table = self.table_of(program)
+                ref = table.module_of(value, depth + 1) if table is not None else None
+                if ref is None:
+                    return None
+                refs.append((program, value, ref))
+            if len({((r.program.path, r.cls.lineno) if r.cls is not None else r.name) for _, _, r in refs}) != 1:
+                return None
+            program, value, ref = refs[0]
+            how = f"`{name.id}` is the `{ref.name}` passed on {self.where(value, program)}"
+            return ModuleRef(ref.program, ref.cls, ref.ctor, ref.name, ref.how or how, ref.guess)
+        annotation = next((a.annotation for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs if a.arg == name.id), None)
+        if annotation is not None:
+            found = self.model.resolve_class(annotation)
+            if found is not None and found[0].class_kind(found[1]) == K.MODEL:
+                return ModuleRef(found[0], found[1], None, found[1].name, f"`{name.id}` is annotated `{found[1].name}`")
+            return None
+        if self.model.call_sites(fn):
+            return None  # called, but with values we cannot follow
+        modules = [c for c in self.model.classes.values() if self.model.class_kind(c) == K.MODEL]
+        if len(modules) == 1:
+            cls = modules[0]
+            return ModuleRef(
+                self.model, cls, None, cls.name,
+                f"`{fn.name}()` has no caller in the project and `{cls.name}` is the only nn.Module in this file, so "
+                f"`{name.id}` is taken to be a `{cls.name}`", guess=True,
+            )
+        return None
+
+    def ref_output(self, ref: ModuleRef, depth: int) -> tuple[Step, ...]:
+        """What a module's forward returns."""
+        table = self.table_of(ref.program)
+        if table is None:
+            return (Step(UNKNOWN, ref.ctor or ast.Constant(None)),)
+        if ref.cls is not None:
+            found = ref.program.class_method(ref.cls, "forward")
+            if found is None:
+                return (Step(UNKNOWN, ref.cls),)
+            program, fwd = found
+            other = self.table_of(program)
+            if other is None:
+                return (Step(UNKNOWN, ref.cls),)
+            steps = other._returns(fwd, depth)
+            return steps if program is self.model else _tag(steps, program)
+        if ref.ctor is not None:
+            steps = table.module_output(ref.ctor, depth)
+            return steps if ref.program is self.model else _tag(steps, ref.program)
+        return (Step(UNKNOWN, ast.Constant(None)),)
 
     @cached_property
     def class_kinds(self) -> dict[str, str]:
@@ -360,7 +539,10 @@ class ValueTable:
             d = self.definition(expr)
             if d is None:
                 arg = self.argument_for(expr)
-                return self.trace(arg, depth + 1) if arg is not None else (Step(UNKNOWN, expr),)
+                if arg is not None:
+                    return self.trace(arg, depth + 1)
+                traced = self._traced_parameter(expr, depth)
+                return traced if traced is not None else (Step(UNKNOWN, expr),)
             stmt, index = d
             value = stmt.value  # type: ignore[attr-defined]
             return self._select(value, index, depth + 1) if index is not None else self.trace(value, depth + 1)
@@ -405,13 +587,15 @@ class ValueTable:
             fn = self._helper(expr)
             if fn is not None:
                 return (Step(CALL, expr),) + self._returns(fn, depth, index)
-            ctor = self.module_ctor(expr.func)
-            if ctor is not None:
-                name = (self.imports.qualify(ctor.func) or "").rsplit(".", 1)[-1]
-                fwd = self.forward_of(name) if name in self.classes else None
-                if fwd is not None:
-                    return (Step(MODEL, expr),) + self._returns(fwd, depth, index)
-                return (Step(MODEL, expr), Step(UNKNOWN, expr))
+            ref = self.module_of(expr.func)
+            if ref is not None:
+                model_step = Step(MODEL, expr, how=ref.how, guess=ref.guess)
+                found = ref.program.class_method(ref.cls, "forward") if ref.cls is not None else None
+                other = self.table_of(found[0]) if found is not None else None
+                if found is not None and other is not None:
+                    steps = other._returns(found[1], depth, index)
+                    return (model_step,) + (steps if found[0] is self.model else _tag(steps, found[0]))
+                return (model_step, Step(UNKNOWN, expr))
         # Indexing a tensor (a batch row) keeps what it is; indexing anything else we do not know.
         inner = self.trace(expr, depth + 1)
         return inner if inner and inner[0].kind in ACTIVATIONS | {DETACH} else (Step(UNKNOWN, expr),)
@@ -461,12 +645,11 @@ class ValueTable:
         return self._module_call(call, func, depth)
 
     def _module_call(self, call: ast.Call, module: ast.AST, depth: int) -> tuple[Step, ...]:
-        ctor = self.module_ctor(module)
-        if ctor is not None:
-            name = (self.imports.qualify(ctor.func) or "").rsplit(".", 1)[-1]
-            if name.endswith("Loss"):
+        ref = self.module_of(module)
+        if ref is not None:
+            if ref.name.endswith("Loss"):
                 return (Step(LOSS, call),)
-            return (Step(MODEL, call),) + self.module_output(ctor, depth + 1)
+            return (Step(MODEL, call, how=ref.how, guess=ref.guess),) + self.ref_output(ref, depth + 1)
         kind = self.model.objects.kind(receiver_key(module))
         if kind == K.LOSS:
             return (Step(LOSS, call),)
@@ -523,6 +706,56 @@ class ValueTable:
             if here is None and there is None and _is_param(fn, step.inner.id) and not self.bindings(fn).get(step.inner.id):
                 return expr, step.inner  # a parameter that is never rebound
         return None
+
+    # -- which models a value depends on -------------------------------------------------------------------
+    def model_reach(self, expr: Optional[ast.AST]) -> dict[str, ast.AST]:
+        """The models whose forward passes ``expr`` depends on, each with ``None`` when the dependence keeps the
+        autograd graph, or with the detaching node (``fake.detach()``) when every path to it is cut.
+
+        Names are followed through their assignments in the same function; calls we do not know pass their
+        arguments' dependencies through (precision: an unknown call never hides a path)."""
+        found: dict[str, Optional[ast.AST]] = {}
+        self._reach(expr, None, found, 0, set())
+        return found  # type: ignore[return-value]
+
+    def _reach(self, expr: Optional[ast.AST], cut: Optional[ast.AST], found: dict, depth: int, seen: set) -> None:
+        if expr is None or depth > MAX_DEPTH:
+            return
+        if isinstance(expr, ast.Name):
+            if id(expr) in seen:
+                return
+            seen.add(id(expr))
+            d = self.definition(expr)
+            if d is not None:
+                self._reach(d[0].value, cut, found, depth + 1, seen)  # type: ignore[attr-defined]
+            return
+        if isinstance(expr, ast.Attribute):
+            self._reach(expr.value, cut or (expr if expr.attr == "data" else None), found, depth + 1, seen)
+            return
+        if isinstance(expr, ast.Call):
+            func = expr.func
+            if isinstance(func, ast.Attribute) and func.attr in _DETACH_METHODS:
+                self._reach(func.value, cut or expr, found, depth + 1, seen)
+                return
+            q = self.imports.qualify(func) or ""
+            if q.rsplit(".", 1)[-1] in _NEW_LEAF_FUNCS | {"detach"} and q.startswith("torch"):
+                for a in expr.args:
+                    self._reach(a, cut or expr, found, depth + 1, seen)
+                return
+            key = receiver_key(func) if not isinstance(func, ast.Attribute) or func.attr != "forward" else receiver_key(func.value)
+            if key and self.model.objects.kind(key) == K.MODEL and not self.model.functions.get(key) and not self.model.classes.get(key):
+                if cut is None:
+                    found[key] = None
+                else:
+                    found.setdefault(key, cut)
+            elif isinstance(func, ast.Attribute):
+                self._reach(func.value, cut, found, depth + 1, seen)
+            for a in list(expr.args) + [k.value for k in expr.keywords]:
+                self._reach(a, cut, found, depth + 1, seen)
+            return
+        for child in ast.iter_child_nodes(expr):
+            if isinstance(child, ast.expr):
+                self._reach(child, cut, found, depth + 1, seen)
 
     # -- losses ------------------------------------------------------------------------------------------
     @cached_property

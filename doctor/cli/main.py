@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 from typing import Optional
 
 import click
@@ -192,7 +191,9 @@ def check(
     elif fmt == "github":
         text = report.render_github(findings, errors)
     elif fmt == "sarif":
-        text = report.render_sarif(findings, errors)
+        from doctor.catalog import pages
+
+        text = report.render_sarif(findings, errors, pages())
     else:
         use_colour = color if color is not None else (output is None and sys.stdout.isatty())
         text = report.render_text(findings, errors, colour=use_colour, files=len(files))
@@ -224,14 +225,14 @@ def _emit(text: str, output: Optional[str]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Include the probe's runtime checks.")
 def rules_cmd(fmt: str, show_all: bool) -> None:
-    """List the rules: code, name, severity, default on/off, fixable."""
+    """List the rules: code, name, severity, default on/off, fixable (json: every rule's whole page)."""
     import json
 
-    from doctor.lint.registry import all_rule_infos
+    from doctor.catalog import pages
 
-    infos = [i for i in all_rule_infos() if show_all or i.kind == "static"]
+    infos = pages(runtime=show_all)
     if fmt == "json":
-        click.echo(json.dumps([i.__dict__ for i in infos], indent=2))
+        click.echo(json.dumps([p.to_dict() for p in infos], indent=2, ensure_ascii=False))
         return
     if fmt == "markdown":
         click.echo("| code | name | severity | default | fix | what it catches |")
@@ -249,40 +250,15 @@ def rules_cmd(fmt: str, show_all: bool) -> None:
 @main.command()
 @click.argument("rule")
 def explain(rule: str) -> None:
-    """Explain a rule (by name or code): what it catches, why it is wrong, and how to fix it."""
-    from doctor.lint.registry import lookup, runtime_checks
+    """Explain a rule or runtime check (by name or code): its documentation page."""
+    from doctor.catalog import find
+    from doctor.core.page import render, title
 
-    r = lookup(rule)
-    if r is None:
-        runtime = next((c for c in runtime_checks() if rule.lower() in (c.name, c.code.lower())), None)
-        if runtime is not None:
-            click.echo(f"{runtime.name} ({runtime.code}) — runtime check of `doctor probe`\n\n{runtime.summary}")
-            doc = _runtime_doc(runtime.name)
-            if doc:
-                click.echo("\n" + doc)
-            return
-        click.echo(f"doctor: error: unknown rule {rule!r} (see `doctor rules`)", err=True)
+    page = find(rule)
+    if page is None:
+        click.echo(f"doctor: error: unknown rule {rule!r} (see `doctor rules --all`)", err=True)
         sys.exit(EXIT_ERROR)
-    fix = f"Fix: {r.fixable.value} (applied with --fix{' --unsafe-fixes' if r.fixable.value == 'unsafe' else ''})" if r.fixable else "Fix: none"
-    default = "on" if r.default_enabled else "off (enable with --select)"
-    click.echo(
-        f"{r.name} ({r.code})\n"
-        f"Severity: {r.severity.value}. Default: {default}. {fix}\n\n"
-        f"## What it does\n{textwrap.dedent(r.summary).strip()}\n\n"
-        f"## Why is this bad?\n{textwrap.dedent(r.why).strip()}\n\n"
-        f"## Example\n{textwrap.indent(textwrap.dedent(r.bad).strip(), '    ')}\n\n"
-        f"## Use instead\n{textwrap.indent(textwrap.dedent(r.good).strip(), '    ')}"
-    )
-
-
-def _runtime_doc(name: str) -> str:
-    import importlib
-
-    try:
-        module = importlib.import_module(f"doctor.rules.runtime.{name.replace('-', '_')}")
-    except ImportError:
-        return ""
-    return textwrap.dedent(module.__doc__ or "").strip()
+    click.echo(f"{title(page)}\n\n{render(page)}")
 
 
 def _register_optional_commands() -> None:

@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Optional
 
 from doctor import __version__
+from doctor.analysis.project import file_signature, tree_fingerprint
 from doctor.core.findings import Finding
 from doctor.core.fsutil import atomic_write_bytes
 
@@ -121,6 +122,22 @@ class ResultCache:
         h.update(b"\0" + ",".join(sorted(rule_names)).encode())
         self._salt = h.digest()
         self._keys: dict[str, str] = {}
+        self._trees: dict[str, str] = {}
+
+    def _tree(self, root: str) -> str:
+        if root not in self._trees:
+            self._trees[root] = tree_fingerprint(root)
+        return self._trees[root]
+
+    def _dependencies_unchanged(self, deps: dict) -> bool:
+        """The other files a cached result was computed from are as they were then."""
+        for path, sig in deps.get("files", {}).items():
+            if file_signature(path) != sig:
+                return False
+        for root, digest in deps.get("roots", {}).items():
+            if self._tree(root) != digest:
+                return False
+        return True
 
     def _key(self, path: str) -> Optional[str]:
         try:
@@ -152,6 +169,9 @@ class ResultCache:
             # Findings carry the path as it was given; the same file may be named differently this time.
             findings = [Finding.from_dict({**d, "path": path}) for d in data["findings"]]
             skipped = bool(data.get("skipped", False))
+            if not self._dependencies_unchanged(data.get("depends", {})):
+                self.misses += 1
+                return None
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -168,7 +188,12 @@ class ResultCache:
         key = self._keys.get(path) or self._key(path)
         if key is None:
             return
-        payload = {"findings": [f.to_dict() for f in result.findings], "skipped": result.skipped}
+        payload: dict = {"findings": [f.to_dict() for f in result.findings], "skipped": result.skipped}
+        if result.consulted is not None:
+            payload["depends"] = {
+                "files": {p: file_signature(p) for p in sorted(result.consulted.files)},
+                "roots": {r: self._tree(r) for r in sorted(result.consulted.roots)},
+            }
         target = self._entry(key)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -42,7 +42,17 @@ class FileContext:
         return byte_col
 
     def segment(self, node: ast.AST) -> str:
+        """The source text of ``node``; for a node of another file (inlined from a local module) its code."""
+        if not self._local(node):
+            try:
+                return ast.unparse(node)
+            except Exception:  # noqa: BLE001 - a message must never fail on odd syntax
+                return ""
         return ast.get_source_segment(self.source.text, node) or ""
+
+    def _local(self, node: ast.AST) -> bool:
+        model = self.__dict__.get("model")
+        return model is None or model.owns(node) or not hasattr(node, "lineno") or isinstance(node, ast.Pass)
 
     def fingerprint(self, rule: str, line: int) -> str:
         """Keyed by rule and the code on the line, not the line number, so baselines survive edits."""
@@ -64,6 +74,8 @@ class FileContext:
         severity: Optional[Severity] = None,
         evidence: Optional[dict] = None,
     ) -> Finding:
+        if not self._local(node):
+            node = self.model.anchor_of(node)  # a node of another file: report the call here that led there
         line = getattr(node, "lineno", 1)
         end_line = getattr(node, "end_lineno", None) or line
         col = self.char_column(line, getattr(node, "col_offset", 0))

@@ -15,6 +15,7 @@ from doctor.core.findings import Finding, Severity
 from doctor.lint.registry import Rule, lookup, select_rules, static_rules
 from doctor.core.source import Source, decode_notebook, decode_python, worth_parsing
 from doctor.lint.suppress import is_ours, parse_suppressions
+from doctor.analysis.project import Consulted, recording
 
 #: Files larger than this are skipped with a message (generated code, data dumps saved as .py).
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -29,6 +30,8 @@ class FileResult:
     skipped: bool = False
     rule_seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    #: Other files (and whole project folders) the analysis read: the cache re-checks the file when they change.
+    consulted: Optional[Consulted] = None
 
 
 @dataclass
@@ -96,18 +99,21 @@ def check_source(path: str, data: bytes, rules: list[type[Rule]], settings: Sett
     ctx = FileContext(path, source, tree)
     ignored = settings.ignored_for(path)
     found: list[Finding] = []
-    for rule_cls in rules:
-        if ignored and _rule_ignored(rule_cls, ignored):
-            continue
-        start = time.perf_counter() if timing else 0.0
-        try:
-            found.extend(rule_cls().check(ctx))
-        except RecursionError:
-            result.error = f"rule {rule_cls.name} gave up: code nested too deeply"
-        except Exception as exc:  # a rule bug must not lose the other rules' findings
-            result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
-        if timing:
-            result.rule_seconds[rule_cls.name] = time.perf_counter() - start
+    with recording() as consulted:
+        for rule_cls in rules:
+            if ignored and _rule_ignored(rule_cls, ignored):
+                continue
+            start = time.perf_counter() if timing else 0.0
+            try:
+                found.extend(rule_cls().check(ctx))
+            except RecursionError:
+                result.error = f"rule {rule_cls.name} gave up: code nested too deeply"
+            except Exception as exc:  # a rule bug must not lose the other rules' findings
+                result.error = f"internal error in rule {rule_cls.name}: {type(exc).__name__}: {exc}"
+            if timing:
+                result.rule_seconds[rule_cls.name] = time.perf_counter() - start
+    consulted.files.discard(os.path.normpath(os.path.abspath(path)))
+    result.consulted = consulted if consulted.files or consulted.roots else None
     result.findings = _apply_suppressions(ctx, _dedupe(found), rules)
     return result
 

@@ -1,33 +1,19 @@
-"""Rule metadata, registration and selection."""
+"""Finding and selecting the static rules."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 from doctor.core.findings import Finding
 from doctor.lint.rule import Rule
 
-
-@dataclass(frozen=True)
-class RuleInfo:
-    """What `doctor rules` lists: static rules and runtime checks alike."""
-
-    name: str
-    code: str
-    severity: str
-    default_enabled: bool
-    fixable: str
-    summary: str
-    kind: str  # "static" or "runtime"
-
-
 _STATIC: Optional[dict[str, type[Rule]]] = None
 
 
-def _load_modules(package: str) -> Iterator[object]:
+def load_modules(package: str) -> Iterator[object]:
+    """The public modules of a package, by name (one module per rule or check)."""
     pkg = importlib.import_module(package)
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
@@ -39,7 +25,7 @@ def static_rules() -> dict[str, type[Rule]]:
     global _STATIC
     if _STATIC is None:
         found: dict[str, type[Rule]] = {}
-        for module in _load_modules("doctor.rules.static"):
+        for module in load_modules("doctor.rules.static"):
             for obj in vars(module).values():
                 if isinstance(obj, type) and issubclass(obj, Rule) and obj is not Rule and "name" in vars(obj):
                     if obj.name in found and found[obj.name] is not obj:
@@ -47,47 +33,6 @@ def static_rules() -> dict[str, type[Rule]]:
                     found[obj.name] = obj
         _STATIC = dict(sorted(found.items(), key=lambda kv: kv[1].code))
     return _STATIC
-
-
-def runtime_checks() -> list[RuleInfo]:
-    """Metadata of the probe's runtime checks (they live in ``doctor.rules.runtime``)."""
-    infos: list[RuleInfo] = []
-    try:
-        modules = list(_load_modules("doctor.rules.runtime"))
-    except Exception:  # the probe is optional; listing rules must not fail because of it
-        return infos
-    for module in modules:
-        check = getattr(module, "CHECK", None)
-        if check is None:
-            continue
-        infos.append(
-            RuleInfo(
-                name=check.name,
-                code=check.code,
-                severity="error",
-                default_enabled=True,
-                fixable="-",
-                summary=check.summary,
-                kind="runtime",
-            )
-        )
-    return sorted(infos, key=lambda i: i.code)
-
-
-def all_rule_infos() -> list[RuleInfo]:
-    infos = [
-        RuleInfo(
-            name=r.name,
-            code=r.code,
-            severity=r.severity.value,
-            default_enabled=r.default_enabled,
-            fixable=r.fixable.value if r.fixable else "-",
-            summary=r.summary,
-            kind="static",
-        )
-        for r in static_rules().values()
-    ]
-    return infos + runtime_checks()
 
 
 def lookup(key: str) -> Optional[type[Rule]]:

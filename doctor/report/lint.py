@@ -8,6 +8,8 @@ from typing import Iterable, Optional
 
 from doctor import __version__
 from doctor.core.findings import Finding, Severity
+from doctor.core.page import Page
+from doctor.core.page import render as render_page
 
 FORMATS = ("text", "json", "github", "sarif")
 
@@ -90,15 +92,12 @@ def render_github(findings: list[Finding], errors: list[tuple[str, str]]) -> str
     return "\n".join(out)
 
 
-def render_sarif(findings: list[Finding], errors: list[tuple[str, str]]) -> str:
-    """SARIF 2.1.0 with rule metadata, for GitHub code scanning and other viewers."""
-    from doctor.lint.registry import all_rule_infos, static_rules
-
-    infos = all_rule_infos()
-    index = {info.name: i for i, info in enumerate(infos)}
-    statics = static_rules()
+def render_sarif(findings: list[Finding], errors: list[tuple[str, str]], pages: list[Page]) -> str:
+    """SARIF 2.1.0 with rule metadata (``pages``: every rule's and check's page), for GitHub code scanning
+    and other viewers."""
+    index = {page.name: i for i, page in enumerate(pages)}
     rules = []
-    for info in infos:
+    for info in pages:
         rule: dict = {
             "id": info.code,
             "name": "".join(w.capitalize() for w in info.name.split("-")),
@@ -106,11 +105,9 @@ def render_sarif(findings: list[Finding], errors: list[tuple[str, str]]) -> str:
             "helpUri": f"https://github.com/torch-doctor/torch-doctor/blob/main/docs/rules.md#{info.name}",
             "defaultConfiguration": {"level": _sarif_level(info.severity), "enabled": info.default_enabled},
             "properties": {"tags": [info.kind], "doctorName": info.name},
+            "fullDescription": {"text": info.why},
+            "help": {"text": render_page(info), "markdown": render_page(info)},
         }
-        r = statics.get(info.name)
-        if r is not None:
-            rule["fullDescription"] = {"text": r.why.strip()}
-            rule["help"] = {"text": f"{r.why.strip()}\n\nExample:\n{r.bad.strip()}\n\nUse instead:\n{r.good.strip()}"}
         rules.append(rule)
     results = []
     for f in findings:

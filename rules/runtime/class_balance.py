@@ -1,26 +1,8 @@
-"""class-balance: the targets the model trains on are not (nearly) all one class.
-
-Measures the class labels of the classification losses on sampled steps (cross-entropy/NLL class indices;
-binary 0/1 labels of BCE with one output per sample): counts per class summed over the run, and per batch
-the share of its most frequent label.
-
-- fail: at least ``ONE_CLASS`` of the labels seen (and at least ``MIN_TARGETS`` of them) are one class, for
-  one label per sample: the model can reach a low loss by always answering that class — the data is sorted
-  by label and read in order, filtered to one class by mistake, or the labels are constant.
-- warn: every batch holds a single class (mean per-batch share ≥ ``ONE_CLASS``) although the run saw several:
-  the dataset is sorted by label and not shuffled (``shuffle=True`` / a random sampler), so each step pulls
-  the model towards one class.
-- warn instead of fail for per-pixel or per-token labels (segmentation backgrounds can be 99%) and for binary
-  labels (rare positives can be real: weight them with ``pos_weight``).
-
-Stays silent on regression and soft targets, and with fewer than ``MIN_TARGETS`` labels seen.
-
-What to do: shuffle the training data (``DataLoader(..., shuffle=True)``), check the dataset's filtering and
-the label column; for a truly imbalanced dataset weight the loss (``weight=``, ``pos_weight=``) or resample.
-"""
+"""class-balance: the targets the model trains on are not (nearly) all one class."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
@@ -34,6 +16,34 @@ CHECK = RuntimeCheck(
 ONE_CLASS = 0.99
 #: Fewer labels than two small batches say little about a stream.
 MIN_TARGETS = 64
+
+
+PAGE = Sections(
+    why=f"""
+        A batch stream that is almost all one class lets the model score by always answering that class:
+        the data is sorted by label and read in order, filtered to one class by mistake, or the labels are
+        constant. The probe counts the class labels of the classification losses on sampled steps
+        (cross-entropy/NLL class indices; binary 0/1 labels of BCE with one output per sample) over the run,
+        and per batch the share of its most frequent label. It fails when at least {number(ONE_CLASS * 100)}% of the
+        labels seen (and at least {MIN_TARGETS} of them) are one class, for one label per sample; it warns when
+        every batch holds a single class although the run saw several (sorted, unshuffled data).
+
+        What to do: shuffle the training data (`DataLoader(..., shuffle=True)`), check the dataset's
+        filtering and the label column; for a truly imbalanced dataset weight the loss (`weight=`,
+        `pos_weight=`) or resample.
+    """,
+    known_problems=f"""
+        Only warns for per-pixel or per-token labels (segmentation backgrounds can be 99%) and for binary
+        labels (rare positives can be real). Silent on regression and soft targets, and with fewer than
+        {MIN_TARGETS} labels seen. A few-shot or episodic sampler that draws one class per batch warns.
+    """,
+    bad="""
+        loader = DataLoader(dataset_sorted_by_label, batch_size=64, shuffle=False)
+    """,
+    good="""
+        loader = DataLoader(dataset_sorted_by_label, batch_size=64, shuffle=True)
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

@@ -1,22 +1,8 @@
-"""dead-activations: ReLU units that never fire, and saturated tanh/sigmoid units.
-
-Measures, on sampled steps, for every ReLU/ReLU6 module: which units (features, or channels of conv
-maps) were positive for at least one of up to 256 strided rows of the batch; a unit that never fired
-over all sampled batches is dead (its incoming weights get no gradient). For Tanh/Hardtanh/Sigmoid
-modules: the share of a strided sample of 4096 outputs in the flat regions (|tanh| > 0.99, sigmoid
-< 0.01 or > 0.99), where the gradient is ~0. Activations applied functionally (``F.relu``) are not
-modules and are not seen.
-
-- warn above ``DEAD_WARN`` dead units in a layer, fail above ``DEAD_FAIL``;
-- warn when a saturating layer sits in its flat region for more than ``SATURATED_WARN`` of outputs.
-
-What to do: lower the LR (dead ReLUs often follow one huge update), check the init and the bias of the
-layer before (a negative bias shift kills units), normalise inputs, use LeakyReLU/GELU, or add
-normalisation before saturating activations.
-"""
+"""dead-activations: ReLU units that never fire, and saturated tanh/sigmoid units."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
@@ -32,6 +18,39 @@ DEAD_WARN = 0.25
 DEAD_FAIL = 0.5
 #: Half of the outputs in the flat region: the layer barely passes gradient.
 SATURATED_WARN = 0.5
+
+
+PAGE = Sections(
+    why=f"""
+        A ReLU unit that never fires passes no gradient to its incoming weights: it is dead and stays dead;
+        a tanh or sigmoid unit stuck in its flat region passes almost none. On sampled steps the check looks
+        at every `nn.ReLU`/`nn.ReLU6` module: which units (features, or channels of conv maps) were positive
+        for at least one of up to 256 strided rows of the batch; a unit that never fired over all sampled
+        batches is dead. For `nn.Tanh`/`nn.Hardtanh`/`nn.Sigmoid` modules it measures the share of a strided
+        sample of 4096 outputs in the flat regions (|tanh| > 0.99, sigmoid < 0.01 or > 0.99). It warns when
+        more than {number(DEAD_WARN * 100)}% of a layer's units are dead and fails above {number(DEAD_FAIL * 100)}%, and warns when
+        a saturating layer has more than {number(SATURATED_WARN * 100)}% of its outputs in the flat region.
+
+        What to do: lower the LR (dead ReLUs often follow one huge update), check the init and the bias of
+        the layer before (a negative bias shift kills units), normalise inputs, use LeakyReLU/GELU, or add
+        normalisation before saturating activations.
+    """,
+    known_problems="""
+        Only activation modules are seen: activations applied functionally (`F.relu`, `torch.tanh`) are not,
+        nor those inside a `torch.compile`d region (the check says so when it skips).
+        A unit is judged over the sampled batches of a short probe: units that fire only on rare inputs can
+        be counted as dead, and layers sparse by design (a ReLU after a mask) can warn.
+    """,
+    bad="""
+        layer = nn.Linear(256, 256)
+        nn.init.constant_(layer.bias, -10.0)   # every pre-activation negative: the ReLU never fires
+        block = nn.Sequential(layer, nn.ReLU())
+    """,
+    good="""
+        layer = nn.Linear(256, 256)            # default init: about half the units fire
+        block = nn.Sequential(layer, nn.ReLU())
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

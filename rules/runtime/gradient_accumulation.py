@@ -1,30 +1,10 @@
-"""gradient-accumulation: with several backward passes per optimizer step, the loss is divided by their number.
-
-Measures, on sampled steps: how many ``backward()`` calls each call site made before the optimizer step (an
-accumulation loop calls it k times from one line; a GAN's or a multi-loss script's separate losses come
-from separate lines), and for each backward pass the ratio of the tensor reaching ``backward()`` to the
-sum of the criterion outputs computed since the previous one (unscaled under a GradScaler).
-
-- fail "undivided": k ≥ 2 backward passes from one line per step and the tensor reaching ``backward()`` *is*
-  the criterion's output (ratio within ``SAME_TOL`` of 1): the gradients of the k micro-batches are summed,
-  so the update is k times the one for the mean loss — as if the LR were k times larger (and the clip
-  threshold k times smaller). The gradient norm after each micro-step (in the evidence) grows with it.
-- pass: the ratio is about 1/k (or otherwise below 1): the loss is divided.
-
-Stays silent (skip) with one backward pass per step, when the backward passes come from different lines
-(separate losses summed on purpose), under a closure optimizer (LBFGS evaluates the loss several times
-inside ``step()``), and when the tensor reaching ``backward()`` cannot be related to a criterion call (a
-custom loss, or more terms than the criterion). Known limit: a loop over tasks that sums their gradients on
-purpose looks like accumulation.
-
-What to do: divide the loss by the number of accumulation steps before ``backward()``
-(``(loss / accum_steps).backward()``), or average the losses and call ``backward()`` once.
-"""
+"""gradient-accumulation: with several backward passes per optimizer step, the loss is divided by their number."""
 
 from __future__ import annotations
 
 import statistics
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -37,6 +17,47 @@ CHECK = RuntimeCheck(
 #: The tensor reaching backward() equals the criterion's output up to float rounding and small extra terms
 #: (a weight-decay or auxiliary term of a few percent).
 SAME_TOL = 0.1
+
+
+PAGE = Sections(
+    why=f"""
+        Accumulating k micro-batches without dividing the loss sums their gradients: the update is k times
+        the one for the mean loss, as if the LR were k times larger (and the clip threshold k times smaller).
+        On sampled steps the probe records how many `backward()` calls each call site made before the
+        optimizer step (an accumulation loop calls it k times from one line; a GAN's or a multi-loss script's
+        separate losses come from separate lines), and for each backward pass the ratio of the tensor reaching
+        `backward()` to the sum of the criterion outputs computed since the previous one (unscaled under a
+        GradScaler). It fails when k ≥ 2 backward passes come from one line and that ratio is 1 (within
+        {number(SAME_TOL)}): the loss is the criterion's output, undivided. A ratio of about 1/k (or otherwise below
+        1) passes: the loss is divided.
+
+        What to do: divide the loss by the number of accumulation steps before `backward()`
+        (`(loss / accum_steps).backward()`), or average the losses and call `backward()` once.
+    """,
+    known_problems="""
+        Skips with one backward pass per step, when the backward passes come from different lines (separate
+        losses summed on purpose), under a closure optimizer (LBFGS evaluates the loss inside `step()`), and
+        when the tensor reaching `backward()` cannot be related to a criterion call (a custom loss, or more
+        terms than the criterion). A loop over tasks that sums their gradients on purpose looks like
+        accumulation and fails.
+    """,
+    bad="""
+        for i, (x, y) in enumerate(loader):
+            loss = loss_fn(model(x), y)
+            loss.backward()                    # 4 micro-batches summed
+            if (i + 1) % 4 == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    """,
+    good="""
+        for i, (x, y) in enumerate(loader):
+            loss = loss_fn(model(x), y) / 4
+            loss.backward()
+            if (i + 1) % 4 == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

@@ -1,28 +1,8 @@
-"""gradient-clearing: gradients are cleared once per step — after the optimizer step, before the next backward.
-
-Measures, on sampled steps after the first, for the primary optimizer's parameters: the global gradient norm
-just before and just after each ``backward()`` (the first few of a step), and at ``optimizer.step()``.
-
-- fail "never cleared": before every backward pass of the step the gradients still hold the previous step's
-  values (norm > 0), on every judged step: ``zero_grad()`` is missing, so each step applies the sum of all
-  gradients so far — the update grows step by step (the gradient norm at the step, in the evidence, grows
-  with it) and the loss soon diverges.
-- fail "cleared between backward and step": backward produced gradients (norm > 0 after it) but at
-  ``optimizer.step()`` they are gone (None or all zero), on every judged step: ``zero_grad()`` sits between
-  ``backward()`` and ``step()``, so the optimizer never sees a gradient and the weights do not move (apart
-  from weight decay). gradient-flow then does not blame unused layers for it.
-
-Stays silent on the first step (there is nothing to clear yet), on closure optimizers (LBFGS), on scripts that
-update weights by hand, and on steps with more backward passes than it inspects (4) where none of those
-started from cleared gradients. Clearing with ``set_to_none`` or with zeros, through the optimizer or the
-model, all count.
-
-What to do: call ``optimizer.zero_grad()`` once per step, after ``optimizer.step()`` (or at the top of the
-iteration, before the forward pass) — never between ``backward()`` and ``step()``.
-"""
+"""gradient-clearing: gradients are cleared once per step — after the optimizer step, before the next backward."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections
 from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -36,6 +16,43 @@ CHECK = RuntimeCheck(
 INSPECTED = 4
 #: Judged steps needed before calling it: one step could be a deliberate skip.
 MIN_JUDGED = 2
+
+
+PAGE = Sections(
+    why=f"""
+        `backward()` adds to `.grad`. Never cleared, every step applies the sum of all gradients so far: the
+        update grows step by step and the loss soon diverges. Cleared between `backward()` and `step()`, the
+        optimizer sees no gradient at all and the weights do not move (apart from weight decay) — and a
+        gradient-flow report would blame unused layers. On sampled steps after the first, the probe reads the
+        global gradient norm of the primary optimizer's parameters just before and just after each of the
+        first {INSPECTED} `backward()` calls of the step, and at `optimizer.step()`. It fails "never cleared" when,
+        on every judged step (at least {MIN_JUDGED}), the gradients before every inspected backward pass still hold
+        the previous step's values, and "cleared between backward and step" when backward produced gradients
+        but at the step they are gone (None or all zero) on every judged step.
+
+        What to do: call `optimizer.zero_grad()` once per step, after `optimizer.step()` (or at the top of the
+        iteration, before the forward pass) — never between `backward()` and `step()`.
+    """,
+    known_problems=f"""
+        Skips on the first step (nothing to clear yet), on closure optimizers (LBFGS), on scripts that update
+        weights by hand, and on steps with more than {INSPECTED} backward passes where none of the inspected ones
+        started from cleared gradients. Clearing with `set_to_none` or with zeros, through the optimizer or the
+        model, all count; a script that clears only some parameters is judged on all of the optimizer's.
+    """,
+    bad="""
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()                   # zero_grad() missing
+    """,
+    good="""
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

@@ -1,31 +1,8 @@
-"""gradient-flow: every trainable parameter gets a useful gradient.
-
-Measures, on sampled steps, just before ``optimizer.step()``: which parameters have ``grad is None``,
-the norm of each parameter's gradient (one ``torch._foreach_norm``), and the global norm.
-
-- fail "no gradient": a parameter in the optimizer with ``requires_grad=True`` whose ``.grad`` is None on
-  every sampled step — an unused layer, or a branch cut off by ``.detach()``/``.item()``/``.numpy()``/
-  ``torch.no_grad()``. Parameters with ``requires_grad=False`` are frozen on purpose: listed as frozen,
-  never an error.
-- fail "all-zero": a gradient that is exactly zero on every sampled step (a dead path: ReLUs that never
-  fire, a multiplication by zero, a mask that drops everything).
-- warn "vanishing": a parameter's gradient norm more than ``VANISH_RATIO`` below the largest one (not the bias
-  of a layer feeding batch norm, which gets no gradient by construction).
-- warn/fail "exploding": a global norm above ``EXPLODE_WARN``/``EXPLODE_FAIL``, or growing more than
-  ``GROWTH_WARN``x from the first to the last sampled step. For a loss summed over its elements
-  (``reduction='sum'``, e.g. a VAE's reconstruction term) the norm is judged per summed element, since the
-  gradient then scales with their number.
-Norms are read *before* ``clip_grad_norm_``/``clip_grad_value_`` when the script clips (after clipping they
-would only show the clip value); the clip and how often it cut are reported. A parameter whose gradient was
-produced by backward and then cleared before the step is gradient-clearing's finding, not an unused layer;
-a parameter with a gradient that no optimizer holds is optimizer-coverage's.
-
-What to do: remove or use the layer, drop the ``detach()``, check the init and the normalisation of
-deep stacks (residuals, LayerNorm), clip gradients (``clip_grad_norm_``) and lower the LR.
-"""
+"""gradient-flow: every trainable parameter gets a useful gradient."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, median, result
 from doctor.probe.trace import ProbeRun
 
@@ -47,6 +24,46 @@ GROWTH_WARN = 100.0
 GROWTH_FAIL = 1e4
 #: Names listed per category in the summary; the evidence has them all.
 SHOW = 4
+
+
+PAGE = Sections(
+    why=f"""
+        A parameter that gets no gradient, or a useless one, does not learn, and nothing in the loss curve
+        says which. On sampled steps, just before `optimizer.step()`, the check records which parameters
+        have `grad is None`, each parameter's gradient norm and the global norm. It fails "no gradient" for a
+        parameter in the optimizer with `requires_grad=True` whose `.grad` is None on every sampled step
+        (an unused layer, or a branch cut off by `.detach()`, `.item()`, `.numpy()` or `torch.no_grad()`),
+        and "all-zero" for a gradient that is exactly zero on every sampled step (ReLUs that never fire, a
+        multiplication by zero, a mask that drops everything). It warns "vanishing" for a parameter whose
+        median gradient norm is below {number(VANISH_RATIO)} of the largest one. It warns when the
+        global norm exceeds {number(EXPLODE_WARN)} or grows more than {number(GROWTH_WARN)}x from the first to the last
+        sampled step, and fails above {number(EXPLODE_FAIL)} or past {number(GROWTH_FAIL)}x growth (for a loss summed
+        over its elements, `reduction='sum'`, per summed element: the gradient scales with their number).
+        Norms are read *before* `clip_grad_norm_`/`clip_grad_value_` when the script clips, and the clip and how
+        often it cut are reported. Parameters with `requires_grad=False` are frozen on purpose: listed, never an
+        error; the bias of a layer feeding batch norm gets no gradient by construction and is not reported.
+        Gradients produced by backward and then cleared before the step are gradient-clearing's finding (not
+        an unused layer), and a parameter with a gradient that no optimizer holds is optimizer-coverage's.
+
+        What to do: remove or use the layer, drop the `detach()`, add every trainable parameter to the
+        optimizer, check the init and normalisation of deep stacks, clip gradients and lower the LR.
+    """,
+    known_problems="""
+        Only sampled steps are judged (every few steps, see `--sample-every`). Clipping is seen through
+        `torch.nn.utils.clip_grad_norm_`/`clip_grad_value_`; a script that clips its own way is read after
+        its clip. Which bias feeds batch norm is read from the module registration order (Conv then
+        BatchNorm), not from the graph. Parameters that are legitimately rarely touched (embeddings of rare
+        tokens) can be reported as vanishing.
+    """,
+    bad="""
+        features = encoder(x).detach()        # the encoder gets no gradient
+        loss = loss_fn(head(features), y)
+    """,
+    good="""
+        features = encoder(x)
+        loss = loss_fn(head(features), y)
+    """,
+)
 
 
 def _names(names: list[str]) -> str:

@@ -1,31 +1,11 @@
-"""initial-loss: is the first loss what a sanely initialised model gives?
-
-Measures: the loss of the first probed step against its expected value at init:
-- cross-entropy / NLL over C classes (C read from the logits' class dimension): ln(C), the loss of a
-  uniform prediction;
-- binary cross-entropy: ln 2 (logits near 0); an init that already predicts the label prior (the label
-  entropy) is just as sane and is accepted;
-- MSE: the target variance, the loss of predicting the target mean.
-The ratio first/expected is shown. Far above means an overconfident or broken init (logits scaled up,
-a wrong output activation, a huge output bias) and the first steps are spent undoing it; far below means
-the model already knows the answer (a resumed checkpoint, or the label leaks into the input).
-
-Each criterion term of the first step is judged on its own, per element: with ``reduction='sum'`` the value
-is divided by the number of elements summed (the VAE's summed BCE is ln 2 per pixel), with ``'none'`` the mean
-of the elements is used, and the criterion's own output is judged — not the loss passed to ``backward()``, so
-a loss divided for gradient accumulation, or summed with other terms (a KL term, a GAN's two halves), does
-not skew it. Terms it cannot judge are skipped and named: other losses (L1, Huber, KL...) have no init value
-to compare against, an ``nll_loss`` fed raw scores is loss-input's finding.
-
-What to do: initialise the last layer small (e.g. zero or std 0.01), the output bias to the label prior
-(classification) or the target mean (regression), and normalise regression targets.
-"""
+"""initial-loss: is the first loss what a sanely initialised model gives?"""
 
 from __future__ import annotations
 
 import math
 from typing import Optional
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, finding_at, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -45,6 +25,47 @@ MSE_FAIL_RATIO = 10.0
 MSE_WARN_RATIO = 4.0
 #: Below this fraction of the expected value the model already "knows" the answer at step 0.
 LOW_RATIO = 0.25
+
+
+PAGE = Sections(
+    why=f"""
+        A freshly initialised model should be unsure: its first loss is the loss of a uniform prediction,
+        ln(C) for cross-entropy or NLL over C classes (C read from the logits' class dimension), ln 2 for
+        binary cross-entropy (the label entropy is accepted too: an output bias set to the label prior), and
+        the target variance for MSE (predicting the target mean). Far above that, the init is overconfident
+        or broken (logits scaled up, a wrong output activation, a huge output bias) and the first steps are
+        spent undoing it; far below, the model already knows the answer (a resumed checkpoint, or the label
+        leaks into the input). The check judges each criterion term of the first step on its own, per
+        element: with `reduction='sum'` the value is divided by the number of elements summed (a VAE's summed
+        BCE is ln 2 per pixel), with `'none'` the mean of the elements is used, and it reads the criterion's
+        own output, not the loss passed to `backward()` — so a loss divided for gradient accumulation, or
+        summed with other terms (a KL term, a GAN's two halves), does not skew it; repeated calls of one
+        criterion line (micro-batches) are averaged. It compares that value with the expected one: for
+        classification it warns above {number(CLS_WARN_RATIO)}x and fails above {number(CLS_FAIL_RATIO)}x, for MSE
+        it warns above {number(MSE_WARN_RATIO)}x and fails above {number(MSE_FAIL_RATIO)}x (the output variance adds to
+        the target's at init), and it warns below {number(LOW_RATIO)}x.
+
+        What to do: initialise the last layer small (zero or std 0.01), the output bias to the label prior
+        (classification) or the target mean (regression), and normalise regression targets.
+    """,
+    known_problems="""
+        Only losses the probe recognises get an expected value: cross-entropy, NLL, binary cross-entropy
+        (with or without logits) and MSE; other terms (L1, Huber, KL, custom losses) are skipped and named,
+        as are `pos_weight` BCE, the legacy `size_average`/`reduce` arguments and an `nll_loss` fed raw scores
+        (loss-input's finding). Only criterion calls on the training path (an input that carries a gradient)
+        before the first optimizer step are judged.
+    """,
+    bad="""
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        nn.init.normal_(model[-1].weight, std=1.0)  # logits of size ~16 at init
+        loss = F.cross_entropy(model(x), y)        # first loss ~10, expected ln(10) = 2.3
+    """,
+    good="""
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        nn.init.zeros_(model[-1].weight)            # uniform prediction at init
+        loss = F.cross_entropy(model(x), y)         # first loss ~2.3
+    """,
+)
 
 
 def _expected(term: dict) -> tuple[float, str, float, float, Optional[float]]:

@@ -1,20 +1,8 @@
-"""input-pipeline: how much of each step is spent waiting for the next batch.
-
-Measures the host time spent in ``DataLoader`` iterators' ``__next__`` between two optimizer steps,
-against the wall time of the step (from one ``optimizer.step()`` to the next). The first step is left
-out (worker start-up, cuDNN autotuning, lazy initialisation). On GPU, time the host waits for data is
-time the accelerator idles once its queue has drained.
-
-- warn above ``WARN_FRACTION`` of step time waiting, fail above ``FAIL_FRACTION``;
-- skip when the script does not use a ``torch.utils.data.DataLoader`` (batches built in the loop).
-
-What to do: ``num_workers`` > 0 (about the number of cores), ``pin_memory=True`` with
-``non_blocking=True`` copies, ``persistent_workers=True``, ``prefetch_factor``; move decoding/augmentation
-off the critical path, pre-tokenise, cache decoded data.
-"""
+"""input-pipeline: how much of each step is spent waiting for the next batch."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
@@ -28,6 +16,35 @@ CHECK = RuntimeCheck(
 WARN_FRACTION = 0.25
 #: Half of every step waiting: the model computes at most half the time.
 FAIL_FRACTION = 0.5
+
+
+PAGE = Sections(
+    why=f"""
+        On GPU, time the host spends waiting for the next batch is time the accelerator idles once its
+        queue has drained. The check measures the host time spent in `DataLoader` iterators' `__next__`
+        between two optimizer steps, against the wall time of the step (from one `optimizer.step()` to the
+        next), leaving out the first step (worker start-up, cuDNN autotuning, lazy initialisation). It warns
+        when more than {number(WARN_FRACTION * 100)}% of step time is spent waiting and fails above
+        {number(FAIL_FRACTION * 100)}%.
+
+        What to do: `num_workers` > 0 (about the number of cores), `pin_memory=True` with `non_blocking=True`
+        copies, `persistent_workers=True`, `prefetch_factor`; move decoding and augmentation off the
+        critical path, pre-tokenise, cache decoded data.
+    """,
+    known_problems="""
+        Skipped when the script does not iterate a `torch.utils.data.DataLoader` (batches built in the loop)
+        and when fewer than two steps ran. On CPU the model's compute is slow, so the share of waiting reads
+        lower than it would on a GPU. Waiting outside the loader's `__next__` (a `.to(device)` copy that
+        blocks, data read in the loop body) is not counted.
+    """,
+    bad="""
+        loader = DataLoader(ImageFolder(root, transform=heavy_augment), batch_size=64)
+    """,
+    good="""
+        loader = DataLoader(ImageFolder(root, transform=heavy_augment), batch_size=64,
+                            num_workers=8, pin_memory=True, persistent_workers=True)
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

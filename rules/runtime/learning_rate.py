@@ -1,32 +1,11 @@
-"""learning-rate: the learning rate is not too high — judged on the loss's trajectory, not first-vs-last.
-
-Measures: the loss of every probed step before any NaN, and the update/weight ratio ‖Δw‖/‖w‖ of the first
-sampled steps (0, 1, 2).
-
-- fail "rises": the loss stays well above its start — more than ``SUSTAINED_RISE`` above the first loss for at
-  least ``SUSTAINED_STEPS`` steps in a row (or more than ``RISE`` above it for two), beyond its batch-to-batch
-  noise (``NOISE_Z`` robust standard deviations of the step-to-step change among the losses that did not
-  rise) — even if it comes back down later, which a first-vs-last test would call "decreasing". A single
-  spike that recovers at the next step (Adadelta's first step on MNIST) is not a fail;
-- fail "oscillates": at least ``MIN_SWINGS`` up-down swings each larger than ``SWING`` of the loss's level;
-- fail "huge first steps": the first steps rewrite more than ``EARLY_FAIL`` of the weights per step (30x the
-  ~1e-2 of a small net under Adam) *and* the loss goes above its start (``EARLY_RISE``) — nanoGPT at lr 0.1
-  changes its weights by 0.9 of their size on step 0. A large early ratio alone does not fail: weights
-  initialised near zero show it too (bad-init), and update-ratio reports it.
-
-Stays silent (skip) with fewer than ``MIN_STEPS`` finite losses and, for the trajectory, when several
-optimizers step (a GAN's discriminator loss need not fall). A loss that turns NaN is non-finite-loss's
-finding; this check judges the steps before it.
-
-What to do: lower the LR (try 10x smaller), add warm-up, clip gradients; the LR range test
-(``--recipe lr-range``) suggests a value.
-"""
+"""learning-rate: the learning rate is not too high — judged on the loss's trajectory, not first-vs-last."""
 
 from __future__ import annotations
 
 import math
 import statistics
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, fmt, median, result
 from doctor.probe.trace import ProbeRun
 
@@ -55,6 +34,39 @@ EARLY_RATIO = 0.1
 EARLY_FAIL = 0.3
 #: "goes above its start" for the early-ratio rule: 10% above the first loss, beyond noise.
 EARLY_RISE = 0.1
+
+
+PAGE = Sections(
+    why=f"""
+        An LR that is too high shows in the first steps: the loss jumps above its value at init and swings,
+        even when it later comes back down — which a first-vs-last comparison calls "decreasing" (nanoGPT at
+        lr 0.1: 4.42 → 12.0 → 3.3). The check reads the loss of every probed step before any NaN and the
+        update/weight ratio ‖Δw‖/‖w‖ of the first sampled steps (0, 1, 2; the largest parameter group counts).
+        It fails "rises" when the loss stays more than {number(SUSTAINED_RISE * 100)}% above the first loss for
+        {SUSTAINED_STEPS} steps in a row, or more than {number(RISE * 100)}% above it for two, beyond its batch noise
+        ({number(NOISE_Z)} robust standard deviations of the step-to-step change among the losses that did not rise); it
+        fails "oscillates" on {MIN_SWINGS} or more up-down swings each larger than {number(SWING * 100)}% of the loss's
+        level; and it fails "huge first steps" when the first steps rewrite more than {number(EARLY_FAIL * 100)}% of the
+        weights per step and the loss goes more than {number(EARLY_RISE * 100)}% above its start. The LR and the
+        early update ratio are named.
+
+        What to do: lower the LR (try 10x smaller), add warm-up, clip gradients; `--recipe lr-range` suggests
+        a value.
+    """,
+    known_problems=f"""
+        Needs at least {MIN_STEPS} finite losses. A single spike that recovers at the next step (Adadelta's first
+        step on MNIST) is not a fail. The trajectory is not judged when several optimizers step (a GAN's
+        discriminator loss need not fall). A large early update ratio alone does not fail: weights initialised
+        near zero show it too (update-ratio reports it). A loss that turns NaN is non-finite-loss's finding;
+        this check judges the steps before it.
+    """,
+    bad="""
+        optimizer = torch.optim.Adam(model.parameters(), lr=1.0)    # loss 2.3 -> 94 -> 135 -> ...
+    """,
+    good="""
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """,
+)
 
 
 def _robust_sigma(losses: list[float]) -> float:

@@ -1,30 +1,11 @@
-"""loss-decrease: over the probed steps the loss goes down, beyond its batch-to-batch noise.
-
-Measures: the mean loss of the first third of the probed (finite) steps against the mean of the last
-third. The noise is estimated from successive differences (per-step noise σ ≈ 1.48·median|Δloss|/√2, robust
-to a steep fall), so a
-change is only called real when it is larger than ``NOISE_Z`` standard errors of those means.
-
-- warn "flat": the relative change is below ``FLAT_REL`` or within noise — the LR is far too small,
-  updates do not reach the weights (zero_grad after backward, a detached graph, a wrong optimizer
-  parameter list), or the targets carry no signal (shuffled labels, misaligned inputs and targets);
-- warn "back at the start": it falls from an early spike but ends no lower than its value at step 0 — no
-  progress at all (labels unrelated to the inputs leave the loss at the label prior);
-- fail "growing": the loss rises by more than ``GROW_REL`` beyond noise — LR too high, a sign error
-  (maximising the loss), or a gradient-ascent bug.
-
-Needs at least ``MIN_STEPS`` losses; with LR warm-up over many steps a short probe can look flat, so
-probe more steps (``--steps``) before acting on a warning.
-
-What to do: flat — check that labels match inputs and that ``optimizer.step()`` follows ``backward()``
-with the gradients intact, then raise the LR; growing — lower the LR, clip gradients, check the sign.
-"""
+"""loss-decrease: over the probed steps the loss goes down, beyond its batch-to-batch noise."""
 
 from __future__ import annotations
 
 import math
 import statistics
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -42,6 +23,40 @@ FLAT_REL = 0.01
 GROW_REL = 0.10
 #: Two standard errors: a change smaller than this is indistinguishable from batch noise.
 NOISE_Z = 2.0
+
+
+PAGE = Sections(
+    why=f"""
+        Over the probed steps a healthy run's loss goes down by more than its batch-to-batch noise. The
+        check compares the mean loss of the first third of the finite losses with the mean of the last
+        third; the noise comes from successive differences (per-step σ ≈ 1.48·median|Δloss|/√2, robust to a
+        steep fall such as LBFGS's), and a change counts
+        only when it exceeds {number(NOISE_Z)} standard errors of the two means. It warns "flat" when the relative
+        change is under {number(FLAT_REL * 100)}% or within the noise: the LR is far too small, updates do not reach the
+        weights (`zero_grad` after `backward`, a detached graph, a wrong optimizer parameter list), or the
+        targets carry no signal (shuffled labels, inputs and targets misaligned). It fails "growing" when
+        the loss rises by more than {number(GROW_REL * 100)}% beyond the noise: LR too high, a sign error, gradient
+        ascent. It warns too when the loss falls from an early spike but ends no lower than at step 0: no
+        progress at all (labels unrelated to the inputs leave the loss at the label prior).
+
+        What to do: flat — check that labels match inputs and that `optimizer.step()` follows `backward()`
+        with the gradients intact, then raise the LR; growing — lower the LR, clip gradients, check the sign.
+    """,
+    known_problems=f"""
+        Needs at least {MIN_STEPS} finite losses. Only the first and last thirds are compared, so a loss that
+        shoots up and comes back down within the probe passes here: learning-rate judges that trajectory.
+        Shuffled labels are at most a warning: in a short probe a model that has not yet beaten the label
+        prior and one that never will look the same. With a
+        long LR warm-up, or a large model on a few steps, a healthy run can look flat: probe more steps
+        (`--steps`) before acting on a warning.
+    """,
+    bad="""
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-7)   # the loss does not move
+    """,
+    good="""
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

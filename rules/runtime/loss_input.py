@@ -1,33 +1,10 @@
-"""loss-input: each loss receives what it expects — logits, or log-probabilities for ``nll_loss``.
-
-Measures, on sampled steps, what the loss functions received on the training path (the first call of each
-kind per step, up to 256 rows): the minimum and maximum, and per row (the class dimension) the sum and the
-logsumexp.
-
-- fail "probabilities into cross_entropy": every value in [0, 1] and every row summing to 1 (within
-  ``ROW_SUM_TOL``) on every sampled step. ``cross_entropy``/``CrossEntropyLoss`` apply ``log_softmax``
-  themselves: a softmax in front squashes the logits, the loss can never fall below ln(1 + (C−1)/e) and
-  the gradients shrink.
-- fail "sigmoid outputs into binary_cross_entropy_with_logits": every value strictly inside (0, 1) on every
-  sampled step (at least ``MIN_ELEMENTS`` values): the loss applies the sigmoid itself, so predictions are
-  squashed into [0.5, 0.73].
-- fail "logits into nll_loss": ``nll_loss`` expects log-probabilities (all ≤ 0, each row's logsumexp 0);
-  positive values, or rows whose logsumexp is far from 0 (``LSE_TOL``), are raw scores: the loss is
-  unbounded below and training drives the scores up instead of learning. Probabilities (rows summing to 1)
-  into ``nll_loss`` are reported as a missing ``log``.
-
-Stays silent on log-probabilities into ``cross_entropy`` (``log_softmax`` is idempotent there), on losses
-called only under ``no_grad`` (evaluation), and on inputs it did not see.
-
-What to do: pass the raw logits to ``cross_entropy`` and ``binary_cross_entropy_with_logits`` (drop the
-softmax/sigmoid; apply it only where you need probabilities, e.g. for metrics), and put ``log_softmax`` in
-front of ``nll_loss`` (or use ``cross_entropy`` on the logits).
-"""
+"""loss-input: each loss receives what it expects — logits, or log-probabilities for ``nll_loss``."""
 
 from __future__ import annotations
 
 import math
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -43,6 +20,42 @@ ROW_SUM_TOL = 1e-3
 LSE_TOL = 0.05
 #: Fewer values could sit in (0, 1) by chance at init; 16 logits all in (0, 1) does not happen to a fresh head.
 MIN_ELEMENTS = 16
+
+
+PAGE = Sections(
+    why=f"""
+        `cross_entropy`/`CrossEntropyLoss` apply `log_softmax` themselves and `binary_cross_entropy_with_logits`
+        applies the sigmoid itself: given probabilities, they squash them again, the loss can never reach its
+        floor (cross-entropy stays above ln(1 + (C−1)/e)) and the gradients shrink. `nll_loss` expects
+        log-probabilities: given raw scores it is unbounded below, and training drives the scores up instead
+        of learning. On sampled steps the check reads what these losses receive on the training path (the
+        first call of each kind per step, up to 256 rows): the minimum and maximum, and per row (the class
+        dimension) the sum and the logsumexp. It fails "probabilities into cross_entropy" when every value is
+        in [0, 1] and every row sums to 1 (within {number(ROW_SUM_TOL)}) on every sampled step; "sigmoid outputs into
+        binary_cross_entropy_with_logits" when every value lies strictly inside (0, 1) on every sampled step
+        (at least {MIN_ELEMENTS} values); and "logits into nll_loss" when values are positive or the rows'
+        logsumexp is far from 0 (more than {number(LSE_TOL)}) — probabilities into `nll_loss` are reported as a
+        missing `log`.
+
+        What to do: pass the raw logits to `cross_entropy` and `binary_cross_entropy_with_logits` (apply
+        softmax/sigmoid only where you need probabilities, e.g. for metrics), and put `log_softmax` in front of
+        `nll_loss` (or use `cross_entropy` on the logits).
+    """,
+    known_problems="""
+        Log-probabilities into `cross_entropy` are fine (`log_softmax` is idempotent) and pass. Losses called
+        only under `no_grad` (evaluation) are not read. `nll_loss` used on purpose as a weighted pick of
+        arbitrary scores (not log-probabilities) fails. A logits head whose outputs happen to lie in (0, 1) on
+        every sampled step would fail the BCE test; a fresh head does not.
+    """,
+    bad="""
+        probs = torch.softmax(model(x), dim=1)
+        loss = F.cross_entropy(probs, y)     # softmax applied twice
+    """,
+    good="""
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    """,
+)
 
 
 def _probabilities(s: dict) -> bool:

@@ -1,33 +1,10 @@
-"""lr-range (recipe): the LR range test — which learning rates make the loss fall, and a suggested LR.
-
-Leslie Smith's range test (``--recipe lr-range``): the script runs once more for ``--recipe-steps`` steps
-(default 60) with the learning rate of every parameter group set before each optimizer step to a geometric
-sweep from ``lr_min`` to ``lr_max`` (1e-7 to 10; groups keep their ratios) — **the script's own schedule is
-overridden** — and stops early once the loss exceeds 4x its best value. Measures the loss against the LR,
-smoothed (exponential average, ``SMOOTHING``).
-
-- pass, with the suggestion: the LR where the smoothed loss is lowest divided by 10 (the classic rule), and
-  the LR of the steepest fall;
-- fail: the script's own LR is at or past where the sweep's loss had climbed back half-way to its start
-  (``DIVERGED``): too high;
-- warn: the script's own LR is within ``NEAR_MIN`` times of the LR where the sweep's loss was lowest (or past
-  it): at the edge — the sweep reaches that LR with weights already trained at lower LRs, so starting there
-  may overshoot;
-- warn: the script's own LR is more than ``TOO_LOW`` times below the suggestion: too low;
-- warn: the loss fell nowhere in the sweep: the model does not learn at any LR (see overfit-batch).
-
-Skips when the script itself ends before the sweep got anywhere (its data or epochs ran out) — say so, rather
-than call a model that never saw a useful LR broken.
-
-Cost: one extra run of the script for ``--recipe-steps`` steps (fewer if the sweep diverges), every step sampled.
-
-What to do: start from the suggested LR (with warm-up for large models), and re-probe.
-"""
+"""lr-range (recipe): the LR range test — which learning rates make the loss fall, and a suggested LR."""
 
 from __future__ import annotations
 
 import math
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -49,6 +26,39 @@ FELL = 0.05
 NEAR_MIN = 3.0
 #: A script LR this far below the suggestion barely trains.
 TOO_LOW = 100.0
+
+
+PAGE = Sections(
+    why=f"""
+        Leslie Smith's LR range test: sweep the LR geometrically over a short run and watch where the loss falls
+        fastest, bottoms out and diverges. `--recipe lr-range` runs the script once more for `--recipe-steps`
+        steps (default 60) with the LR of every parameter group set before each optimizer step to a geometric
+        sweep from 1e-7 to 10 (groups keep their ratios) — the script's own schedule is overridden, and the
+        report says so — and stops once the loss exceeds 4x its best and its first value. The check smooths
+        the loss (exponential average, {number(SMOOTHING)}) and suggests the LR of the lowest smoothed loss divided by
+        10 (the classic rule), with the LR of the steepest fall. It fails when the script's own LR (the largest
+        the normal run used) is at or past where the sweep's loss had climbed back {number(DIVERGED * 100)}% of the way to
+        its start; it warns when the script's LR is within {number(NEAR_MIN)}x of the lowest-loss LR (at the edge), more
+        than {number(TOO_LOW)}x below the suggestion, or when the loss fell nowhere in the sweep.
+
+        Cost: one extra run of the script for `--recipe-steps` steps (fewer if the sweep diverges), every step
+        sampled.
+
+        What to do: start from the suggested LR (with warm-up for large models), and re-probe.
+    """,
+    known_problems="""
+        The sweep reaches high LRs with weights already trained at lower ones, so it overestimates the LR a
+        fresh run tolerates; optimizers with their own LR semantics (Adadelta's lr 1.0) can read as "at the
+        edge". Skips when the script updates weights by hand (no LR to set) or ends before the sweep got
+        anywhere (its own data or epochs ran out). Schedulers that also move momentum (OneCycleLR) still do.
+    """,
+    bad="""
+        optimizer = torch.optim.Adam(model.parameters(), lr=1.0)    # past where the sweep diverges
+    """,
+    good="""
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)   # near the suggested LR
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

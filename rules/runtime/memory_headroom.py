@@ -1,24 +1,10 @@
-"""memory-headroom: GPU memory used by the script versus what the device has.
-
-Measures on GPU (``torch.cuda`` statistics after every step, NVML on sampled steps when nvidia-ml-py is
-installed): peak allocated and peak reserved bytes of the script, the device total, and what *other*
-processes hold. Headroom = total − others − peak reserved, in GiB and % of the total. The largest batch
-size that would fit is estimated linearly: memory after a step (weights, gradients, optimizer state)
-is the fixed part, (peak allocated − fixed) / batch size the per-sample part.
-
-- fail below ``FAIL_FRACTION`` headroom (the next longer sequence or a fragmentation spike is an OOM),
-  warn below ``WARN_FRACTION``;
-- fail on a CUDA out-of-memory crash, pointing at the line and suggesting a batch size;
-- skip on CPU: host memory is not judged (the reason is stated).
-
-What to do: lower the batch size (or use gradient accumulation), enable activation checkpointing or
-bf16 autocast; when headroom is large, the estimate says how far the batch can grow.
-"""
+"""memory-headroom: GPU memory used by the script versus what the device has."""
 
 from __future__ import annotations
 
 import math
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, finding_at, result
 from doctor.probe.trace import ProbeRun
 
@@ -36,6 +22,35 @@ FAIL_FRACTION = 0.03
 WARN_FRACTION = 0.10
 #: Target use of the free memory when suggesting a batch size (the allocator needs slack).
 FILL = 0.9
+
+
+PAGE = Sections(
+    why=f"""
+        A run that fits with a few percent to spare crashes later, on the longest sequence or the last odd
+        batch, hours in. On GPU the check reads `torch.cuda` statistics after every step and NVML on sampled
+        steps (when nvidia-ml-py is installed): the script's peak allocated and reserved bytes, the device
+        total, and what other processes hold. Headroom is the total minus other processes minus the peak
+        reserved. It fails below {number(FAIL_FRACTION * 100)}% headroom (fragmentation or one longer batch is an
+        out-of-memory error) and warns below {number(WARN_FRACTION * 100)}%. It also estimates the largest batch size
+        that fits, linearly: memory after a step (weights, gradients, optimizer state) is the fixed part,
+        (peak allocated − fixed) / batch size the per-sample part, filling {number(FILL * 100)}% of the free memory.
+        On a CUDA out-of-memory crash it fails, points at the line and suggests a batch size.
+
+        What to do: lower the batch size (or use gradient accumulation), enable activation checkpointing or
+        bf16 autocast; when headroom is large, the estimate says how far the batch can grow.
+    """,
+    known_problems="""
+        Skipped on CPU: host memory is not judged. Without nvidia-ml-py other processes' memory is not
+        counted. The batch-size estimate assumes memory grows linearly with the batch, which sequence
+        models with variable lengths and attention do not follow.
+    """,
+    bad="""
+        loader = DataLoader(train_set, batch_size=512)   # peak memory 97% of the GPU
+    """,
+    good="""
+        loader = DataLoader(train_set, batch_size=256)   # or keep 512 with gradient accumulation
+    """,
+)
 
 
 def _gib(x: float) -> float:

@@ -1,21 +1,10 @@
-"""non-finite-loss: the loss became NaN or infinite.
-
-Measures: the loss of every probed step (the scalar passed to ``backward()``, unscaled if a GradScaler
-is used, else the functional loss's output). Fails at the first NaN/Inf, reporting the step, the last
-finite loss and the learning rate at that point. Other checks judge only the steps before it, since
-every later statistic is NaN as well.
-
-Typical causes: a learning rate too high (the loss grows before it overflows), log/sqrt/division of
-zero or a negative number, NaN/Inf in the input data, fp16 overflow without loss scaling.
-
-What to do: look at the data of that step (``torch.isfinite(x).all()``), lower the LR or add warm-up,
-clip gradients, use ``log_softmax``/``*_with_logits`` losses instead of ``log(softmax)``, add an epsilon.
-"""
+"""non-finite-loss: the loss became NaN or infinite."""
 
 from __future__ import annotations
 
 import math
 
+from doctor.core.page import Sections
 from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, finding_at, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -23,6 +12,35 @@ CHECK = RuntimeCheck(
     name="non-finite-loss",
     code="DP103",
     summary="The loss stays finite: no NaN or Inf during the probed steps.",
+)
+
+
+PAGE = Sections(
+    why="""
+        Once the loss is NaN or infinite, every gradient and then every weight becomes NaN: the run is lost,
+        often silently (the loss prints as `nan` and training goes on). The check reads the loss of every
+        probed step (the scalar passed to `backward()`, unscaled when a GradScaler is used, else the
+        functional loss's output) and fails at the first NaN or Inf, reporting the step, the last finite loss
+        and the learning rate at that point. The other checks then judge only the steps before it.
+
+        Typical causes: a learning rate too high (the loss grows before it overflows), log/sqrt/division of
+        zero or a negative number, NaN/Inf in the input data, fp16 overflow without loss scaling.
+
+        What to do: look at the data of that step (`torch.isfinite(x).all()`), lower the LR or add warm-up,
+        clip gradients, use `log_softmax`/`*_with_logits` losses instead of `log(softmax)`, add an epsilon.
+    """,
+    known_problems="""
+        Only the loss is watched: NaN in gradients or weights that has not reached the loss yet (or never
+        does, behind a `nan_to_num`) is not reported here. A script whose loss is neither a scalar passed to
+        `backward()` nor a `torch.nn.functional` loss gives no loss, and the check is skipped.
+    """,
+    bad="""
+        probs = F.softmax(model(x), dim=1)
+        loss = F.nll_loss(torch.log(probs), y)   # log(0) = -inf once a probability underflows
+    """,
+    good="""
+        loss = F.cross_entropy(model(x), y)      # log_softmax inside, stable for any logits
+    """,
 )
 
 

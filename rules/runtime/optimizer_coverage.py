@@ -1,22 +1,8 @@
-"""optimizer-coverage: every parameter that receives a gradient is held by an optimizer.
-
-Measures, on sampled steps, the parameters of the top-level model(s) whose ``.grad`` is set at the primary
-optimizer's step, against the parameters held by every optimizer that stepped during the run (all of them,
-so a GAN's generator is not blamed on the discriminator's optimizer).
-
-- fail: a parameter gets a gradient on the training path but no optimizer holds it: the layer takes part
-  in the forward and backward passes but never learns — typically an optimizer built from part of the
-  model (``model.encoder.parameters()``), or a layer added after the optimizer was created.
-
-Stays silent on frozen parameters (``requires_grad=False``: no gradient), on parameters that get no gradient
-(unused layers are gradient-flow's business), and on scripts without a ``torch.optim`` optimizer.
-
-What to do: build the optimizer from ``model.parameters()`` after the model is complete (or add the missing
-group with ``optimizer.add_param_group``); freeze on purpose with ``requires_grad_(False)``.
-"""
+"""optimizer-coverage: every parameter that receives a gradient is held by an optimizer."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections
 from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
@@ -28,6 +14,35 @@ CHECK = RuntimeCheck(
 
 #: Names listed in the summary; the evidence has them all.
 SHOW = 4
+
+
+PAGE = Sections(
+    why="""
+        A parameter that takes part in the forward and backward passes but that no optimizer holds never
+        learns, and nothing else says so: typically an optimizer built from part of the model
+        (`model.encoder.parameters()`), or a layer added after the optimizer was created. On sampled steps the
+        probe lists the parameters of the top-level model(s) whose `.grad` is set at the primary optimizer's
+        step, and compares them with the parameters held by every optimizer that stepped during the run (all
+        of them, so a GAN's generator is not blamed on the discriminator's optimizer). It fails for a
+        parameter with a gradient that no optimizer holds.
+
+        What to do: build the optimizer from `model.parameters()` once the model is complete, or add the
+        missing parameters with `optimizer.add_param_group()`; freeze on purpose with `requires_grad_(False)`.
+    """,
+    known_problems="""
+        Frozen parameters (no gradient) and parameters that get no gradient (unused layers, gradient-flow's
+        business) are not reported. An optimizer that first steps after the probe stopped is not known: its
+        parameters would read as unheld. Scripts without a `torch.optim` optimizer are skipped.
+    """,
+    bad="""
+        model = nn.Sequential(backbone, head)
+        optimizer = torch.optim.Adam(backbone.parameters(), lr=1e-3)   # the head never learns
+    """,
+    good="""
+        model = nn.Sequential(backbone, head)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

@@ -1,27 +1,8 @@
-"""output-diversity: the model's outputs differ across the batch (no collapse).
-
-Measures, on sampled steps, on the output of the top-level model (first tensor, or ``.logits``), up to
-256 rows with columns strided to 4096 elements: the spread across rows (mean over columns of the std
-over rows) relative to the output's RMS, and for 2-D outputs with several columns the share of rows
-whose argmax is the most common class; the share of the most common label comes from the
-cross-entropy/NLL target. Judged on the last half of the sampled steps (a fresh init may legitimately
-favour one class for a step or two).
-
-- fail "identical rows": relative spread below ``IDENTICAL_REL`` — the output ignores the input (inputs
-  broadcast from one sample, a collapsed representation, a dead layer in front of the head, a bias-only
-  output);
-- fail "one class": at least ``ONE_CLASS`` of the rows predict the same class (on every judged step) while the
-  labels are more
-  varied (most common label at most ``LABEL_VARIED``) — the model learned the prior only: class
-  imbalance, labels not aligned with inputs, or features that carry no signal. Warn instead when the
-  labels are unknown.
-
-What to do: check that each sample's input reaches the model (shapes, broadcasting, shuffling of
-inputs vs labels), rebalance classes or weight the loss, and check the layers in front of the head.
-"""
+"""output-diversity: the model's outputs differ across the batch (no collapse)."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -39,6 +20,43 @@ ONE_CLASS = 0.99
 LABEL_VARIED = 0.95
 #: Fewer rows cannot show diversity.
 MIN_ROWS = 8
+
+
+PAGE = Sections(
+    why=f"""
+        A model whose output does not depend on its input, or that predicts one class for every sample, has
+        collapsed: the loss may still go down a little (it learns the prior) while nothing useful is
+        learned. On sampled steps the check reads the top-level model's output (its first tensor, or
+        `.logits`), up to 256 rows with columns strided to 4096 elements: the spread across rows (mean over
+        columns of the standard deviation over rows) relative to the output's RMS, and for 2-D outputs with
+        several columns the share of rows whose argmax is the most common class; the share of the most common
+        label comes from the cross-entropy/NLL target. It judges the last half of the sampled steps (a fresh
+        init may favour one class for a step or two). It fails "identical rows" when the relative spread is
+        below {number(IDENTICAL_REL)} (inputs broadcast from one sample, a collapsed representation, a dead layer in
+        front of the head, a bias-only output), and "one class" when at least {number(ONE_CLASS * 100)}% of the rows
+        predict the same class while the most common label is at most {number(LABEL_VARIED * 100)}% (class imbalance,
+        labels not aligned with inputs, features that carry no signal) — on every judged step, so a model
+        still learning the prior on some steps (a language model predicting its most frequent token early)
+        is not a collapse; it only warns when the labels are unknown. The summary reports the same numbers
+        the verdict reads (the lowest and highest share of the top class over the judged steps).
+
+        What to do: check that each sample's input reaches the model (shapes, broadcasting, inputs and
+        labels shuffled together), rebalance classes or weight the loss, check the layers before the head.
+    """,
+    known_problems=f"""
+        Batches of fewer than {MIN_ROWS} rows are skipped. Only the top-level model's output is read (the
+        module called on the batch): a model assembled from functions, or outputs that are dicts without
+        `.logits`, are not judged. Outputs whose rows are meant to be alike (a reconstruction of constant
+        images) can fail "identical rows".
+    """,
+    bad="""
+        x = x[:1].expand_as(x)       # every row of the batch is the first sample
+        logits = model(x)
+    """,
+    good="""
+        logits = model(x)
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

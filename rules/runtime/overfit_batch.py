@@ -1,31 +1,11 @@
-"""overfit-batch (recipe): the model can drive the loss on one repeated batch to a small fraction of its start.
-
-Karpathy's "overfit one batch": ``--recipe overfit-batch`` runs the script once more for ``--recipe-steps``
-optimizer steps (default 60) with its first batch repeated — every call of the top-level model and every
-criterion target of a later step replaced by the first step's — and otherwise unchanged (model, optimizer,
-LR schedule). Measures the criterion's value per step (the first criterion term, above its floor: the
-target entropy for soft BCE targets, the smoothed-label entropy for label smoothing, else 0).
-
-- pass: the loss above its floor falls to at most ``OVERFIT_FRACTION`` of its start;
-- fail: it stays above ``STUCK_FRACTION`` of its start and has stopped falling (the last third of the steps
-  gains less than ``PLATEAU`` of the start): the model cannot fit even one batch — an output head that cannot
-  reach the targets (a sigmoid in front of a regression target outside [0, 1]), a loss that cannot reach
-  zero, a broken optimizer (LR 0, parameters not in it), gradients that do not arrive;
-- warn: in between — still falling, but slowly (an LR warm-up, a large model at a small LR): probe longer
-  with ``--recipe-steps``; and when the script itself ended before ``MIN_FAIL_STEPS`` steps (its data or
-  epochs ran out), which is too short to call a plateau.
-
-Cost: one extra run of the script for ``--recipe-steps`` steps, every step sampled.
-
-What to do: on a fail, look at the output head and the loss (can the model's output reach the targets at
-all?), the optimizer's parameter list and LR, and gradient-flow of the normal run.
-"""
+"""overfit-batch (recipe): the model can drive the loss on one repeated batch to a small fraction of its start."""
 
 from __future__ import annotations
 
 import math
 import statistics
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -45,6 +25,43 @@ STUCK_FRACTION = 0.5
 PLATEAU = 0.05
 #: A plateau is only called over at least this many steps (a script whose epoch ends sooner gets a warning).
 MIN_FAIL_STEPS = 30
+
+
+PAGE = Sections(
+    why=f"""
+        Karpathy's "overfit one batch": a model, loss and optimizer that work can drive the loss on one batch
+        close to its floor; if they cannot, nothing else will work. `--recipe overfit-batch` runs the script
+        once more for `--recipe-steps` optimizer steps (default 60) with its first batch repeated — every call
+        of the top-level model and every criterion target of a later step replaced by the first step's — and
+        otherwise unchanged (model, optimizer, LR schedule). It reads the first criterion term per step, above
+        its floor (the target entropy for soft BCE targets, the smoothed-label entropy under label smoothing,
+        else 0). It passes when that falls to at most {number(OVERFIT_FRACTION * 100)}% of its start; it fails when it
+        stays above {number(STUCK_FRACTION * 100)}% and has stopped falling (the last third of the steps gains less than
+        {number(PLATEAU * 100)}% of the start) over at least {MIN_FAIL_STEPS} steps: an output head that cannot reach the
+        targets (a sigmoid in front of a regression target outside [0, 1]), a loss that cannot reach zero, a
+        broken optimizer (LR 0, parameters not in it). In between it warns: still falling, but slowly.
+
+        Cost: one extra run of the script for `--recipe-steps` steps, every step sampled.
+
+        What to do: on a fail, check that the output head can reach the targets at all, the loss, the
+        optimizer's parameter list and LR, and gradient-flow of the normal run.
+    """,
+    known_problems=f"""
+        The batch is repeated by replacing the top-level model's positional arguments and the criterion
+        targets: a model called with keyword tensors only cannot be repeated (skip). Large models at their
+        own small LR or under a long warm-up need more steps than the default to fit (a warning that says
+        "still falling": raise `--recipe-steps`). A script whose own data or epochs end before {MIN_FAIL_STEPS} steps
+        gets a warning, not a fail.
+    """,
+    bad="""
+        model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1), nn.Sigmoid())
+        loss = F.mse_loss(model(x), y)           # y in [0, 5]: the sigmoid caps the output at 1
+    """,
+    good="""
+        model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+        loss = F.mse_loss(model(x), y)
+    """,
+)
 
 
 def _floor(term: dict) -> float:

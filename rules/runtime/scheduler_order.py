@@ -1,28 +1,8 @@
-"""scheduler-order: the LR scheduler steps after the optimizer, so the schedule's first value is used.
-
-Measures: every ``LRScheduler.step()`` the script makes (not the one the constructor makes, nor the inner
-schedulers of a ``SequentialLR``), with the number of steps its optimizer had taken at that moment and the
-learning rates just before and after it.
-
-- fail: the scheduler stepped before its optimizer's first ``step()``, once: the order in the loop is
-  ``scheduler.step(); optimizer.step()`` (or a per-epoch scheduler stepped at the top of the epoch). The first
-  value of the schedule is skipped — the first optimizer step already runs with the second LR — and every
-  later step is one schedule position ahead (warm-up shortened, decay early). The check names the LRs.
-- warn: the scheduler stepped several times before the first optimizer step: fast-forwarding a resumed
-  schedule (``for _ in range(start_epoch): scheduler.step()``) looks like this; if that is the intent, load
-  the scheduler's ``state_dict`` instead.
-- skip: with a GradScaler the first optimizer steps are often skipped on purpose (inf gradients while the
-  scale calibrates): a scheduler stepping then is PyTorch's known false alarm, not a misordered loop.
-
-Stays silent when no scheduler stepped during the probed steps (a per-epoch scheduler in a long epoch), and
-on ``ReduceLROnPlateau`` (stepped with a metric, it has no schedule position to skip).
-
-What to do: call ``optimizer.step()`` first and ``scheduler.step()`` after it in every iteration (per-epoch
-schedulers: at the end of the epoch).
-"""
+"""scheduler-order: the LR scheduler steps after the optimizer, so the schedule's first value is used."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, result
 from doctor.probe.trace import ProbeRun
 
@@ -34,6 +14,45 @@ CHECK = RuntimeCheck(
 
 #: More scheduler steps than this before the first optimizer step look like deliberate fast-forwarding.
 FAST_FORWARD = 1
+
+
+PAGE = Sections(
+    why="""
+        Since PyTorch 1.1 the scheduler must step after the optimizer. Stepped before it, the first value of
+        the schedule is skipped — the first optimizer step already runs with the second LR — and every later
+        step is one schedule position ahead (a warm-up shortened, a decay early). The probe sees every
+        `LRScheduler.step()` the script makes (not the one the constructor makes, nor the inner schedulers of a
+        `SequentialLR`), with the number of steps its optimizer had taken at that moment and the learning rates
+        just before and after it. It fails when a scheduler stepped once before its optimizer's first step
+        (the order in the loop is `scheduler.step(); optimizer.step()`, or a per-epoch scheduler stepped at the
+        top of the epoch), naming the LR the first step ran with and the one it should have; it warns when the
+        scheduler stepped several times first (fast-forwarding a resumed schedule looks like that).
+
+        What to do: call `optimizer.step()` first and `scheduler.step()` after it in every iteration
+        (per-epoch schedulers: at the end of the epoch); to resume, load the scheduler's `state_dict`.
+    """,
+    known_problems="""
+        With an active GradScaler the first optimizer steps are often skipped on purpose (inf gradients while
+        the scale calibrates): a scheduler stepping then is PyTorch's known false alarm, so the check skips.
+        A per-epoch scheduler in an epoch longer than the probe is never seen stepping (skip).
+        `ReduceLROnPlateau` (stepped with a metric) and schedulers overriding `step()` without calling the
+        base class are not seen.
+    """,
+    bad="""
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            scheduler.step()
+            optimizer.step()
+    """,
+    good="""
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+    """,
+)
 
 
 def _lrs(values: list) -> str:

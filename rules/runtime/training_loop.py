@@ -1,25 +1,11 @@
-"""training-loop: did the script train at all, as far as the probe can see?
-
-Measures: the number of ``optimizer.step()`` calls observed through PyTorch's global optimizer hooks.
-
-Fails when none was observed: the script crashed or exited before its first step, never calls
-``optimizer.step()`` (forgotten, or behind a flag that is off), or trains in a way the probe cannot see (a
-framework with its own fused optimizer outside ``torch.optim``). Weights updated by hand after ``backward()``
-(``p.data.add_(p.grad, alpha=-lr)``, as word_language_model does) count as steps: the probe sees the
-parameters change between backward passes. Fails too when the script crashed or timed out *after* some steps
-(the other checks then judge only those). Warns when the script ended by itself before the requested number
-of steps (a short epoch, or an early ``break``) because the other checks then judge fewer steps. The advice
-depends on the error: a missing module, a checkpoint that does not load, a missing file, a non-zero exit.
-
-What to do: make sure the training loop calls a ``torch.optim`` optimizer's ``step()``; if the script
-needs arguments to start training, pass them after ``--``.
-"""
+"""training-loop: did the script train at all, as far as the probe can see?"""
 
 from __future__ import annotations
 
 import sys
 from typing import Optional
 
+from doctor.core.page import Sections
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, finding_at, result
 from doctor.probe.trace import COMPLETED, CRASHED, TIMEOUT, ProbeRun, ScriptError
 
@@ -28,6 +14,46 @@ CHECK = RuntimeCheck(
     code="DP101",
     summary="At least one optimizer step was observed: the script really trains through torch.optim.",
     needs_steps=False,  # it is the check that says so
+)
+
+
+PAGE = Sections(
+    why="""
+        Every other check judges what happens around `optimizer.step()`: when none was observed, the script
+        did not train under the probe, and nothing else can be said. The probe counts the steps of
+        `torch.optim` optimizers through PyTorch's global optimizer hooks; weights updated by hand after
+        `backward()` (`p.data.add_(p.grad, alpha=-lr)`, as pytorch/examples' word_language_model does) count
+        too, once the parameters are seen to change between backward passes. It fails when no step was
+        observed: the script crashed or exited before its first step (the failing line is shown), never
+        updates the weights (`optimizer.step()` forgotten, or behind a flag that is off), or hung until the
+        timeout — and when it crashed or timed out *after* some steps (the other checks then judge only
+        those). The advice follows the error: a missing module, a checkpoint `torch.load` cannot read, a
+        missing file, a non-zero exit. It warns when the script ended by itself before the requested number
+        of steps (a short epoch, an early `break`), because the other checks then judge fewer steps.
+
+        What to do: make sure the training loop calls a `torch.optim` optimizer's `step()`; if the script
+        needs arguments to start training, pass them after `--`.
+    """,
+    known_problems="""
+        A framework's fused optimizer outside `torch.optim` that does not run `backward()` through
+        `torch.autograd.backward` reads as "no optimizer step" although the script trains. Hand-written updates
+        are recognised from the second backward pass on (the first step is counted late), and without an
+        optimizer there is no LR to report.
+    """,
+    bad="""
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            # optimizer.step() forgotten: the weights never change
+    """,
+    good="""
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+    """,
 )
 
 

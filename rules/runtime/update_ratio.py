@@ -1,22 +1,8 @@
-"""update-ratio: how much one optimizer step changes the weights, relative to their size.
-
-Measures ‖Δw‖/‖w‖ per parameter group on sampled steps: the weights are copied just before
-``optimizer.step()`` and compared right after, so this is the *actual* update whatever the optimizer
-(SGD, Adam's normalised steps, weight decay, clipping) — not LR×grad. The median over sampled steps is
-judged; about 1e-3 is the usual healthy value (Karpathy's rule of thumb; small nets with Adam sit near
-1e-2).
-
-- fail "zero": below ``ZERO_RATIO`` — the group's LR is 0, its gradients are zero, or the step is skipped;
-- warn "too small": below ``LOW_RATIO`` — the LR is far too small for this group, training crawls;
-- warn/fail "too large": above ``HIGH_WARN``/``HIGH_FAIL`` — each step rewrites a large part of the
-  weights: LR too large, training will be noisy or diverge.
-
-What to do: scale the group's LR by the factor that brings the ratio near 1e-3..1e-2 (the evidence shows
-the LR and the ratio per group); check schedulers that start at 0 and per-group LR settings.
-"""
+"""update-ratio: how much one optimizer step changes the weights, relative to their size."""
 
 from __future__ import annotations
 
+from doctor.core.page import Sections, number
 from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, median, result
 from doctor.probe.trace import ProbeRun
 
@@ -34,6 +20,35 @@ LOW_RATIO = 1e-5
 HIGH_WARN = 0.1
 #: A step the size of the weights themselves: the model is overwritten each step.
 HIGH_FAIL = 1.0
+
+
+PAGE = Sections(
+    why=f"""
+        The learning rate that matters is how much a step changes the weights relative to their size. The
+        check copies the weights just before `optimizer.step()` on sampled steps and compares them right
+        after, so it measures the actual update ‖Δw‖/‖w‖ per parameter group whatever the optimizer does
+        (SGD, Adam's normalised steps, weight decay, clipping), not LR×grad. About 1e-3 is the usual healthy
+        value (Karpathy's rule of thumb; small nets with Adam sit near 1e-2). On the median over the sampled
+        steps it fails "zero" below {number(ZERO_RATIO)} (the group's LR is 0, its gradients are zero, or the step is
+        skipped), warns "too small" below {number(LOW_RATIO)} (training crawls), warns "too large" above
+        {number(HIGH_WARN)} and fails above {number(HIGH_FAIL)} (each step rewrites a large part of the weights: noisy
+        training or divergence).
+
+        What to do: scale the group's LR by the factor that brings the ratio near 1e-3..1e-2 (the evidence
+        shows the LR and the ratio per group); check schedulers that start at 0 and per-group LR settings.
+    """,
+    known_problems="""
+        Only sampled steps of `torch.optim` optimizers are measured, and only their median is judged: a
+        schedule that starts at 0 (warm-up) drags the median down on a short probe, and a single huge step
+        among small ones goes unnoticed. Weights updated outside `optimizer.step()` are not seen.
+    """,
+    bad="""
+        optimizer = torch.optim.Adam(model.parameters(), lr=1.0)   # each step moves every weight by ~1
+    """,
+    good="""
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """,
+)
 
 
 def evaluate(run: ProbeRun):

@@ -26,11 +26,41 @@ class AdamWeightDecay(Rule):
         generalises worse. Use `AdamW` (or `Adam(..., decoupled_weight_decay=True)`), re-tuning the value
         (AdamW decays by `lr * wd` per step, so typical values are larger: 0.01-0.1).
     """
+    known_problems = """
+        Reported only for `torch.optim.Adam` (however it is imported) with a weight decay doctor can read as a
+        number greater than zero: a literal or a module constant, given by keyword, by position, or in a
+        parameter-group dict. A value read from a config or the command line is not checked, nor is Adam from
+        other libraries (apex, bitsandbytes). `decoupled_weight_decay=True` turns the finding off. A project
+        that chose L2-regularised Adam on purpose (to reproduce an older paper) gets this warning too: suppress
+        it on that line.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
     """
     fires = (
         """

@@ -27,14 +27,48 @@ class BackwardInNoGrad(Rule):
         gradients. This often happens when a training step is called from inside an evaluation block or a
         helper decorated with `@torch.no_grad()`.
     """
+    known_problems = """
+        Reported when the backward runs inside a `with torch.no_grad()`/`inference_mode()`/
+        `set_grad_enabled(False)` block, or in a function decorated with one of them (or a project wrapper named
+        like `no_grad`/`inference_mode`), with `enable_grad` not re-enabling it, and the value backpropagated
+        was computed inside that same region (a call, or a name assigned there). A loss computed before the
+        region and backpropagated inside it still has its graph and is not reported. Grad disabled by a plain
+        statement (`torch.set_grad_enabled(False)` on its own line) is not seen. A backward in a function called
+        inside the region is reported when that function is in the same file; one in a function of a local
+        module is not (its loss is not traced across the file boundary), nor is a region set up by a caller in
+        another file.
+    """
     bad = """
-        with torch.no_grad():
-            loss = criterion(model(x), y)
-            loss.backward()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            with torch.no_grad():
+                loss = loss_fn(model(x), y)
+                loss.requires_grad = True
+                loss.backward()
+            optimizer.step()
     """
     good = """
-        loss = criterion(model(x), y)
-        loss.backward()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
     """
     fires = (
         """

@@ -37,20 +37,44 @@ class BadInit(Rule):
         one unit per layer (zeros also kill the gradient to earlier layers). An init whose gain was chosen for
         another activation (Kaiming/ReLU in a tanh network) and a fixed large std on wide layers make activations
         explode or saturate from the first step (severity warning: a smell rather than a certain bug).
-        Zero init of biases, of LoRA `B` matrices, of final/residual projections and BatchNorm gammas is standard
-        and not reported.
+    """
+    known_problems = """
+        Constant init is reported only when it reaches the Linear/Conv weights generically: a function given to
+        `model.apply(...)` (or named like `init`) that tests `isinstance(m, nn.Linear)`, a loop over
+        `model.modules()`, over a stack named `layers`/`blocks`/`h`..., or an init function's loop over
+        `model.parameters()` that selects weights. Initialising one named layer (`self.fc.weight`) is taken as
+        deliberate and never reported, and neither are names that conventionally start at zero (`lora`, `B`,
+        `head`, `out_proj`, `c_proj`, `final`, `residual`, `gate`, `norm`, `scale`...), normalisation layers,
+        biases, EMA/target copies, or an init behind a condition that picks layers by a flag or an attribute
+        (`if zero_init_residual and hasattr(m, "bn3"):`). The ReLU-gain check compares with the activations used
+        in the same class (else in the file) and speaks only when all of them are tanh/sigmoid. The large-std
+        check needs a literal std of 0.5 or more (a uniform bound of 0.5·√3 or more), whatever the layer's
+        width.
     """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
+
         def init_weights(m):
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+
         model.apply(init_weights)
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
+
         def init_weights(m):
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
         model.apply(init_weights)
     """
     fires = (
@@ -355,8 +379,8 @@ def _generic_layer_weight(ctx, weight: Optional[ast.AST], apply_fns: set[str]) -
         if isinstance(cur, ast.If):
             in_body = any(s is child for s in cur.body)
             tested = _tested_types(cur.test, var)
-            if in_body and _narrowed_by_name(cur.test, var):
-                return None  # `if name == "head":` picks one layer, it is not generic
+            if in_body and (_narrowed_by_name(cur.test, var) or _narrowed_by_flag(cur.test, var)):
+                return None  # `if name == "head":` / `if zero_init_last and hasattr(m, "final_conv"):` is not generic
             if in_body:
                 types.extend(tested)
             elif tested and not (isinstance(child, ast.If) and child in cur.orelse):
@@ -451,6 +475,19 @@ def _narrowed_by_name(test: ast.AST, var: str) -> bool:
             a = node.args[0] if node.args else None
             if isinstance(a, ast.Constant) and isinstance(a.value, str) and not _TYPE_WORD.match(a.value):
                 return True
+    return False
+
+
+def _narrowed_by_flag(test: ast.AST, var: str) -> bool:
+    """A condition that picks layers by something other than their type: a flag (`zero_init_residual`), an
+    attribute the layer carries (`hasattr(m, "final_conv")`, `m.is_last`)."""
+    conjuncts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
+    for part in conjuncts:
+        if _tested_types(part, var):
+            continue
+        if isinstance(part, ast.Compare) and all(isinstance(c, ast.Constant) and c.value is None for c in part.comparators):
+            continue  # `m.bias is not None`
+        return True
     return False
 
 

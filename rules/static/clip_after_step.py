@@ -21,17 +21,43 @@ class ClipAfterStep(Rule):
         away, so training runs unclipped: the exploding-gradient protection you configured is silently off,
         and the returned norm you log looks fine.
     """
+    known_problems = """
+        Stays silent when a later `step()` or `backward()` in the same iteration may still use the clipped
+        gradients, when nothing in the iteration clears the gradients (they then carry over to the next step, so
+        the clip is not clearly wasted), when the clip only measures the norm (`max_norm=float("inf")` or a huge
+        literal, as used for logging), and when no backward pass precedes the step in the loop doctor reads. The
+        clip and the step must be in the same loop of one function (readable helpers from this file and local
+        modules inlined).
+    """
     bad = """
-        loss.backward()
-        optimizer.step()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.zero_grad()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     """
     good = """
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
     """
     fires = (
         """
@@ -138,7 +164,7 @@ for x, y in loader:
                 yield self.finding(
                     ctx,
                     node,
-                    f"`{ctx.segment(clip.node)}` runs after `{ctx.segment(step.node)}` (line {step.node.lineno}): the "
+                    f"`{ctx.segment(clip.node)}` runs after `{ctx.segment(step.node)}` ({step.line_ref}): the "
                     "step already used the unclipped gradients, so clipping changes nothing; clip before the step",
                 )
 

@@ -27,18 +27,79 @@ class ClipBeforeUnscale(Rule):
         norm, so almost every step is crushed to a tiny update (or, as the scale changes, the clip threshold
         drifts). Call `scaler.unscale_(optimizer)` before clipping; `scaler.step` then knows not to unscale twice.
     """
+    known_problems = """
+        Reported only when the backward pass is provably scaled: `scaler.scale(loss).backward()` (or a name
+        assigned from `scaler.scale(...)`) where `scaler` is a `GradScaler` built in the file. Stays silent when
+        an `unscale_` runs between the backward and the clip, when the clip is guarded by a precision flag the
+        backward is not (`if not use_amp: clip...`), when a step comes between them, and for clipping done by
+        Accelerate, Lightning or optimizer wrappers (they unscale themselves). torch's
+        `clip_grad_norm_`/`clip_grad_value_` and a model's own `clip_grad_norm_` (FSDP) are checked.
+    """
     bad = """
-        scaler.scale(loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            with torch.autocast("cuda"):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
     """
     good = """
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            with torch.autocast("cuda"):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            with torch.autocast("cuda"):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+    """
+    fix_safety = """
+        The fix inserts `scaler.unscale_(optimizer)` before the clip, naming the optimizer that
+        `scaler.step(...)` steps later. It is unsafe because it changes every update: the clip threshold starts
+        meaning what it says, so steps become much larger than in the runs made so far. It is offered only when
+        the backward, the clip and `scaler.step(optimizer)` are in the same function; with several optimizers
+        sharing one scaler, each needs its own `unscale_`, which the fix does not add.
     """
     fires = (
         """
@@ -178,7 +239,7 @@ class Trainer:
                     ctx,
                     node,
                     f"`{ctx.segment(clip.node)}` clips gradients that are still multiplied by the loss scale of "
-                    f"`{scaler or 'the GradScaler'}` (backward on line {back.node.lineno}); call "
+                    f"`{scaler or 'the GradScaler'}` (backward on {back.line_ref}); call "
                     f"`{scaler or 'scaler'}.unscale_({opt})` before clipping",
                     fix=_fix(ctx, clip, back, step, scaler),
                 )

@@ -23,17 +23,68 @@ class DirectForwardCall(Rule):
         `model.forward(x)` skips them: DistributedDataParallel does not prepare its gradient synchronisation,
         FSDP does not gather the sharded parameters, and hooks added by `torch.compile`, quantization, pruning
         or profilers are silently bypassed. Call the module instead.
-        Reported in scripts, plain functions and methods of classes that are certainly not modules (trainers,
-        test cases). Not reported inside classes that are or may be modules (their base is imported): there
-        `self.backbone.forward(x)` is a module delegating to a child, a deliberate and common idiom (the child's
-        own hooks are skipped, the outer call's hooks ran). Nor `super().forward(x)`, `Base.forward(self, x)`,
-        or `.forward()` of objects from other libraries (`cv2.dnn` nets, ONNX sessions).
+    """
+    known_problems = """
+        The receiver must be a module as far as doctor can tell: built in the file from a torch, torchvision,
+        timm or Hugging Face model class or a local `nn.Module` subclass, wrapped in DDP/FSDP/`torch.compile`,
+        or, when its construction is not visible, named like a model (`model`, `net`, `encoder`...). A receiver
+        named like a model that is in fact another library's object is reported unless it was built from a known
+        non-torch library (`cv2`, `onnxruntime`, `tensorrt`...) in the file. Reported in scripts, plain
+        functions and methods of classes that are certainly not modules (trainers, test cases); never inside
+        classes that are or may be modules (their base is imported), where `self.backbone.forward(x)` is a
+        module delegating to a child, a deliberate and common idiom (the outer call's hooks ran).
+        `super().forward(...)`, `self.forward(...)` and `Base.forward(self, ...)` are never reported.
     """
     bad = """
-        logits = model.forward(x)
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            logits = model.forward(x)
+            loss_fn(logits, y).backward()
+            optimizer.step()
     """
     good = """
-        logits = model(x)
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            logits = model(x)
+            loss_fn(logits, y).backward()
+            optimizer.step()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            logits = model(x)
+            loss_fn(logits, y).backward()
+            optimizer.step()
+    """
+    fix_safety = """
+        The fix replaces `model.forward(x)` with `model(x)`. It is unsafe because the call then runs the
+        module's hooks: that is the point, but hooks can change results (pruning and quantization hooks, DDP's
+        gradient synchronisation, a `torch.compile`d module now taking its compiled path, hooks that modify
+        inputs or outputs), so outputs and timings may differ from before.
     """
     fires = (
         """

@@ -21,23 +21,57 @@ class DoubleOptimizerStep(Rule):
         is an AMP branch that calls `scaler.step(optimizer)` while an `optimizer.step()` below it still runs
         on every path. Nothing fails: training is just less stable and the tuned learning rate is wrong.
     """
+    known_problems = """
+        Stays silent when a `backward()` runs between the two steps (two deliberate updates on new gradients),
+        when the steps sit in exclusive branches (`if`/`else`, opposite tests such as `if amp:` and `if not
+        amp:`, the two arms of a conditional expression), in an `except` handler (a fallback), or under
+        unrelated conditions that may never hold in the same iteration (`i % 2 == 0` and `== 1`). Only steps of
+        the same named optimizer in the same loop of one function (readable helpers from this file and local
+        modules inlined) are compared; two names bound to one optimizer object are not.
+    """
     bad = """
-        if use_amp:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-        optimizer.step()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler(enabled=False)
+        use_amp = False
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            if use_amp:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+            optimizer.step()
     """
     good = """
-        if use_amp:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler(enabled=False)
+        use_amp = False
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            if use_amp:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
     """
     fires = (
         """
@@ -183,8 +217,8 @@ for x, y in loader:
                     yield self.finding(
                         ctx,
                         node,
-                        f"`{second.target}` is stepped again here after `{ctx.segment(first.node) or 'a step'}` (line "
-                        f"{first.node.lineno}) in the same iteration: the gradients are applied twice; step once per iteration",
+                        f"`{second.target}` is stepped again here after `{ctx.segment(first.node) or 'a step'}` "
+                        f"({first.line_ref}) in the same iteration: the gradients are applied twice; step once per iteration",
                     )
                     break
 

@@ -22,18 +22,73 @@ class EvalWithoutNoGrad(Rule):
         training-sized memory (and OOMs on the larger validation batches people pick), and runs slower.
         Accumulating `total_loss += loss` then keeps every batch's graph alive until the end of the loop.
     """
+    known_problems = """
+        Looks at functions that evaluate (named like `evaluate`, `validate`, `test_epoch`, `run_eval`..., or
+        calling `.eval()` and running a forward pass in a loop without training) and at forward passes after
+        `.eval()` in a loop that does not train. Stays silent when gradients are off at the call (a `with`
+        block, a decorator, a `torch.set_grad_enabled(False)` statement in the function or module), when every
+        same-file caller of the function disables them, when the function needs gradients on purpose (it calls
+        `backward`, `torch.autograd.grad`, `enable_grad`, sets `requires_grad`: saliency maps, adversarial
+        attacks), when a backward runs later before `.train()` (policy rollouts), when the model's parameters
+        were frozen earlier in the function (`model.requires_grad_(False)`), and for `test*` functions of test
+        files. A function named like an evaluation that only runs the model once on made-up tensors
+        (`torch.randn`...) is a smoke test, not an evaluation. Grad disabled by a caller in another file is not
+        seen, so such an evaluation function is reported.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2))
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        val_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(4)]
+
+
         def evaluate(model, loader):
             model.eval()
+            total = 0.0
             for x, y in loader:
-                total += criterion(model(x), y).item()
+                total += loss_fn(model(x), y).item()
+            return total / len(loader)
+
+
+        for epoch in range(10):
+            model.train()
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            print(epoch, evaluate(model, val_loader))
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2))
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        val_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(4)]
+
+
         @torch.no_grad()
         def evaluate(model, loader):
             model.eval()
+            total = 0.0
             for x, y in loader:
-                total += criterion(model(x), y).item()
+                total += loss_fn(model(x), y).item()
+            return total / len(loader)
+
+
+        for epoch in range(10):
+            model.train()
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            print(epoch, evaluate(model, val_loader))
     """
     fires = (
         """
@@ -231,6 +286,8 @@ def _backward_later(e, events) -> bool:
 
 def _grad_off(modes, e) -> bool:
     if e.no_grad or "enable_grad" in e.contexts:
+        return True
+    if modes.parameters_frozen(e.target, e.via[0] if e.via else e.node):
         return True
     if modes.grad_disabled_at(e.node) or modes.grad_disabled_globally(e.via[0] if e.via else e.node):
         return True

@@ -6,6 +6,7 @@ import ast
 import re
 
 from doctor.core.findings import Applicability, Edit, Fix, Severity
+from doctor.analysis.guards import is_training_flag, runs_only_if
 from doctor.lint.rule import Rule
 
 #: Functional dropouts whose ``training`` parameter defaults to True, with its positional index.
@@ -31,20 +32,72 @@ class FunctionalDropoutAlwaysOn(Rule):
         argument defaults to True. Inside a module's `forward`, `model.eval()` therefore leaves dropout on, so
         validation scores are noisy and pessimistic, predictions are not deterministic, and the deployed model is
         worse than the one you measured. Pass `training=self.training`, or use an `nn.Dropout` submodule.
-        An explicit `training=` (True for Monte Carlo dropout), `p=0`, and a call whose line carries a comment
-        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet) are not reported.
+    """
+    known_problems = """
+        Reported only inside a method of a class defined in the file that is an `nn.Module` (its bases lead to
+        torch's `Module`), for `dropout`, `dropout1d/2d/3d` from `torch.nn.functional` called without a
+        `training` argument (keyword, positional or `**kwargs`): an explicit `training=True` (Monte Carlo
+        dropout) is a decision. Also silent for a literal `p=0` and for a call whose line carries a comment
+        saying it is meant to stay on (`# always applies dropout`, as in Tacotron 2's prenet), and for a call
+        that only runs in training mode (`if self.training:`, an early return in eval mode, a conditional
+        expression on `self.training`). Dropout in a free function called from a module's `forward`, in a module
+        whose base class comes from another file or library doctor cannot read, or written as `torch.dropout(x,
+        p, train)` is not checked. `alpha_dropout` is not reported: its `training` defaults to False.
     """
     bad = """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+
         class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(20, 64)
+                self.fc2 = nn.Linear(64, 2)
+
             def forward(self, x):
                 x = F.dropout(F.relu(self.fc1(x)), p=0.5)
                 return self.fc2(x)
     """
     good = """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+
         class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(20, 64)
+                self.fc2 = nn.Linear(64, 2)
+
             def forward(self, x):
                 x = F.dropout(F.relu(self.fc1(x)), p=0.5, training=self.training)
                 return self.fc2(x)
+    """
+    fixed = """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(20, 64)
+                self.fc2 = nn.Linear(64, 2)
+
+            def forward(self, x):
+                x = F.dropout(F.relu(self.fc1(x)), p=0.5, training=self.training)
+                return self.fc2(x)
+    """
+    fix_safety = """
+        The fix appends `training=self.training` to the call. It is unsafe because evaluation results change:
+        after `model.eval()` the layer stops dropping units, so validation scores and exported predictions
+        differ from before (that is the intended effect, but numbers people compared against move). A model that
+        relied on dropout at inference (Monte Carlo dropout) should pass `training=True` instead. The fix is
+        offered only in methods whose first parameter is `self`.
     """
     fires = (
         """
@@ -115,6 +168,8 @@ class Net(nn.Module):
                 continue
             if _INTENT.search(ctx.lines[call.lineno - 1].partition("#")[2]):
                 continue  # the line's comment says it is on purpose (Tacotron's prenet, MC dropout)
+            if runs_only_if(m.index, call, is_training_flag):
+                continue  # `if self.training: x = F.dropout(x, p)`: off in eval mode by the guard
             fn = m.enclosing_function(call)
             cls = m.class_of(fn)
             if cls is None or not m.values.is_local_module_class(cls):

@@ -26,21 +26,76 @@ class LossAccumulatedAsTensor(Rule):
         (`loss.item()`, `float(loss)`) or a detached tensor (`loss.detach()`, which avoids a GPU sync).
         A sum of losses that is itself backpropagated (`loss += w * term` then `loss.backward()`) is correct.
     """
+    known_problems = """
+        Reported only when the value added (`total += loss`, `total = total + loss`) is a plain name that was
+        certainly passed to a `backward()` of the same loop iteration, on the same control path, and not rebound
+        in between, or an entry of a dict of loss terms (`losses[k]`, `v` over `losses.items()`) that this
+        iteration's backward ran on: that is what makes `.detach()` safe. Stays silent for a total reset inside
+        the loop, a total that is itself backpropagated (a sum of loss terms), a loop that sums the micro-steps
+        of one accumulation window, code under `no_grad`, and loops that run no backward pass. Other ways of
+        keeping losses alive are not checked: appending them to a list (`losses.append(loss)`), or adding a loss
+        that is never backpropagated (a validation loss computed with gradients on: see `eval-without-no-grad`).
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         total_loss = 0
         for x, y in loader:
-            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             total_loss += loss
+        print(f"mean loss {total_loss / len(loader):.3f}")
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        total_loss = 0.0
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+        print(f"mean loss {total_loss / len(loader):.3f}")
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         total_loss = 0
         for x, y in loader:
-            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             total_loss += loss.detach()
+        print(f"mean loss {total_loss / len(loader):.3f}")
+    """
+    fix_safety = """
+        The fix adds `.detach()` to the value added to the total. It is safe: the rule only reports a value that
+        already went into a `backward()` of the same iteration, so no gradient can flow through the total
+        anyway; `.detach()` keeps the same number, dtype and device (the total stays a tensor, so `total / n`,
+        `.item()` and formatting work as before) and only drops the link to the graph. It does not add a host
+        sync, unlike `.item()`.
     """
     fires = (
         """
@@ -119,7 +174,7 @@ with torch.no_grad():
             if loop.looks_like_micro_steps():
                 micro.add(id(loop.node))
         for stmt, acc, value in _running_totals(m):
-            loop = _innermost_loop(m, stmt)
+            loop = _training_loop(m, stmt, backwards_in)
             backs = backwards_in.get(id(loop), []) if loop is not None else []
             if not backs or m.modes.grad_disabled_at(stmt) or _reset_inside(loop, acc, stmt):
                 continue
@@ -129,7 +184,10 @@ with torch.no_grad():
             if any(acc in _keys(m, b.arg) for b in m.all_events() if b.kind == BACKWARD and b.arg is not None
                    and m.enclosing_function(b.node) is fn):
                 continue  # the total is itself backpropagated: a sum of loss terms
-            leaf = next((l for l in _leaves(value) if _backpropagated_here(m, l, stmt, loop, backs)), None)
+            leaf = next(
+                (l for l in _leaves(value) if _backpropagated_here(m, l, stmt, loop, backs) or _backpropagated_entry(m, l, stmt, backs)),
+                None,
+            )
             if leaf is None:
                 continue
             text = ctx.segment(value)
@@ -168,6 +226,36 @@ def _innermost_loop(m, node: ast.AST) -> Optional[ast.AST]:
             return cur
         cur = m.parents.get(id(cur))
     return None
+
+
+def _training_loop(m, node: ast.AST, backwards_in: dict[int, list]) -> Optional[ast.AST]:
+    """The innermost loop around ``node`` that runs a backward pass (``for k in losses:`` inside a training
+    loop only walks the loss dict)."""
+    innermost = _innermost_loop(m, node)
+    cur = innermost
+    while cur is not None:
+        if backwards_in.get(id(cur)):
+            return cur
+        cur = _innermost_loop(m, cur)
+    return innermost
+
+
+def _backpropagated_entry(m, leaf: ast.AST, stmt: ast.stmt, backs: list) -> bool:
+    """``losses[k]`` (or ``v`` in ``for k, v in losses.items()``) where the dict ``losses`` holds the loss terms
+    that this iteration's backward ran on (``loss = losses["ce"] + losses["l2"]; loss.backward()``)."""
+    name = None
+    if isinstance(leaf, ast.Subscript) and isinstance(leaf.value, ast.Name):
+        name = leaf.value.id
+    elif isinstance(leaf, ast.Name):
+        for anc in m.index.ancestors(stmt):
+            if isinstance(anc, (ast.For, ast.AsyncFor)) and any(isinstance(t, ast.Name) and t.id == leaf.id for t in ast.walk(anc.target)):
+                it = anc.iter
+                if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("items", "values") and isinstance(it.func.value, ast.Name):
+                    name = it.func.value.id
+                break
+    if name is None:
+        return False
+    return any(not b.via and b.arg is not None and name in _keys(m, b.arg) for b in backs)
 
 
 def _reset_inside(loop: ast.AST, acc: str, stmt: ast.stmt) -> bool:

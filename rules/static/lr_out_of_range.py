@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ast
-from typing import Iterator
+import re
+from typing import Iterator, Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.values import literal_number
@@ -28,15 +29,46 @@ class LrOutOfRange(Rule):
         so `lr=0.1` or more moves every weight by that much per step: the loss explodes or becomes NaN within a
         few iterations (typical values are 1e-5..3e-3). The number is usually copied from an SGD recipe, where
         0.1 is standard. A learning rate of zero or below never trains (or climbs the loss).
-        Not reported: SGD (linear probes use LRs like 30), Adadelta (default 1.0), LBFGS, and optimizers whose LR
-        is rewritten by the code (`param_group["lr"] = ...`) or driven by LambdaLR/OneCycleLR/CyclicLR or a custom
-        scheduler, where the base LR is only a multiplier.
+    """
+    known_problems = """
+        Reported only for torch optimizers with a learning rate doctor can read as a number (a literal or a
+        module constant, by keyword, by position or in a parameter group written as a dict); a value from a
+        config or the command line is not checked. The high bound (0.1) applies to Adam, AdamW, RMSprop,
+        Adagrad, NAdam and RAdam only, not to SGD (linear probes use LRs like 30), Adadelta (default 1.0) or
+        LBFGS; a learning rate of zero or below is reported for every torch optimizer. Stays silent when the
+        file writes learning rates itself (`param_group["lr"] = ...`), when a scheduler that treats the base LR
+        as a multiplier (`LambdaLR`, `MultiplicativeLR`, `OneCycleLR`, `CyclicLR`) or a scheduler that is not
+        torch's or transformers' is built, for rates tuned per parameter group (several groups with different
+        literal rates, or a group holding only embedding tables), and in files importing gpytorch, botorch or
+        pyro, whose few-parameter fits use Adam at 0.1 on purpose.
     """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
         optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
     """
     fires = (
         """
@@ -97,10 +129,13 @@ for it, batch in enumerate(loader):
                 continue
             if rewritten:
                 continue
+            tuned = _per_group_rates(m, call)
             for node, value in _learning_rates(call):
                 lr = literal_number(m, value)
                 if lr is None:
                     continue
+                if id(value) in tuned:
+                    continue  # a group's own, deliberately tuned rate (0.6 for embedding tables in a speed-run)
                 if lr <= 0 and not _unknown_scheduler(m):
                     msg = (
                         f"learning rate {lr:g} for {name}: "
@@ -126,9 +161,47 @@ def _few_parameter_fit(m) -> bool:
     return any(v.split(".")[0] in _FEW_PARAMETER_LIBRARIES for v in m.imports.aliases.values())
 
 
+_EMBEDDING = re.compile(r"emb|wte|wpe|vte|lookup", re.I)
+
+
+def _per_group_rates(m, call: ast.Call) -> set[int]:
+    """Ids of learning rates set per parameter group when the groups are tuned one by one: several groups
+    with different literal rates, or a group that holds only embedding tables (lookups take large steps)."""
+    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+    if isinstance(groups, ast.Name):
+        groups = m.values.value_of(groups)
+    if not isinstance(groups, (ast.List, ast.Tuple)):
+        return set()
+    if groups.elts and all(not isinstance(g, (ast.Dict, ast.Call)) and _EMBEDDING.search(ast.unparse(g)) for g in groups.elts):
+        # `Adam([wte.weight, vte.weight], lr=0.6)`: an optimizer of embedding tables only (a speed-run setting).
+        return {id(v) for v in K.optimizer_hyperparameter(call, "lr", 1)}
+    rates: list[tuple[ast.AST, Optional[float], str]] = []
+    for g in groups.elts:
+        entries = {}
+        if isinstance(g, ast.Dict):
+            entries = {k.value: v for k, v in zip(g.keys, g.values) if isinstance(k, ast.Constant)}
+        elif isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "dict":
+            entries = {kw.arg: kw.value for kw in g.keywords if kw.arg}
+        if "lr" in entries:
+            rates.append((entries["lr"], literal_number(m, entries["lr"]), ast.unparse(entries.get("params", ast.Constant(None)))))
+    distinct = {r for _, r, _ in rates if r is not None}
+    out = set()
+    for value, _, params in rates:
+        if len(distinct) > 1 or _EMBEDDING.search(params):
+            out.add(id(value))
+    return out
+
+
 def _learning_rates(call: ast.Call) -> Iterator[tuple[ast.AST, ast.AST]]:
     for value in K.optimizer_hyperparameter(call, "lr", 1):
         yield value, value
+    groups = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+    if isinstance(groups, (ast.List, ast.Tuple)):
+        for g in groups.elts:  # `dict(params=..., lr=0.6)` groups (dict literals are read above)
+            if isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "dict":
+                for kw in g.keywords:
+                    if kw.arg == "lr":
+                        yield kw.value, kw.value
 
 
 def _lr_rewritten(m) -> bool:

@@ -24,23 +24,71 @@ class MissingEvalMode(Rule):
         that way are noisy and pessimistic, depend on the batch size, and the running statistics drift towards
         the validation set. `torch.no_grad()` does not change this; only `model.eval()` does.
     """
+    known_problems = """
+        Needs a model whose construction doctor can read in the file, with a dropout or batch-norm layer: a
+        local `nn.Module` class that creates one, an `nn.Sequential` holding one, or a torchvision model known
+        to use batch norm. It looks at functions named like an evaluation (`evaluate`, `validate`, `test`...)
+        that switch no mode themselves and run the model over data (a one-off forward on `torch.randn` inputs is
+        a smoke test), and at loops over a loader named like validation data (`val_loader`, `test_set`,
+        `dev_data`...) in a function that never calls `.eval()`. Stays silent when a same-file caller calls
+        `.eval()` (or `.train(False)`) before the evaluation, and when the model is put in eval mode anywhere
+        outside training code (after loading weights, in a setup function): doctor cannot order those calls.
+        Models built in another file are not checked.
+    """
     bad = """
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.body = nn.Sequential(nn.Linear(10, 64), nn.Dropout(0.5), nn.Linear(64, 2))
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2))
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        val_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(4)]
+
 
         @torch.no_grad()
         def evaluate(model, loader):
+            total = 0.0
             for x, y in loader:
-                correct += (model(x).argmax(1) == y).sum()
+                total += loss_fn(model(x), y).item()
+            return total / len(loader)
+
+
+        for epoch in range(10):
+            model.train()
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            print(epoch, evaluate(model, val_loader))
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2))
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        val_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(4)]
+
+
         @torch.no_grad()
         def evaluate(model, loader):
             model.eval()
+            total = 0.0
             for x, y in loader:
-                correct += (model(x).argmax(1) == y).sum()
+                total += loss_fn(model(x), y).item()
+            return total / len(loader)
+
+
+        for epoch in range(10):
+            model.train()
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            print(epoch, evaluate(model, val_loader))
     """
     fires = (
         """

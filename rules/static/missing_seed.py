@@ -26,16 +26,47 @@ class MissingSeed(Rule):
         make GPU kernels fully deterministic, but it removes the largest source of run-to-run variance.
         This rule is off by default: enable it for repositories that promise reproducible runs.
     """
+    known_problems = """
+        Reported once per file that both runs a backward pass and steps an optimizer, at its `if __name__ ==
+        "__main__":` block, or, without one, at its first top-level loop that runs a backward pass; library
+        modules without either are not reported. Any call or keyword argument with `seed` in its name anywhere
+        in the file counts as seeding, so `random.seed(0)` or `np.random.seed(0)` alone silences it although
+        torch stays unseeded, and seeding done in another module is not seen (that case is reported).
+    """
     bad = """
+        import torch
+        from torch import nn
+
+
+        def train(model, loader, optimizer, loss_fn):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+
+
         if __name__ == "__main__":
-            model = Net()
-            train(model)
+            model = nn.Linear(20, 2)
+            loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+            train(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss())
     """
     good = """
+        import torch
+        from torch import nn
+
+
+        def train(model, loader, optimizer, loss_fn):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+
+
         if __name__ == "__main__":
             torch.manual_seed(0)
-            model = Net()
-            train(model)
+            model = nn.Linear(20, 2)
+            loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+            train(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss())
     """
     fires = (
         """

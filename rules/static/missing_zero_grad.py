@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP
+import ast
+
+from doctor.analysis.events import BACKWARD, CLEAR, ENGINE_STEP, STEP, first_iteration_only
 from doctor.core.findings import Applicability, Severity
-from doctor.lint.fixes import insert_before, statement_of
+from doctor.lint.fixes import insert_after, insert_before, statement_of
 from doctor.lint.rule import Rule
 
 
@@ -20,18 +22,70 @@ class MissingZeroGrad(Rule):
         since the start, so the effective step size grows each iteration and training diverges or stalls.
         Clearing once before the loop is not enough, and with two optimizers each needs its own clearing.
     """
+    known_problems = """
+        Stays silent when anything in the loop may clear this optimizer's gradients: `optimizer.zero_grad()`,
+        `model.zero_grad()` of a model that may hold its parameters, `p.grad = None` over the parameters, even
+        under a condition (an accumulation window that clears every k steps is correct). The exception is a
+        clear in one arm of a mode switch (a condition that cannot change inside the loop, such as `if
+        cfg.accum_steps > 1:`), which does not serve a backward in the other arm: that arm is reported. It also
+        stays silent for DeepSpeed engines (their `step()` clears), for distributed-autograd backward passes,
+        and for optimizers stepped in a loop that runs no backward pass. A clear that only runs on the first
+        iteration (`if i == 0: optimizer.zero_grad()`) does not count. Functions and methods called from the
+        loop are followed when doctor can read them (this file and the local modules the script imports, up to
+        three calls deep): a loop whose clearing happens deeper than that, or inside an installed library, is
+        reported even though it clears.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         for x, y in loader:
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         for x, y in loader:
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    """
+    fix_safety = """
+        The fix inserts `optimizer.zero_grad()` right before the loop's first unconditional `backward()`, or,
+        when the step only runs under a condition (an accumulation window that never clears), right after the
+        step. It is unsafe because it changes what every step applies (the gradients of one batch instead of a
+        growing sum), and because a loop that accumulates on purpose in a way doctor could not read (its
+        clearing hidden inside an installed library) would lose that accumulation. It is offered only for a
+        plain `optimizer.step()` or `scaler.step(optimizer)` called directly in the loop.
     """
     fires = (
         """
@@ -185,33 +239,39 @@ for batch in loader:
             for s in events:
                 if s.kind != STEP or s.flavor == "dist" or _owner_loop(s, events) is not loop:
                     continue
-                if any(m.clears(s.target, c, stepped) and not _first_iteration_only(c, loop) for c in events if c.kind == CLEAR):
+                clears = [c for c in events if c.kind == CLEAR and m.clears(s.target, c, stepped) and not first_iteration_only(c, loop)]
+                if clears:
+                    # A clearing in one arm of a mode switch does not serve a backward in the other arm.
+                    mode = next(
+                        (b for b in backwards if b.loop is loop and not b.exclusive_with(s) and all(c.other_mode(b) for c in clears)),
+                        None,
+                    )
+                    if mode is None:
+                        continue
+                    guard = next(g for g in mode.guards if g.mode_switch and any(g.branch == bid for bid, _ in mode.branches))
+                    when = ast.unparse(guard.test) if not guard.negated else f"not ({ast.unparse(guard.test)})"
+                    yield self.finding(
+                        ctx, s.anchor,
+                        f"when `{when}`, `{s.target or 'the optimizer'}` steps on the gradients of the backward on "
+                        f"line {mode.site(s).lineno} but nothing clears them in that branch of {loop.where}: only the other branch "
+                        f"clears ({clears[0].line_ref}); gradients add up across iterations; clear before that backward",
+                    )
                     continue
                 target = s.target or "the optimizer"
-                yield self.finding(
-                    ctx,
-                    s.node,
-                    f"`{target}` is stepped every iteration but its gradients are never cleared inside this loop "
-                    f"(line {loop.node.lineno}): gradients add up across iterations; call `{target}.zero_grad()` each iteration",
-                    fix=_fix(ctx, s, backwards, loop),
-                )
-
-
-def _first_iteration_only(clear, loop) -> bool:
-    """`if batch_idx == 0: optimizer.zero_grad()` clears once, like a clear before the loop."""
-    import ast
-
-    names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)} if loop.target is not None else set()
-    names |= {"step", "global_step", "iteration", "it", "i", "batch_idx", "idx"}
-    for g in clear.guards:
-        t = g.test
-        if g.loop is not loop or g.negated or not isinstance(t, ast.Compare) or len(t.ops) != 1:
-            continue
-        if isinstance(t.ops[0], ast.Eq) and isinstance(t.left, ast.Name) and t.left.id in names:
-            c = t.comparators[0]
-            if isinstance(c, ast.Constant) and c.value == 0:
-                return True
-    return False
+                gate = next((g for g in s.guards if g.loop is loop and not g.negated), None)
+                if gate is not None:
+                    # `if i % accum == 0: optimizer.step()`: clearing before every backward would kill the window.
+                    message = (
+                        f"`{target}` steps when `{ast.unparse(gate.test)}` but its gradients are never cleared in "
+                        f"{loop.where}: every step applies all gradients since the start; call "
+                        f"`{target}.zero_grad()` right after the step"
+                    )
+                else:
+                    message = (
+                        f"`{target}` is stepped every iteration but its gradients are never cleared in {loop.where}: "
+                        f"gradients add up across iterations; call `{target}.zero_grad()` each iteration"
+                    )
+                yield self.finding(ctx, s.anchor, message, fix=_fix(ctx, s, backwards, loop, gated=gate is not None))
 
 
 def _owner_loop(step, events):
@@ -222,9 +282,14 @@ def _owner_loop(step, events):
     return None
 
 
-def _fix(ctx, s, backwards, loop):
+def _fix(ctx, s, backwards, loop, gated=False):
     if s.via or not s.target or s.flavor not in ("optimizer", "scaler"):
         return None
+    if gated:
+        stmt = statement_of(ctx, s.node)
+        if stmt is None:
+            return None
+        return insert_after(ctx, stmt, f"{s.target}.zero_grad()", f"clear `{s.target}`'s gradients right after the step")
     first = next((b for b in backwards if b.loop is loop and not b.via and not any(g.loop is loop for g in b.guards)), None)
     if first is None:
         return None

@@ -16,16 +16,46 @@ class NllWithoutLogSoftmax(Rule):
         `NLLLoss` does no normalisation: it returns minus the input at the target index. On raw logits the loss
         is unbounded below, so the model learns to blow the target logit up instead of classifying; on softmax
         probabilities the loss is minus a probability, with tiny gradients. Both train without an error. Put a
-        `log_softmax` in front (or use `CrossEntropyLoss` on the logits). Reported only when the input provably
-        ends in a `Linear` layer or a softmax.
+        `log_softmax` in front (or use `CrossEntropyLoss` on the logits).
+    """
+    known_problems = """
+        Reported only when the input of `F.nll_loss`/`nn.NLLLoss` provably ends in an `nn.Linear` (a Linear
+        module, a Sequential whose last layer is Linear, a module class of this file or of a local module the
+        script imports whose `forward` returns a Linear's output) or in a softmax, traced through assignments,
+        helpers and what callers pass for a parameter; a finding resting on a guess (a parameter no caller
+        passes, taken to be the file's only `nn.Module` class) is a warning. An input whose origin is unknown (a
+        model from an installed library) is not reported, and neither is one that ends in `log_softmax` or
+        `log(softmax(...))`.
     """
     bad = """
-        model = nn.Sequential(nn.Linear(784, 10))
-        loss = F.nll_loss(model(x), y)
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 5, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = F.nll_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
     """
     good = """
-        model = nn.Sequential(nn.Linear(784, 10), nn.LogSoftmax(dim=1))
-        loss = F.nll_loss(model(x), y)
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5), nn.LogSoftmax(dim=1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 5, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = F.nll_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
     """
     fires = (
         """
@@ -94,6 +124,7 @@ def train(model, loader):
             yield self.finding(
                 ctx,
                 lc.input,
-                f"`{ctx.segment(lc.input)}` holds {what} (line {act.node.lineno}), but NLL loss expects "
-                "log-probabilities: apply log_softmax first, or use cross-entropy on the logits",
+                f"`{ctx.segment(lc.input)}` holds {what} ({values.where(act.node, act.program)}), but NLL loss expects "
+                "log-probabilities: apply log_softmax first, or use cross-entropy on the logits" + values.because(lc.input),
+                severity=Severity.WARNING if values.rests_on_guess(lc.input) else None,
             )

@@ -34,13 +34,43 @@ class NonLeafParameter(Rule):
         (`.to(device).requires_grad_()`), or wrap it: `nn.Parameter(t.to(device))`. Reported when the moved
         tensor is given to an optimizer or its `.grad` is read.
     """
+    known_problems = """
+        Reported for an assignment whose value is a tensor created with a literal `requires_grad=True` (or
+        `.requires_grad_()`) and then moved with `.to(...)`, `.cuda()`, `.double()`, `.half()` or `.bfloat16()`,
+        in one expression or through a name, when the assigned name is given to an optimizer or has its `.grad`
+        read in the file. Not reported: `.to("cpu")`, `.to(torch.float32)` and other dtype conversions through
+        `.to`, a `.to(device)` of a tensor made from one already on that device (a no-op that returns the leaf),
+        tensors wrapped in `nn.Parameter`, and tensors that are never optimised or read for `.grad` here (they
+        may be used by code in another file). A move to a device variable that is `"cpu"` at run time is
+        reported too: the script then works on the CPU but not on a GPU.
+    """
     bad = """
-        w = torch.randn(10, 1, requires_grad=True).to(device)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        w = torch.randn(20, 1, requires_grad=True).to(device)
         optimizer = torch.optim.SGD([w], lr=0.1)
+        x, y = torch.randn(64, 20, device=device), torch.randn(64, 1, device=device)
+
+        for step in range(100):
+            optimizer.zero_grad()
+            loss = ((x @ w - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
     """
     good = """
-        w = torch.randn(10, 1, device=device, requires_grad=True)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        w = torch.randn(20, 1, device=device, requires_grad=True)
         optimizer = torch.optim.SGD([w], lr=0.1)
+        x, y = torch.randn(64, 20, device=device), torch.randn(64, 1, device=device)
+
+        for step in range(100):
+            optimizer.zero_grad()
+            loss = ((x @ w - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
     """
     fires = (
         """
@@ -119,7 +149,39 @@ def _moved_leaf(m, expr: ast.AST) -> Optional[ast.Call]:
     if isinstance(recv, ast.Name):
         value = m.values.value_of(recv)
         recv = value if value is not None else recv
-    return expr if _requires_grad_leaf(m, recv) else None
+    if not _requires_grad_leaf(m, recv):
+        return None
+    if expr.func.attr == "to" and _already_on(m, recv, expr):
+        return None  # `content.clone().requires_grad_().to(device)` with `content` already on `device`: a no-op
+    return expr
+
+
+_SAME_TENSOR = {"clone", "detach", "requires_grad_", "contiguous", "float"}
+
+
+def _already_on(m, leaf: ast.AST, move: ast.Call) -> bool:
+    """The tensor the leaf was made from already lives on the device ``move`` targets, so the move returns the
+    leaf itself: ``x = img.to(device)`` ... ``x.clone().requires_grad_(True).to(device)``."""
+    target = ast.unparse(move.args[0]) if move.args else next((ast.unparse(k.value) for k in move.keywords if k.arg == "device"), None)
+    if target is None:
+        return False
+    src = leaf
+    for _ in range(8):
+        if isinstance(src, ast.Call) and isinstance(src.func, ast.Attribute) and src.func.attr in _SAME_TENSOR:
+            src = src.func.value
+            continue
+        if isinstance(src, ast.Name):
+            value = m.values.value_of(src)
+            if value is None:
+                return False
+            src = value
+            continue
+        break
+    if isinstance(src, ast.Call):
+        if isinstance(src.func, ast.Attribute) and src.func.attr == "to" and src.args:
+            return ast.unparse(src.args[0]) == target
+        return any(k.arg == "device" and ast.unparse(k.value) == target for k in src.keywords)
+    return False
 
 
 def _moves_device(m, call: ast.Call) -> bool:

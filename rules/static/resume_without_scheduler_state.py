@@ -27,17 +27,56 @@ class ResumeWithoutSchedulerState(Rule):
         `scheduler.state_dict()` with the checkpoint and `load_state_dict` it on resume (or rebuild it with
         `last_epoch=`, or step it forward to the resumed position).
     """
+    known_problems = """
+        Needs a scheduler constructed in the file and a `load_state_dict(...)` call on an object doctor takes
+        for an optimizer (built as one, or named like one). Anything that may restore or position the scheduler
+        silences it: its `state_dict()`/`load_state_dict()` called anywhere in the file (also through a loop
+        variable over a collection of schedulers), `last_epoch=`, `**kwargs` or more than three positional
+        arguments in its constructor, a constructor argument named like `start`/`resume`/`global_step`,
+        `step(n)` with an argument, a loop that only steps schedulers (a fast-forward), the scheduler passed to
+        a helper named like `save`/`load`/`checkpoint`, or placed in a dict, list or tuple (a checkpoint being
+        assembled). A `load_state_dict` inside a method named like `*state*` (a wrapper delegating to its
+        optimizer) is not reported. A scheduler handled by code in another file it is not passed to is not seen.
+    """
     bad = """
-        ckpt = torch.load(path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler = CosineAnnealingLR(optimizer, T_max=epochs)
+        import torch
+        from torch import nn
+        from torch.optim.lr_scheduler import CosineAnnealingLR
+
+        model = nn.Linear(20, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = CosineAnnealingLR(optimizer, T_max=100)
+
+
+        def save(path):
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+
+
+        def resume(path):
+            ckpt = torch.load(path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
     """
     good = """
-        ckpt = torch.load(path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        import torch
+        from torch import nn
+        from torch.optim.lr_scheduler import CosineAnnealingLR
+
+        model = nn.Linear(20, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = CosineAnnealingLR(optimizer, T_max=100)
+
+
+        def save(path):
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()}, path)
+
+
+        def resume(path):
+            ckpt = torch.load(path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
     """
     fires = (
         """
@@ -138,8 +177,10 @@ optimizer.load_state_dict(extra["optimizer"])
             return
         m = ctx.model
         schedulers = {
-            key: info for key, info in m.objects.objects.items()
-            if info.kind == K.SCHEDULER and not info.from_name_only and _constructed(m, info.node)
+            key: info for key, info in (
+                (k, m.objects.get(k)) for k, raw in list(m.objects.objects.items()) if raw.kind == K.SCHEDULER
+            )
+            if info is not None and info.kind == K.SCHEDULER and not info.from_name_only and _constructed(m, info.node)
         }
         if not schedulers:
             return
@@ -172,7 +213,7 @@ def _state_handled(m, key, info, calls) -> bool:
         return True  # positioned explicitly, or unknown keyword arguments
     if any(isinstance(n, ast.Name) and _POSITION.search(n.id) for n in ast.walk(ctor)):
         return True  # built from the resumed position (`total_steps - start_step`, `lambda s: f(s + start)`)
-    names = _aliases(key)
+    names = _loop_aliases(m, _aliases(key))
     for call in calls:
         attr = call.func.attr
         recv = receiver_key(call.func.value)
@@ -216,6 +257,24 @@ def _aliases(key: str) -> set[str]:
     last = key.rsplit(".", 1)[-1]
     bare = last.lstrip("_")
     return {key, last, bare, f"self.{bare}", f"self._{bare}"}
+
+
+def _loop_aliases(m, names: set[str]) -> set[str]:
+    """Names that iterate a collection of ``names``: ``for scheduler, ckpt in zip(self.param_schedulers, ...)``,
+    ``for name, schedulers in self.param_schedulers.items()`` (and loops over those in turn)."""
+    names = set(names)
+    loops = m.nodes(ast.For, ast.AsyncFor, ast.comprehension)
+    for _ in range(3):
+        grown = False
+        for loop in loops:
+            if any(receiver_key(n) in names for n in ast.walk(loop.iter) if isinstance(n, (ast.Name, ast.Attribute))):
+                for n in ast.walk(loop.target):
+                    if isinstance(n, ast.Name) and n.id not in names:
+                        names.add(n.id)
+                        grown = True
+        if not grown:
+            break
+    return names
 
 
 def _all_args(call: ast.Call) -> list[ast.AST]:

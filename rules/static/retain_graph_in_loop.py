@@ -23,18 +23,46 @@ class RetainGraphInLoop(Rule):
         through all previous ones, and time and memory grow step by step.
         `retain_graph=True` on the first of two backward passes over one graph (GAN, multi-task) is correct.
     """
+    known_problems = """
+        Reported only for a literal `retain_graph=True` on the last `backward()` of the innermost loop's
+        iteration, when the value backpropagated is built inside that loop. Stays silent when a later backward
+        of the same iteration (or a later `torch.autograd.grad` call in the loop body) may reuse the graph, when
+        the graph is built once before the loop and reused on purpose, and for `retain_graph=flag` written with
+        a variable. A second backward inside an installed library (or more than three calls deep) is not seen,
+        so that case is reported.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        rnn = nn.GRU(8, 16, batch_first=True)
+        head = nn.Linear(16, 1)
+        optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
+        loader = [(torch.randn(4, 10, 8), torch.randn(4, 10, 1)) for _ in range(16)]
+        hidden = torch.zeros(1, 4, 16)
+
         for x, y in loader:
+            optimizer.zero_grad()
             out, hidden = rnn(x, hidden)
-            loss = criterion(out, y)
+            loss = nn.functional.mse_loss(head(out), y)
             loss.backward(retain_graph=True)
             optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        rnn = nn.GRU(8, 16, batch_first=True)
+        head = nn.Linear(16, 1)
+        optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
+        loader = [(torch.randn(4, 10, 8), torch.randn(4, 10, 1)) for _ in range(16)]
+        hidden = torch.zeros(1, 4, 16)
+
         for x, y in loader:
+            optimizer.zero_grad()
             hidden = hidden.detach()
             out, hidden = rnn(x, hidden)
-            loss = criterion(out, y)
+            loss = nn.functional.mse_loss(head(out), y)
             loss.backward()
             optimizer.step()
     """
@@ -102,7 +130,7 @@ for x, y in loader:
                     continue  # the graph is built once and reused by the next iterations
                 yield self.finding(
                     ctx,
-                    ev.node,
+                    ev.anchor,
                     f"`{ctx.segment(ev.node)}` is the last backward of the iteration: retain_graph=True only keeps the "
                     "graph alive (if it was added to silence 'backward through the graph a second time', .detach() "
                     "the tensor carried across iterations instead)",

@@ -31,20 +31,78 @@ class SamplerMissingSetEpoch(Rule):
         first epoch. The docs say to call it "at the beginning of each epoch before creating the DataLoader
         iterator"; nothing warns when you forget.
     """
+    known_problems = """
+        Reported for a `DistributedSampler` built in the file whose loader is iterated inside an epoch loop
+        (directly, or passed to a helper called in a loop) when no `set_epoch` call in the file may reach it.
+        Any `set_epoch(...)` call that does not clearly target another sampler or loader counts, so a call on
+        the wrong object can hide the mistake. Stays silent for `shuffle=False` samplers, for samplers and
+        loaders named like validation or test data, for loaders handed to Accelerate's `prepare` or Fabric's
+        `setup_dataloaders` (they set the epoch), and when the loader is passed to a helper together with the
+        epoch variable (the helper may call `set_epoch`).
+    """
     bad = """
-        sampler = DistributedSampler(train_set)
-        loader = DataLoader(train_set, batch_size=32, sampler=sampler)
-        for epoch in range(epochs):
-            for batch in loader:
-                ...
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+        train_set = TensorDataset(torch.randn(512, 20), torch.randint(0, 2, (512,)))
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sampler = DistributedSampler(train_set, num_replicas=1, rank=0)
+        train_loader = DataLoader(train_set, batch_size=32, sampler=sampler)
+
+        for epoch in range(10):
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
     """
     good = """
-        sampler = DistributedSampler(train_set)
-        loader = DataLoader(train_set, batch_size=32, sampler=sampler)
-        for epoch in range(epochs):
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+        train_set = TensorDataset(torch.randn(512, 20), torch.randint(0, 2, (512,)))
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sampler = DistributedSampler(train_set, num_replicas=1, rank=0)
+        train_loader = DataLoader(train_set, batch_size=32, sampler=sampler)
+
+        for epoch in range(10):
             sampler.set_epoch(epoch)
-            for batch in loader:
-                ...
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+        train_set = TensorDataset(torch.randn(512, 20), torch.randint(0, 2, (512,)))
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sampler = DistributedSampler(train_set, num_replicas=1, rank=0)
+        train_loader = DataLoader(train_set, batch_size=32, sampler=sampler)
+
+        for epoch in range(10):
+            sampler.set_epoch(epoch)
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+    """
+    fix_safety = """
+        The fix inserts `sampler.set_epoch(epoch)` as the first statement of the epoch loop (through the
+        loader's `.sampler` when the sampler has no name of its own, and behind `if hasattr(..., "set_epoch")`
+        when the sampler may be `None` or another sampler). It is unsafe because from the second epoch on the
+        data order changes: results differ from earlier runs, and a run resumed from a checkpoint of the old
+        code will not see the batches it would have seen. It is offered only for a `for` loop whose target is a
+        plain name and a sampler or loader bound in the same function.
     """
     fires = (
         """

@@ -21,7 +21,29 @@ class SchedulerBeforeOptimizer(Rule):
         iteration, and the run goes on. The same happens when `scheduler.step()` sits at the top of an epoch
         loop whose batch loop then trains (the pre-1.1 convention).
     """
+    known_problems = """
+        Stays silent when the order cannot be judged: `ReduceLROnPlateau`, a `step()` that is given an argument
+        (`scheduler.step(val_loss)`, `scheduler.step(epoch)`), custom scheduler classes (a project class that is
+        not a torch LR scheduler, or a class out of reach without a torch-style name such as `WarmUpLR`), and a
+        scheduler step guarded so that it skips the first iteration (`if epoch > 0: scheduler.step()`). A
+        scheduler that runs on every micro-step of an accumulation window is left to
+        `scheduler-every-micro-step`. The order is read inside one function, with the functions and methods it
+        calls inlined when doctor can read them (this file and the local modules the script imports, up to three
+        calls deep); steps taken inside an installed library are not seen. When doctor cannot see which
+        optimizer a scheduler was built on (both passed in as parameters, and no caller it can read passes
+        them), the scheduler is assumed to drive the optimizer stepped in the same loop; with two optimizers
+        handed in that way this can report a scheduler that drives the other one.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         for x, y in loader:
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
@@ -29,11 +51,44 @@ class SchedulerBeforeOptimizer(Rule):
             optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
         for x, y in loader:
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
             optimizer.step()
             scheduler.step()
+    """
+    fixed = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+    """
+    fix_safety = """
+        The fix moves the `scheduler.step()` statement to just after the optimizer step. It is unsafe because it
+        changes the learning rate of every step: the run follows the intended schedule from then on, so its
+        numbers no longer match earlier runs, and hyper-parameters tuned around the shifted schedule may need
+        tuning again. It is offered only when both calls are statements of the same function (not reached
+        through a helper); the top-of-the-epoch form gets no fix, since where the call belongs depends on the
+        code after the batch loop.
     """
     fires = (
         """
@@ -151,11 +206,11 @@ for x in loader:
                 if not later:
                     continue
                 s = later[0]
-                if any(not k.guarded_by(g) for g in s.accumulation_guards()):
+                if any(not k.guarded_by(g) and g.loop in k.loops for g in s.accumulation_guards()):
                     continue  # the scheduler runs every micro-step: scheduler-every-micro-step says it better
                 if s.loop is scope:
                     msg = (
-                        f"`{ctx.segment(k.node)}` runs before `{ctx.segment(s.node)}` (line {s.node.lineno}) in the "
+                        f"`{ctx.segment(k.node)}` runs before `{ctx.segment(s.node)}` ({s.line_ref}) in the "
                         "same iteration: the first learning rate of the schedule is skipped; step the optimizer first"
                     )
                     fix = _fix(ctx, k, s)
@@ -164,7 +219,7 @@ for x in loader:
                 ):
                     msg = (
                         f"`{ctx.segment(k.node)}` runs at the top of the epoch loop, before the batch loop steps the "
-                        f"optimizer (line {s.node.lineno}): the first learning rate is skipped; call it after the batch loop"
+                        f"optimizer ({s.line_ref}): the first learning rate is skipped; call it after the batch loop"
                     )
                     fix = None
                 else:

@@ -17,18 +17,45 @@ class SchedulerEveryMicroStep(Rule):
         micro-step runs it k times too fast: warm-up ends after 1/k of the intended updates and a cosine or
         linear decay reaches zero at 1/k of training, after which the model stops learning.
     """
+    known_problems = """
+        Needs an accumulation doctor recognises (see `unscaled-accumulation-loss`) and a scheduler step that
+        provably runs on every micro-step. Stays silent for `ReduceLROnPlateau`, for `step()` calls given an
+        argument, for custom scheduler classes, and for a scheduler known to drive another optimizer. A schedule
+        deliberately defined in micro-steps (total steps counted in batches, not updates) is reported too: there
+        the fix is to step it with the optimizer and count updates.
+    """
     bad = """
-        for i, batch in enumerate(loader):
-            (model(**batch).loss / k).backward()
-            if (i + 1) % k == 0:
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+        scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=100)
+
+        for i, (x, y) in enumerate(loader):
+            (loss_fn(model(x), y) / accum_steps).backward()
+            if (i + 1) % accum_steps == 0:
                 optimizer.step()
                 optimizer.zero_grad()
             scheduler.step()
     """
     good = """
-        for i, batch in enumerate(loader):
-            (model(**batch).loss / k).backward()
-            if (i + 1) % k == 0:
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+        scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=100)
+
+        for i, (x, y) in enumerate(loader):
+            (loss_fn(model(x), y) / accum_steps).backward()
+            if (i + 1) % accum_steps == 0:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -92,6 +119,6 @@ for epoch in range(epochs):
                 yield self.finding(
                     ctx,
                     k.site(s),
-                    f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                    f"`{ctx.segment(k.node)}` advances on every micro-step but `{ctx.segment(s.node)}` ({s.line_ref}) "
                     "steps once per accumulation window: the schedule runs k times too fast; step it with the optimizer",
                 )

@@ -21,15 +21,49 @@ class TrainLoaderNotShuffled(Rule):
         the model chases the most recent class. The loss curve looks periodic and the final accuracy is
         lower, with no error anywhere. Pass `shuffle=True` (or a `sampler`, e.g. a `DistributedSampler`).
     """
+    known_problems = """
+        Reported for a `DataLoader` built in the file (directly or through a same-file builder function) and
+        iterated by a loop that runs backward passes and optimizer steps, when that loop is itself repeated (an
+        epoch loop around it, or around a same-file call of the function that holds it). Stays silent when
+        `shuffle` is written out (`shuffle=False` is taken as a decision: time series, pre-shuffled shards),
+        when a `sampler` or `batch_sampler` is given, when `**kwargs` may carry one, when a batch holds the
+        whole dataset (`batch_size=len(...)`), for iterable/streaming datasets and datasets that shuffle
+        themselves, and for a loop that makes a single pass. Loaders built by other libraries or in other files
+        are not checked.
+    """
     bad = """
-        train_loader = DataLoader(train_set, batch_size=64)
-        for x, y in train_loader:
-            ...
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        train_set = TensorDataset(torch.randn(512, 20), torch.randint(0, 2, (512,)))
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = DataLoader(train_set, batch_size=32)
+
+        for epoch in range(10):
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
     """
     good = """
-        train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
-        for x, y in train_loader:
-            ...
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        train_set = TensorDataset(torch.randn(512, 20), torch.randint(0, 2, (512,)))
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = DataLoader(train_set, batch_size=32, shuffle=True)
+
+        for epoch in range(10):
+            for x, y in train_loader:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
     """
     fires = (
         """

@@ -22,22 +22,64 @@ class TrainModeNotRestored(Rule):
         validation, regularisation disappears, and batch-norm statistics stop adapting. The `model.train()`
         belongs right after the evaluation (or at the top of every iteration/epoch).
     """
+    known_problems = """
+        Reported for a `.eval()` inside a loop that runs backward passes and optimizer steps, when no `.train()`
+        of the same model (or a parent or child of it) runs anywhere in that loop's iteration. Stays silent when
+        the evaluation is followed by `break`/`return`/`raise`, for models that are frozen on purpose (their
+        forward runs under `no_grad`, the file sets `requires_grad` to False or filters parameters by it, names
+        like `ema`/`teacher`/`target`, or the optimizer provably trains other modules), and for `m.eval()`
+        inside a loop over submodules. A `.train()` done inside an installed library (or more than three calls
+        deep) is not seen, so that case is reported.
+    """
     bad = """
-        for step, batch in enumerate(loader):
-            loss = model(batch).loss
-            loss.backward()
-            optimizer.step()
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2))
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        val_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(4)]
+
+
+        @torch.no_grad()
+        def evaluate(model, loader):
+            return sum(loss_fn(model(x), y).item() for x, y in loader) / len(loader)
+
+
+        model.train()
+        for step, (x, y) in enumerate(train_loader):
             optimizer.zero_grad()
-            if step % 500 == 0:
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            if step % 5 == 0:
                 model.eval()
-                evaluate(model, val_loader)
+                print(step, evaluate(model, val_loader))
     """
     good = """
-        for step, batch in enumerate(loader):
-            ...
-            if step % 500 == 0:
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2))
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        val_loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(4)]
+
+
+        @torch.no_grad()
+        def evaluate(model, loader):
+            return sum(loss_fn(model(x), y).item() for x, y in loader) / len(loader)
+
+
+        model.train()
+        for step, (x, y) in enumerate(train_loader):
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            if step % 5 == 0:
                 model.eval()
-                evaluate(model, val_loader)
+                print(step, evaluate(model, val_loader))
                 model.train()
     """
     fires = (
@@ -224,7 +266,7 @@ for step, (x, y) in enumerate(train_loader):
                     None,
                 )
                 until = (
-                    f"is only switched back at the top of the next epoch (line {later.node.lineno})" if later
+                    f"is only switched back at the top of the next epoch ({later.line_ref})" if later
                     else "nothing switches it back"
                 )
                 yield self.finding(

@@ -17,15 +17,44 @@ class ZeroGradAfterBackward(Rule):
         computed. The optimizer then steps on zeros (or on `None`, which it skips): the model never learns,
         while weight decay and momentum may still move it. No error is raised.
     """
+    known_problems = """
+        Stays silent when a new `backward()` runs between the clear and the step (the step then uses fresh
+        gradients), when the clear follows an earlier step of the same optimizer (it starts the next iteration),
+        when the clear and the step sit in exclusive branches, and when the cleared optimizer is provably not
+        the one that steps (two optimizers, as in a GAN). A clear that doctor cannot tie to an optimizer
+        (`model.zero_grad()` on a model passed in) is assumed to clear the stepped one. Events are read per
+        iteration of the innermost loop, with the functions and methods the loop calls inlined when doctor can
+        read them (this file and the local modules the script imports, up to three calls deep).
+    """
     bad = """
-        loss.backward()
-        optimizer.zero_grad()
-        optimizer.step()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.zero_grad()
+            optimizer.step()
     """
     good = """
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
     """
     fires = (
         """
@@ -114,8 +143,8 @@ for i, (x, y) in enumerate(loader):
                     yield self.finding(
                         ctx,
                         c.site(before[-1]),
-                        f"`{ctx.segment(c.node)}` clears the gradients computed by `backward()` on line "
-                        f"{before[-1].node.lineno} before `{ctx.segment(s.node)}` (line {s.node.lineno}) uses them: "
+                        f"`{ctx.segment(c.node)}` clears the gradients computed by `backward()` on "
+                        f"{before[-1].line_ref} before `{ctx.segment(s.node)}` ({s.line_ref}) uses them: "
                         "the optimizer steps on zeros; clear before backward() or after the step",
                     )
                     break

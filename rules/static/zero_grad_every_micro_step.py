@@ -17,17 +17,42 @@ class ZeroGradEveryMicroStep(Rule):
         once. Calling `zero_grad()` on every micro-step throws all but the last micro-batch away: the optimizer
         steps on one micro-batch every k iterations, k times less data than intended, with no error.
     """
+    known_problems = """
+        Needs an accumulation doctor recognises (a step under `if (i + 1) % k == 0` or a flag named like
+        `accumulate`/`should_step`, or a micro-step loop named like `micro`/`accum`/`chunk`; see
+        `unscaled-accumulation-loss`) and a clear that provably runs on every micro-step and may clear the
+        stepped optimizer. A clear between the backward and a gated step is left to `zero-grad-after-backward`.
+        Clearing inside an installed library is not seen.
+    """
     bad = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+
         for i, (x, y) in enumerate(loader):
             optimizer.zero_grad()
-            (loss_fn(model(x), y) / k).backward()
-            if (i + 1) % k == 0:
+            (loss_fn(model(x), y) / accum_steps).backward()
+            if (i + 1) % accum_steps == 0:
                 optimizer.step()
     """
     good = """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(20, 2)
+        loss_fn = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(32, 20), torch.randint(0, 2, (32,))) for _ in range(16)]
+        accum_steps = 4
+
         for i, (x, y) in enumerate(loader):
-            (loss_fn(model(x), y) / k).backward()
-            if (i + 1) % k == 0:
+            (loss_fn(model(x), y) / accum_steps).backward()
+            if (i + 1) % accum_steps == 0:
                 optimizer.step()
                 optimizer.zero_grad()
     """
@@ -103,6 +128,6 @@ for x, y in loader:
                 yield self.finding(
                     ctx,
                     c.site(acc.backwards[0]),
-                    f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` (line {s.node.lineno}) "
+                    f"`{ctx.segment(c.node)}` runs on every micro-step while `{ctx.segment(s.node)}` ({s.line_ref}) "
                     "steps once per accumulation window: only the last micro-batch's gradients survive; clear right after the step",
                 )

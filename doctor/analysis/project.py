@@ -1,0 +1,280 @@
+"""The project around a file: its local modules, their classes and functions, and who calls what.
+
+A training script rarely holds its whole story: the model class sits in ``model.py``, the epoch loop in
+``engine.py``, a loss scaler in ``utils/misc.py``, and ``main.py`` calls them. ``Project`` answers, for the
+files of one project (the folder above the file's top-level package, or the script's own folder):
+
+* which file a local import names (``from .model import Net``, ``import utils.misc as misc``),
+* the ``Program`` (tables) of that file, parsed once per process and cached,
+* every call site of a function or method across the project (reverse lookups for "who calls this step
+  function, and in a loop?" and "what is this parameter at its call sites?").
+
+Everything is lazy: nothing is read until a rule's question needs it, and each file is read and parsed at
+most once per process. The files consulted for a checked file are recorded (``Project.consulted``) so that the
+result cache can tell when a finding depends on another file that changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+from doctor.core.source import decode_python
+
+#: The tables of one file (``doctor.analysis.program.Program``); the project builds them through the factory it
+#: is given, so that this module does not depend on the program module (which depends on it).
+Program = Any
+
+#: Folders that never hold the project's own modules.
+_SKIP_DIRS = {
+    ".git", ".hg", ".svn", ".venv", "venv", "env", "build", "dist", "site-packages", "node_modules", "__pycache__",
+    ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints", ".doctor_cache",
+}
+#: Bounds that keep a reverse lookup cheap on huge trees.
+MAX_FILES = 5000
+MAX_FILE_BYTES = 2 * 1024 * 1024
+#: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
+MAX_PROGRAMS = 256
+_CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_DEFINED = re.compile(r"^\s*(?:async\s+)?def\s+([A-Za-z_]\w*)", re.MULTILINE)
+
+
+@dataclass
+class Consulted:
+    """What the analysis of one file read of other files: the result cache keys a file's findings by these."""
+
+    #: Other files whose content was read (forward: imports, classes, helpers).
+    files: set[str] = field(default_factory=set)
+    #: Project folders that were searched as a whole (reverse lookups: every caller of a function).
+    roots: set[str] = field(default_factory=set)
+
+
+_RECORDING: list[Consulted] = []
+
+
+@contextmanager
+def recording() -> Iterator[Consulted]:
+    """Record which other files and project folders the analysis reads inside the ``with`` block."""
+    seen = Consulted()
+    _RECORDING.append(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDING.remove(seen)
+
+
+def _signature(path: str) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """A call in one of the project's files."""
+
+    program: Program
+    call: ast.Call
+
+
+class Project:
+    """The local modules of one project, read lazily and cached per process."""
+
+    _cache: dict[str, "Project"] = {}
+
+    def __init__(self, root: str, factory: Callable[..., Program]) -> None:
+        self.root = root
+        self.factory = factory
+        #: path -> (file signature when read, its tables); the most recently used MAX_PROGRAMS are kept.
+        self._programs: "OrderedDict[str, tuple[Optional[tuple[int, int]], Optional[Program]]]" = OrderedDict()
+        self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
+        #: name -> files that call something of that name / define a function or method of that name.
+        self._called: Optional[dict[str, list[str]]] = None
+        self._defined: Optional[set[str]] = None
+        self._callers: dict[str, list[CallSite]] = {}
+
+    # -- where a file belongs ---------------------------------------------------------------------------
+    @classmethod
+    def for_file(cls, path: str, factory: Callable[..., Program]) -> "Project":
+        """The (cached) project of ``path``; ``factory(tree, path, project=...)`` builds a file's tables."""
+        root = project_root(path)
+        project = cls._cache.get(root)
+        if project is None:
+            project = cls._cache[root] = Project(root, factory)
+        return project
+
+    @classmethod
+    def forget(cls) -> None:
+        """Drop every cached project (files on disk changed: tests, long-lived processes)."""
+        cls._cache.clear()
+
+    # -- imports ----------------------------------------------------------------------------------------
+    def module_file(self, importer: str, module: str, level: int = 0) -> Optional[str]:
+        """The local file that ``import module`` (``level`` dots) names from ``importer``, or None."""
+        here = os.path.dirname(os.path.abspath(importer))
+        if level:
+            base = here
+            for _ in range(level - 1):
+                base = os.path.dirname(base)
+            bases = [base]
+        else:
+            # The script's folder, the project root, and the folders above it (scripts in `tools/` import the
+            # package at the repository root, which is on `sys.path` when they run).
+            bases = [here, self.root]
+            up = self.root
+            for _ in range(3):
+                parent = os.path.dirname(up)
+                if parent == up:
+                    break
+                bases.append(parent)
+                if any(os.path.exists(os.path.join(up, m)) for m in (".git", "pyproject.toml", "setup.py", "setup.cfg")):
+                    break
+                up = parent
+        rel = module.replace(".", os.sep) if module else ""
+        for base in bases:
+            for cand in ((os.path.join(base, rel + ".py"), os.path.join(base, rel, "__init__.py")) if rel else (os.path.join(base, "__init__.py"),)):
+                if os.path.isfile(cand):
+                    return os.path.normpath(cand)
+        return None
+
+    def program(self, path: str) -> Optional[Program]:
+        """The tables of a project file (None when it cannot be read or parsed); re-read when it changed."""
+        path = os.path.normpath(os.path.abspath(path))
+        for seen in _RECORDING:
+            seen.files.add(path)
+        sig = _signature(path)
+        cached = self._programs.get(path)
+        if cached is not None and cached[0] == sig:
+            self._programs.move_to_end(path)
+            return cached[1]
+        self._programs[path] = (sig, None)  # recursion guard while it is being built
+        text = self.text(path)
+        program = None
+        if text is not None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tree = ast.parse(text)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                tree = None
+            if tree is not None:
+                program = self.factory(tree, path, project=self)
+        self._programs[path] = (sig, program)
+        while len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
+        return program
+
+    def text(self, path: str) -> Optional[str]:
+        sig = _signature(path)
+        if sig is None or sig[0] > MAX_FILE_BYTES:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return decode_python(fh.read()).text
+        except (OSError, ValueError):
+            return None
+
+    # -- reverse lookups --------------------------------------------------------------------------------
+    def files(self) -> list[str]:
+        """The project's ``.py`` files (bounded), skipping virtual environments and build folders."""
+        sig = _signature(self.root)
+        if self._files is None or self._files[0] != sig:
+            out: list[str] = []
+            for folder, dirs, names in os.walk(self.root):
+                dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info"))
+                out.extend(os.path.normpath(os.path.join(folder, n)) for n in sorted(names) if n.endswith(".py"))
+                if len(out) >= MAX_FILES:
+                    break
+            self._files = (sig, out[:MAX_FILES])
+            self._callers.clear()
+            self._called = self._defined = None
+        return self._files[1]
+
+    def _index(self) -> None:
+        """One pass over the project's files: which names each calls, and every function name it defines."""
+        called: dict[str, list[str]] = {}
+        defined: set[str] = set()
+        for path in self.files():
+            text = self.text(path)
+            if text is None:
+                continue
+            for name in set(_CALLED.findall(text)):
+                called.setdefault(name, []).append(path)
+            defined.update(_DEFINED.findall(text))
+        self._called, self._defined = called, defined
+
+    def defines(self, name: str) -> bool:
+        """Does some file of the project define a function or method called ``name``?"""
+        self.files()
+        if self._defined is None:
+            self._index()
+        return name in self._defined  # type: ignore[operator]
+
+    def calls_named(self, name: str) -> list[CallSite]:
+        """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``)."""
+        for seen in _RECORDING:
+            seen.roots.add(self.root)
+        self.files()
+        if self._called is None:
+            self._index()
+        if name not in self._callers:
+            sites: list[CallSite] = []
+            for path in (self._called or {}).get(name, ()):
+                program = self.program(path)
+                if program is None:
+                    continue
+                for call in program.calls_to(name):
+                    sites.append(CallSite(program, call))
+            self._callers[name] = sites
+        return self._callers[name]
+
+
+def file_signature(path: str) -> Optional[list[int]]:
+    """``[size, mtime_ns]`` of a file, or None when it is gone (what the result cache compares)."""
+    sig = _signature(path)
+    return list(sig) if sig is not None else None
+
+
+def tree_fingerprint(root: str) -> str:
+    """A digest of the names, sizes and modification times of a project's ``.py`` files: it changes when any
+    of them is added, removed or edited (reverse lookups depend on all of them)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    count = 0
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info"))
+        for n in sorted(names):
+            if n.endswith(".py"):
+                p = os.path.join(folder, n)
+                h.update(f"{p}\0{_signature(p)}\0".encode("utf-8", "surrogateescape"))
+                count += 1
+        if count >= MAX_FILES:
+            break
+    return h.hexdigest()
+
+
+def project_root(path: str) -> str:
+    """The folder whose files make up ``path``'s project: above its top-level package, or its own folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    top = None
+    cur = folder
+    while os.path.isfile(os.path.join(cur, "__init__.py")):
+        top = cur
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    return os.path.normpath(os.path.dirname(top) if top else folder)
+
+
+def in_package(path: str) -> bool:
+    return os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "__init__.py"))
