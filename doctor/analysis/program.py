@@ -171,6 +171,16 @@ class Program:
         self._resolved[name] = found
         return found
 
+    def _module_may_train(self, name: str) -> bool:
+        """Could the local module an imported name comes from do training work (read its bytes, not its tree)?"""
+        source = self.imports.sources.get(name)
+        project = self.project
+        if source is None or project is None or not self.path:
+            return False
+        module, level, _ = source
+        path = project.module_file(self.path, module, level)
+        return path is not None and project.may_train(path)
+
     def _module(self, module: str, level: int) -> Optional["Program"]:
         project = self.project
         if project is None or not self.path:
@@ -272,7 +282,7 @@ class Program:
                         if any(o is not fn and self.is_relevant(o, _depth + 1) for o in options):
                             result = True
                             break
-                    if callee is None and f.id in self.imports.sources:
+                    if callee is None and f.id in self.imports.sources and self._module_may_train(f.id):
                         found = self.resolve_name(f.id)  # a function of a local module
                         if found is not None and not isinstance(found[1], ast.ClassDef):
                             owner, callee = found

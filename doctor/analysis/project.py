@@ -40,10 +40,12 @@ _SKIP_DIRS = {
 MAX_FILES = 5000
 MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
-MAX_PROGRAMS = 256
+MAX_PROGRAMS = 32
 _CALLED = re.compile(rb"\b([A-Za-z_]\w*)\s*\(")
 #: A name called from more files than this is not followed to its callers.
-MAX_CALLER_FILES = 24
+MAX_CALLER_FILES = 8
+#: Bytes that any file doing training work contains (a backward, a step, a clearing...).
+_TRAINS = re.compile(rb"\.(backward|step|zero_grad|manual_backward|clip_grad_norm_|clip_grad_value_|unscale_)\s*\(|\.grad\b")
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Project:
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
         #: name -> files that call something of that name / define a function or method of that name.
         self._called: Optional[dict[str, list[str]]] = None
+        self._trains: dict[str, tuple[Optional[tuple[int, int]], bool]] = {}
         self._callers: dict[str, list[CallSite]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
@@ -197,6 +200,22 @@ class Project:
             self._callers.clear()
             self._called = None
         return self._files[1]
+
+    def may_train(self, path: str) -> bool:
+        """Could code in ``path`` do training work (it mentions a backward, a step, a clearing)? A cheap byte scan,
+        cached, that spares parsing modules that only hold utilities."""
+        path = os.path.normpath(os.path.abspath(path))
+        sig = _signature(path)
+        cached = self._trains.get(path)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        try:
+            with open(path, "rb") as fh:
+                found = _TRAINS.search(fh.read()) is not None
+        except OSError:
+            found = False
+        self._trains[path] = (sig, found)
+        return found
 
     def _index(self) -> None:
         """One pass over the raw bytes of the project's files: which names each one calls."""
