@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -72,6 +71,14 @@ def parameter_roots(program: Program, expr: Optional[ast.AST], _depth: int = 0) 
 def _roots(program: Program, expr: Optional[ast.AST], roots: set, complete: list, depth: int) -> None:
     if expr is None or depth > 4:
         complete[0] = False
+        return
+    if isinstance(expr, ast.Attribute) and depth > 0:
+        # `[model.cls_token, model.pos_embed]`: parameters (or modules) named one by one.
+        key = receiver_key(expr)
+        if key:
+            roots.add(key)
+        else:
+            complete[0] = False
         return
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in ("parameters", "named_parameters"):
         key = receiver_key(expr.func.value)
@@ -169,6 +176,63 @@ def _extended(program: Program, name: ast.Name) -> Optional[list[ast.AST]]:
                 out.append(node.args[1])
             elif f.attr not in ("copy", "index", "count"):
                 return None
+    return out
+
+
+@dataclass(frozen=True)
+class OptimizerBuild:
+    """An optimizer constructor call of the file and the modules whose parameters it is given."""
+
+    key: str
+    call: ast.Call
+    roots: frozenset[str]
+    #: Every part of the parameter argument was followed (no tensor list or call we could not read).
+    complete: bool
+    #: The roots come from the model handed to a factory (``build_optimizer(model, cfg)``), not from parameters.
+    factory: bool = False
+
+
+#: Framework calls that hand back an optimizer built elsewhere.
+_PASS_THROUGH = {"prepare", "setup", "initialize", "prepare_optimizer", "wrap", "setup_optimizers"}
+
+
+def optimizer_builds(program: Program) -> list[OptimizerBuild]:
+    """Every optimizer the file builds (by constructor), with the modules whose parameters it is given:
+    ``AdamW(model.parameters())``, parameter groups, a list of parameters built earlier in the function, or a
+    factory handed the model (``build_optimizer(model, cfg)``)."""
+    out: list[OptimizerBuild] = []
+    found: list[tuple[str, ast.Call]] = []
+    for key, infos in program.objects.history.items():
+        for info in infos:
+            info = program.objects.verified(key, info) if info.unverified else info
+            if info is None or info.kind != K.OPTIMIZER or not isinstance(info.node, ast.Call) or info.from_name_only:
+                continue
+            call = K.unwrap_moves(info.node)
+            if isinstance(call, ast.Call):
+                found.append((key, call))
+    seen = {id(c) for _, c in found}
+    for call in program.index.of(ast.Call):
+        # Built without a name: `return torch.optim.AdamW(groups, lr=...)`.
+        if id(call) in seen or not isinstance(call.func, (ast.Name, ast.Attribute)):
+            continue
+        q = program.imports.qualify(call.func) or ""
+        if q.split(".")[0] in ("torch", "optim") and K.classify_ctor(q, {}) == K.OPTIMIZER and isinstance(program.index.parent(call), ast.Return):
+            found.append(("", call))
+    for key, call in found:
+        name = (program.imports.qualify(call.func) or "").rsplit(".", 1)[-1]
+        if name in _PASS_THROUGH:
+            continue
+        first = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
+        roots, complete = parameter_roots(program, first) if first is not None else (frozenset(), False)
+        if roots:
+            out.append(OptimizerBuild(key, call, roots, complete))
+            continue
+        models = frozenset(
+            k for a in list(call.args) + [kw.value for kw in call.keywords]
+            for k in [receiver_key(a)] if k and program.objects.kind(k) == K.MODEL
+        )
+        if models:
+            out.append(OptimizerBuild(key, call, models, False, factory=True))
     return out
 
 
@@ -414,12 +478,13 @@ def _merge(a: str, b: str) -> str:
     return UNKNOWN
 
 
-_FREEZE_ATTR = re.compile(r"^requires_grad_$")
+_MANUAL_UPDATES = {"copy_", "mul_", "add_", "lerp_", "sub_", "addcmul_", "requires_grad_"}
 
 
 def frozen_keys(program: Program) -> set[str]:
-    """Module keys whose gradients the file switches off: ``model.neck.requires_grad_(False)``,
-    ``for p in model.neck.parameters(): p.requires_grad = False``, ``self.neck.eval()`` with ``no_grad``..."""
+    """Module keys (as written: ``model.neck``, ``self.encoder_k``) whose parameters the file takes out of the
+    optimizer's hands: ``X.requires_grad_(False)``, or a loop over ``X.parameters()`` (alone or zipped with
+    others) that sets ``requires_grad = False`` or updates the parameters itself (an EMA/momentum copy)."""
     out: set[str] = set()
     for call in program.index.of(ast.Call):
         f = call.func
@@ -429,23 +494,41 @@ def frozen_keys(program: Program) -> set[str]:
                 key = receiver_key(f.value)
                 if key:
                     out.add(key)
-    for loop in program.index.of(ast.For):
-        it = loop.iter
-        if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("parameters", "named_parameters")):
+    for loop in program.index.of(ast.For, ast.AsyncFor):
+        owners = [
+            receiver_key(n.func.value) for n in ast.walk(loop.iter)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("parameters", "named_parameters")
+        ]
+        owners = [k for k in owners if k]
+        if not owners:
             continue
-        key = receiver_key(it.func.value)
-        if not key:
-            continue
-        for node in ast.walk(loop):
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in node.targets):
-                if isinstance(node.value, ast.Constant) and node.value.value is False:
-                    out.add(key)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "requires_grad_":
-                out.add(key)
+        if any(_freezes_or_updates(node) for stmt in loop.body for node in ast.walk(stmt)):
+            out.update(owners)
     return out
+
+
+def _freezes_or_updates(node: ast.AST) -> bool:
+    if isinstance(node, ast.Assign):
+        for t in node.targets:
+            if isinstance(t, ast.Attribute) and t.attr == "requires_grad" and isinstance(node.value, ast.Constant) and node.value.value is False:
+                return True
+            if isinstance(t, ast.Attribute) and t.attr == "data":
+                return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MANUAL_UPDATES:
+        return True
+    return False
+
+
+def is_frozen(key: str, frozen: set[str]) -> bool:
+    """Is module ``key`` (or a module around it) among ``frozen`` (``model.neck`` for ``self.neck`` too)?"""
+    last = key.rsplit(".", 1)[-1]
+    for k in frozen:
+        if k == key or key.startswith(k + ".") or k.rsplit(".", 1)[-1] == last and k.startswith(("self.", key.split(".", 1)[0] + ".")):
+            return True
+    return False
 
 
 __all__ = [
     "Attribute", "CONTAINER", "CONTAINERS", "LAYER", "ModuleTables", "NONE", "PARAMETER", "PARAMETERLESS", "PASSED",
-    "PLAIN", "UNKNOWN", "frozen_keys", "parameter_roots",
+    "OptimizerBuild", "PLAIN", "UNKNOWN", "frozen_keys", "is_frozen", "optimizer_builds", "parameter_roots",
 ]

@@ -6,8 +6,7 @@ import ast
 import os
 from typing import Iterator, Optional
 
-from doctor.analysis import objects as K
-from doctor.analysis.modules import parameter_roots
+from doctor.analysis.modules import optimizer_builds
 from doctor.analysis.names import receiver_key
 from doctor.analysis.order import runs_after, statement
 from doctor.core.findings import Severity
@@ -18,8 +17,6 @@ _SHARDING_WRAPPERS = {"FullyShardedDataParallel", "FSDP", "fully_shard", "FullyS
 #: Optimizers that create per-parameter state tensors in their constructor.
 _EAGER_STATE = {"Adagrad"}
 _DEVICE_MOVES = {"cuda", "to", "xpu", "npu", "mps"}
-#: Framework calls that hand back an optimizer built elsewhere.
-_PASS_THROUGH = {"prepare", "setup", "initialize", "prepare_optimizer", "wrap", "setup_optimizers"}
 
 
 class OptimizerBeforeModelWrap(Rule):
@@ -192,7 +189,7 @@ model.to(torch.bfloat16)
         if not any(w in text for w in ("FSDP", "FullyShardedDataParallel", "fully_shard", "Adagrad", "load_state_dict")):
             return
         m = ctx.model
-        optimizers = list(_optimizers(m))
+        optimizers = [(b.key, b.call, b.roots) for b in optimizer_builds(m)]
         if not optimizers:
             return
         seen: set[int] = set()
@@ -206,7 +203,7 @@ model.to(torch.bfloat16)
                 yield self.finding(
                     ctx,
                     site,
-                    f"`{key}` is built on line {call.lineno} from the parameters of `{_root(wrapped, roots)}`, before "
+                    f"{_label(key)} is built on line {call.lineno} from the parameters of `{_root(wrapped, roots)}`, before "
                     f"{how} replaces them with new flattened/sharded tensors: the optimizer updates tensors the model "
                     "no longer uses; build the optimizer after the wrap, from the wrapped model's parameters",
                 )
@@ -221,33 +218,14 @@ model.to(torch.bfloat16)
                 yield self.finding(
                     ctx,
                     site,
-                    f"`{ctx.segment(site) or 'the move'}` moves `{moved}` to another device after `{key}` (line {call.lineno}) "
+                    f"`{ctx.segment(site) or 'the move'}` moves `{moved}` to another device after {_label(key)} (line {call.lineno}) "
                     f"{state[0]}: that state stays on the old device and the first `step()` fails with a device mismatch; "
                     "move the model first, then build the optimizer and load its state",
                 )
 
 
-def _optimizers(m) -> Iterator[tuple[str, ast.Call, frozenset[str]]]:
-    """``(key, constructor call, parameter roots)`` for every optimizer built in the file."""
-    for key, infos in m.objects.history.items():
-        for info in infos:
-            info = m.objects.verified(key, info) if info.unverified else info
-            if info is None or info.kind != K.OPTIMIZER or not isinstance(info.node, ast.Call) or info.from_name_only:
-                continue
-            call = K.unwrap_moves(info.node)
-            name = (m.imports.qualify(call.func) or "").rsplit(".", 1)[-1]
-            if name in _PASS_THROUGH:
-                continue
-            first = call.args[0] if call.args else next((kw.value for kw in call.keywords if kw.arg == "params"), None)
-            roots, _ = parameter_roots(m, first) if first is not None else (frozenset(), False)
-            if not roots:
-                # A factory given the model: `build_optimizer(model, cfg)`.
-                roots = frozenset(
-                    k for a in list(call.args) + [kw.value for kw in call.keywords]
-                    for k in [receiver_key(a)] if k and m.objects.kind(k) == K.MODEL
-                )
-            if roots:
-                yield key, call, roots  # type: ignore[misc]
+def _label(key: str) -> str:
+    return f"`{key}`" if key else "the optimizer"
 
 
 def _wraps(m) -> Iterator[tuple[ast.AST, str, str]]:
