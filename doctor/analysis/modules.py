@@ -252,6 +252,9 @@ class ModuleTables:
             last = q.rsplit(".", 1)[-1]
             if q.startswith(("torch.nn.", "nn.")) or (last in CONTAINERS | {"Parameter"} and q.startswith("torch")):
                 if last == "Parameter":
+                    frozen = next((kw.value for kw in value.keywords if kw.arg == "requires_grad"), value.args[1] if len(value.args) > 1 else None)
+                    if isinstance(frozen, ast.Constant) and frozen.value is False:
+                        return NONE, "nn.Parameter(requires_grad=False)"
                     return PARAMETER, "nn.Parameter"
                 if last in CONTAINERS:
                     return CONTAINER, f"nn.{last}"

@@ -218,7 +218,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         for r in b.roots:
             if "." in r:
                 parent, attr = r.rsplit(".", 1)
-                parents.setdefault(parent, set()).add(attr)
+                parents.setdefault(parent, set()).add(attr.split("[", 1)[0])  # `model.head[:6]` is part of `head`
         for parent, attrs in parents.items():
             if len(attrs) < 2 or any(parent == c or parent.startswith(c + ".") for c in covered):
                 continue
@@ -230,7 +230,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
             reads = tables.forward_reads(ref.cls)
             if reads is None:
                 continue
-            have = {c[len(parent) + 1:].split(".", 1)[0] for c in covered if c.startswith(parent + ".")}
+            have = {c[len(parent) + 1:].split(".", 1)[0].split("[", 1)[0] for c in covered if c.startswith(parent + ".")}
             frozen_here = frozen | (frozen_keys(ref.program) if ref.program is not m else set())
             missing = [
                 a for a in tables.submodules(ref.cls).values()
