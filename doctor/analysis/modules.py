@@ -204,6 +204,8 @@ def optimizer_builds(program: Program) -> list[OptimizerBuild]:
     found: list[tuple[str, ast.Call]] = []
     for key, infos in program.objects.history.items():
         for info in infos:
+            if info.kind != K.OPTIMIZER:
+                continue  # not built by an optimizer class or factory (an unknown class is not read here)
             info = program.objects.verified(key, info) if info.unverified else info
             if info is None or info.kind != K.OPTIMIZER or not isinstance(info.node, ast.Call) or info.from_name_only:
                 continue

@@ -201,7 +201,7 @@ class Ensemble:
             return
         tables = ModuleTables(m)
         for cls in classes:
-            if m.class_kind(cls) != K.MODEL or _registers_itself(m, cls):
+            if not _holds_containers(m, cls) or m.class_kind(cls) != K.MODEL or _registers_itself(m, cls):
                 continue
             attrs = tables.submodules(cls)
             for attr in attrs.values():
@@ -219,6 +219,28 @@ class Ensemble:
                     f"`state_dict()` and `train()/eval()`; use `nn.Module{'Dict' if kind == 'dict' else 'List'}`",
                     fix=_fix(ctx, m, attr, where, kind),
                 )
+
+
+_CONTAINER_VALUES = (ast.List, ast.ListComp, ast.Tuple, ast.Dict, ast.DictComp, ast.Name)
+
+
+def _holds_containers(m, cls: ast.ClassDef) -> bool:
+    """A cheap first look: does a method assign a list/dict/tuple (or a local name) to a ``self`` attribute?"""
+    for node in m.index.within(cls, ast.Assign):
+        value = node.value
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in ("list", "dict"):
+            return True
+        if not isinstance(value, _CONTAINER_VALUES) or not any(
+            isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" for t in node.targets
+        ):
+            continue
+        if not isinstance(value, ast.Name):
+            return True
+        # `self.layers = layers`: only when `layers` is a list or dict built in that method.
+        fn = m.enclosing_function(node)
+        if any(isinstance(b, ast.Assign) and isinstance(b.value, _CONTAINER_VALUES[:-1]) for b in m.values.bindings(fn).get(value.id, ())):
+            return True
+    return False
 
 
 def _in_class(m, node: ast.AST, cls: ast.ClassDef) -> bool:
