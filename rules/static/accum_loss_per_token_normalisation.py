@@ -276,12 +276,7 @@ def _window_division(m, expr: Optional[ast.AST], at: ast.AST, depth: int = 0) ->
             return divisor, expr.left
         return None
     if isinstance(expr, ast.Name) and m.owns(expr):
-        fn = m.enclosing_function(expr)
-        pos = (expr.lineno, expr.col_offset)
-        best = None
-        for stmt in m.values.bindings(fn).get(expr.id, ()):
-            if (stmt.lineno, stmt.col_offset) < pos and (best is None or (stmt.lineno, stmt.col_offset) > (best.lineno, best.col_offset)):
-                best = stmt
+        best = _reaching(m, expr)
         if isinstance(best, ast.AugAssign) and isinstance(best.op, ast.Div):
             divisor = ast.unparse(best.value)
             if _WINDOW.search(divisor) and not _TOKEN_COUNT.search(divisor):
@@ -293,6 +288,20 @@ def _window_division(m, expr: Optional[ast.AST], at: ast.AST, depth: int = 0) ->
     return None
 
 
+def _reaching(m, name: ast.Name) -> Optional[ast.AST]:
+    """The last statement of the function that binds ``name`` before it is read (not the one reading it)."""
+    fn = m.enclosing_function(name)
+    pos = (name.lineno, name.col_offset)
+    around = {id(a) for a in m.index.ancestors(name)}
+    best = None
+    for stmt in m.values.bindings(fn).get(name.id, ()):
+        if id(stmt) in around or (stmt.lineno, stmt.col_offset) >= pos:
+            continue
+        if best is None or (stmt.lineno, stmt.col_offset) > (best.lineno, best.col_offset):
+            best = stmt
+    return best
+
+
 def _token_mean(m, expr: ast.AST, depth: int = 0) -> Optional[str]:
     """What makes ``expr`` a mean over the tokens of one micro-batch, in the code's words; None otherwise."""
     if depth > 4:
@@ -300,13 +309,7 @@ def _token_mean(m, expr: ast.AST, depth: int = 0) -> Optional[str]:
     if isinstance(expr, ast.Name):
         if not m.owns(expr):
             return None
-        # `loss /= accum` read back as the name before the division: its value is the binding before that line.
-        fn = m.enclosing_function(expr)
-        pos = (expr.lineno, expr.col_offset)
-        best = None
-        for stmt in m.values.bindings(fn).get(expr.id, ()):
-            if (stmt.lineno, stmt.col_offset) < pos and (best is None or (stmt.lineno, stmt.col_offset) > (best.lineno, best.col_offset)):
-                best = stmt
+        best = _reaching(m, expr)
         if isinstance(best, ast.Assign) and len(best.targets) == 1 and isinstance(best.targets[0], ast.Name):
             return _token_mean(m, best.value, depth + 1)
         if isinstance(best, ast.Assign) and len(best.targets) == 1 and isinstance(best.targets[0], (ast.Tuple, ast.List)):
