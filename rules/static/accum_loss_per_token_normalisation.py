@@ -203,8 +203,6 @@ for step, batch in enumerate(loader):
             return
         m = ctx.model
         seen: set[int] = set()
-        variable: Optional[str] = None
-        checked = False
         for events, stepped, acc in m.accumulations():
             for b in acc.backwards:
                 if id(b.node) in seen:
@@ -219,10 +217,9 @@ for step, batch in enumerate(loader):
                 mean = _token_mean(m, inner)
                 if mean is None:
                     continue
-                if not checked:
-                    variable, checked = _variable_token_counts(m), True
+                variable = _variable_token_counts(m, b)
                 if variable is None:
-                    return
+                    continue
                 seen.add(id(b.node))
                 yield self._finding(ctx, b, b.anchor, f"`{ctx.segment(expr) or 'the loss'}` divides {mean} by `{divisor}`", variable)
         for ev in m.all_events():
@@ -237,10 +234,9 @@ for step, batch in enumerate(loader):
             mean = _token_mean(m, expr)
             if mean is None:
                 continue
-            if not checked:
-                variable, checked = _variable_token_counts(m), True
+            variable = _variable_token_counts(m, ev)
             if variable is None:
-                return
+                continue
             seen.add(id(ev.node))
             yield self._finding(
                 ctx, ev, ev.anchor,
@@ -459,12 +455,47 @@ def _flattened_tokens(m, expr: ast.AST, depth: int = 0) -> bool:
     return False
 
 
-def _variable_token_counts(m) -> Optional[str]:
-    """Evidence in the file that micro-batches hold different numbers of real tokens, in the code's words."""
+def _scopes(m, ev: Event) -> set[int]:
+    """Where to look for the data's padding: the function(s) of the backward (its own and the stream's), their
+    classes, module-level code, and the functions of this file they name (a collate function)."""
+    fns = {m.enclosing_function(ev.anchor)}
+    if m.owns(ev.node):
+        fns.add(m.enclosing_function(ev.node))
+    scopes: set[int] = {id(m.tree)}
+    for fn in fns:
+        scopes.add(id(fn))
+        cls = m.class_of(fn)
+        if cls is not None and cls in m.classes:
+            scopes.add(id(m.classes[cls]))
+    for fn in list(fns):
+        owner = m.classes.get(m.class_of(fn) or "") or fn
+        for name in m.index.within(owner, ast.Name) if owner is not m.tree else ():
+            target = m.functions.get(name.id)
+            if target is not None:
+                scopes.add(id(target))
+    return scopes
+
+
+def _in_scopes(m, node: ast.AST, scopes: set[int]) -> bool:
+    for anc in m.index.ancestors(node):
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if id(anc) in scopes:
+                return True
+            if isinstance(anc, ast.ClassDef):
+                return False
+    return id(m.tree) in scopes and m.enclosing_function(node) is m.tree
+
+
+def _variable_token_counts(m, ev: Event) -> Optional[str]:
+    """Evidence that micro-batches hold different numbers of real tokens, in the code's words: in the training
+    function, its class, module-level code, or the functions they name."""
+    scopes = _scopes(m, ev)
     for node in m.index.of(ast.UnaryOp):
-        if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) and node.operand.value == 100:
+        if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) and node.operand.value == 100 and _in_scopes(m, node, scopes):
             return f"labels are masked with -100 on line {node.lineno}"
     for call in m.index.of(ast.Call):
+        if not _in_scopes(m, call, scopes):
+            continue
         name = (m.imports.qualify(call.func) or "").rsplit(".", 1)[-1]
         if name in _PADDING_COLLATORS:
             return f"`{name}` pads the batches (line {call.lineno})"
