@@ -55,9 +55,10 @@ class AccumLossPerTokenNormalisation(Rule):
         of a transformers model whose class says it predicts tokens (`...ForCausalLM`, `...LMHeadModel`,
         `...ForSeq2SeqLM`, `...ForMaskedLM`, `...ForConditionalGeneration`, `...ForTokenClassification`), found
         through the constructor of the model object; or a cross-entropy with the default mean reduction over
-        flattened token logits (`logits.view(-1, vocab)`). The file must also show that token counts vary:
-        labels set to `-100`, a padding collator (`DataCollatorForLanguageModeling`, `...ForSeq2Seq`,
-        `pad_sequence`), `padding=True`/`"longest"`, or an `ignore_index` other than `-1`. Fixed-length batches
+        flattened token logits (`logits.view(-1, vocab)`). The code around the loop (the training function, its
+        class, module-level code, and the functions of the file they name, such as a collate function) must also
+        show that token counts vary: labels set to `-100`, a padding collator (`DataCollatorForLanguageModeling`,
+        `...ForSeq2Seq`, `pad_sequence`), `padding=True`/`"longest"`, or an `ignore_index` other than `-1`. Fixed-length batches
         (random crops of a token stream, as in nanoGPT) have no such evidence and stay silent, and so does a loss
         already weighted by a token count (`num_items_in_batch`, `reduction="sum"`, a factor named for tokens). A
         loss computed inside a model's own `forward` is not read, and padding done in another file is not seen.

@@ -45,8 +45,8 @@ class EpochSchedulerSteppedPerBatch(Rule):
         name counting steps, iterations or updates (`max_iters`, `num_training_steps`) means steps, followed
         through the assignments of the function that builds it; a horizon from an unreadable config is unknown
         and stays silent. A small literal decay horizon (`step_size=30`, `milestones=[30, 60]`, `T_max=200`, at
-        most 500, or `ExponentialLR(gamma <= 0.99)`) stepped per batch inside an epoch loop is reported as a
-        warning: its unit is a guess. Literal warm-up lengths and transformers step counts are never read as
+        most 500, or `ExponentialLR(gamma <= 0.99)`) stepped per batch in a loop that runs again and again (an epoch
+        loop around it, here or around the call of its function) is reported as a warning: its unit is a guess. Literal warm-up lengths and transformers step counts are never read as
         epochs. "Per batch" means the `step()` shares the loop of an optimizer step that this scheduler drives and
         that loop iterates a data loader or sits in an epoch loop; a `step()` under a condition that changes
         inside the batch loop (`if i == len(loader) - 1`, `if is_last_batch`) is taken to run once per epoch

@@ -44,8 +44,10 @@ class OptimizerBeforeModelWrap(Rule):
         on that model, a part of it, or the module it was built from, called directly or inside a helper of this
         file or a local module that wraps its parameter. An optimizer rebuilt after the wrap silences the
         finding. A move is `.cuda()`/`.to(device)` of that model after building an `Adagrad`, or after
-        `optimizer.load_state_dict(...)` of a plain torch optimizer; moves to a dtype are ignored, and a move after
-        a plain `Adam`/`SGD`/`AdamW` without loaded state is not reported (it is fine since PyTorch 0.4).
+        `optimizer.load_state_dict(...)` on that optimizer, both in the same function; a model that was already
+        moved to a device before (so that the later move may change nothing) stays silent, moves to a dtype are
+        ignored, and a move after a plain `Adam`/`SGD`/`AdamW` without loaded state is not reported (it is fine
+        since PyTorch 0.4).
         Wraps done by frameworks (Accelerate, Lightning, DeepSpeed configuration) are not seen.
     """
     bad = """

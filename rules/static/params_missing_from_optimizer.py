@@ -34,9 +34,11 @@ class ParamsMissingFromOptimizer(Rule):
     known_problems = """
         Parameter groups are judged when the optimizer's argument is read off completely (`X.parameters()` of
         parts of one model, lists of parameters named one by one, lists built earlier in the function) and names at
-        least two parts of the same model; one part alone (fine-tuning only a head) is taken as deliberate. The
+        least two parts of the same model; one part alone (fine-tuning only a head) is taken as deliberate, and a
+        part given by index or slice (`model.head[:6]`) counts as the whole part. The
         model's class must be readable (this file or a local module, found through assignments, callers and
-        annotations): its attributes holding a layer with parameters, a container of layers or an `nn.Parameter`,
+        annotations): its attributes holding a layer with parameters, a container of layers or a trainable
+        `nn.Parameter`,
         that its `forward` (or a method `forward` calls) reads outside `torch.no_grad()`, must each be covered by a
         group of this optimizer, of another optimizer of the file, or an `add_param_group` call. Parts frozen in
         this file or in the model's file (`requires_grad_(False)`, a loop setting `requires_grad = False`) or

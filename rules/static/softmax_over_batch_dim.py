@@ -37,7 +37,8 @@ class SoftmaxOverBatchDim(Rule):
         `x.softmax(0)`, `log_softmax`, `nn.Softmax(dim=0)`/`nn.LogSoftmax(dim=0)` called directly or as the last
         layer of an `nn.Sequential`) is reported when the result is then used with its classes on dimension 1
         (`.argmax(1)`, `.max(1)`, `.gather(1, ...)`, `torch.argmax(p, dim=1)`, or the input of a classification
-        loss such as `F.nll_loss`), or when the softmax's input comes out of an `nn.Linear` with more than one
+        loss such as `F.nll_loss`; for a softmax a `forward` returns, such a use of the module's output in this
+        file), or when the softmax's input comes out of an `nn.Linear` with more than one
         output whose input is a batch: a batch drawn from a data loader, a sample given a batch dimension
         (`.unsqueeze(0)`, `x[None]`, `view(1, -1)`), a `torch.stack` of samples, or a `forward` input when every
         call of the module in this file passes one, followed through layers and element-wise operations that
@@ -46,7 +47,7 @@ class SoftmaxOverBatchDim(Rule):
         transposed tensor, a similarity matrix) and over a batch of single scores (`Linear(..., 1)`, attention
         pooling over the instances of a bag) stay silent, and so does a batch that reaches the model through
         another file. An implicit `dim` is reported only for a 3-D input: an explicit 3-size `view`/`reshape`/
-        `permute`, `torch.bmm`, or the output of an `nn.LSTM`/`GRU`/`RNN` (taken to be batched, so that finding
+        `permute`, `torch.bmm` (also once scaled by a number or a `scale`/`temperature`-like factor), or the output of an `nn.LSTM`/`GRU`/`RNN` (taken to be batched, so that finding
         is a warning); 1-D inputs (where dimension 0 is the only one) and 2-D and 4-D inputs are not reported.
     """
     bad = """
