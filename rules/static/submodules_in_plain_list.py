@@ -7,8 +7,7 @@ from typing import Optional
 
 from doctor.analysis import objects as K
 from doctor.analysis.modules import PLAIN, Attribute, ModuleTables
-from doctor.core.findings import Applicability, Edit, Fix
-from doctor.core.findings import Severity
+from doctor.core.findings import Applicability, Edit, Fix, Severity
 from doctor.lint.rule import Rule
 
 #: Calls in a class that register modules by other means: the rule cannot tell what they cover.
