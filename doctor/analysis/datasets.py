@@ -66,6 +66,37 @@ def dataset_classes(model: "Program", expr: Optional[ast.AST], _depth: int = 0) 
     return [cls]
 
 
+def loaders_reaching(model: "Program", expr: Optional[ast.AST], _depth: int = 0) -> Optional[list]:
+    """The ``DataLoader(...)`` calls whose loader reaches ``expr`` where it is read: a local name through the
+    definition that reaches it (not a same-named variable of another function), a parameter through every
+    visible caller, and anything else through ``DataFlow.loaders``. None when any source is unknown."""
+    if expr is None or _depth > MAX_DEPTH:
+        return None
+    values = getattr(model, "values", None)
+    data = getattr(model, "data", None)
+    if values is None or data is None:
+        return None
+    if isinstance(expr, ast.Call) and data.is_loader_ctor(expr):
+        return data.loaders(expr, model.enclosing_function(expr))
+    if isinstance(expr, ast.Name):
+        d = values.definition(expr)
+        if d is not None and d[1] is None:
+            return loaders_reaching(model, getattr(d[0], "value", None), _depth + 1)
+        fn = model.enclosing_function(expr)
+        if d is None and fn is not model.tree and expr.id in {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs} and not model.rebinds(fn, expr.id):
+            out: list = []
+            sites = values.argument_sites(expr)
+            if not sites:
+                return None
+            for program, arg in sites:
+                found = loaders_reaching(program, arg, _depth + 1)
+                if found is None:
+                    return None
+                out.extend(found)
+            return out
+    return data.loaders(expr, model.enclosing_function(expr))
+
+
 def dataset_length(model: "Program", expr: Optional[ast.AST], _depth: int = 0) -> Optional[int]:
     """The number of samples ``expr`` holds, when the code states it; else None."""
     if expr is None or _depth > MAX_DEPTH:
@@ -232,4 +263,4 @@ def _int(model: "Program", node: Optional[ast.AST]) -> Optional[int]:
     return int(value)
 
 
-__all__ = ["dataset_classes", "dataset_length", "tensor_rows"]
+__all__ = ["dataset_classes", "dataset_length", "loaders_reaching", "tensor_rows"]

@@ -110,6 +110,28 @@ def built_by(model: "Program", expr: Optional[ast.AST], _depth: int = 0) -> Opti
     return None
 
 
+def built_like(model: "Program", expr: Optional[ast.AST]) -> Optional[Built]:
+    """``built_by``; and for a parameter whose callers pass objects built by different calls of one class
+    (``fit(TabularMLP(30), ...)`` and ``fit(TabularMLP(d), ...)``), one of those calls, standing for the class."""
+    direct = built_by(model, expr)
+    values = getattr(model, "values", None)
+    if direct is not None or not isinstance(expr, ast.Name) or values is None:
+        return direct
+    found: Optional[Built] = None
+    for program, arg in values.argument_sites(expr):
+        b = built_by(program, arg)
+        if b is None:
+            return None
+        if found is not None and b.call is not found.call:
+            mine = program.resolve_class(b.call.func)
+            theirs = found.program.resolve_class(found.call.func)
+            same = mine is not None and theirs is not None and mine[1] is theirs[1]
+            if not same and (mine is not None or theirs is not None or b.qualified != found.qualified):
+                return None
+        found = found or b
+    return found
+
+
 class Layers:
     """The torch.nn layers of modules, read from their definitions (cached per class)."""
 
@@ -121,7 +143,7 @@ class Layers:
     # -- objects -----------------------------------------------------------------------------------------
     def of_object(self, expr: Optional[ast.AST]) -> Optional[tuple[Layer, ...]]:
         """The layers of the module ``expr`` holds; None when we cannot tell what it is."""
-        built = built_by(self.model, expr)
+        built = built_like(self.model, expr)
         if built is None:
             return None
         return self.of_call(built.program, built.call)
@@ -217,4 +239,4 @@ def _is_torch_nn(qualified: str) -> bool:
     return last[:1].isupper() and not qualified.startswith(("torch.nn.utils", "torch.nn.parallel", "nn.utils", "nn.parallel", "torch.nn.init", "nn.init"))
 
 
-__all__ = ["Built", "Layer", "Layers", "built_by"]
+__all__ = ["Built", "Layer", "Layers", "built_by", "built_like"]

@@ -14,6 +14,10 @@ from doctor.lint.rule import Rule
 _END_WORDS = re.compile(r"last|end|final|len|remain|total|num_batches|steps_per_epoch|epoch_?size|n_?batches|max_?step", re.I)
 
 
+#: Function names that say the function runs once per epoch.
+_PER_EPOCH = re.compile(r"(^|_)epoch($|_)|epoch$", re.I)
+
+
 class AccumRemainderDiscarded(Rule):
     name = "accum-remainder-discarded"
     code = "DR205"
@@ -33,7 +37,7 @@ class AccumRemainderDiscarded(Rule):
         about the end of the data) of a `for` loop, no other step of that optimizer flushes the window, and a
         gradient clear of that optimizer runs once per pass of that loop: in the epoch loop around it, before
         or after it (or under `if i == 0:` inside it), or at the top of a function whose every pass is an epoch
-        (called from a loop in this file or another file of the project). The finding does not know the
+        (called from a loop in this file or another file of the project, or named for it: `train_one_epoch`). The finding does not know the
         number of batches: when it is a multiple of k nothing is lost, and the message says so. A loop whose
         bound names the accumulation factor (`range(steps * accum)`) is taken to be sized in windows and
         stays silent. Flags computed elsewhere (`should_step`, `accelerator.sync_gradients`) and
@@ -203,13 +207,13 @@ for epoch in range(epochs):
             if not _plain_modulo(acc.guard.test) or _sized_in_windows(loop, acc.guard.test):
                 continue
             if any(
-                e.kind == STEP and e is not step and m.same_optimizer(e.target, step.target, stepped)
+                e.kind == STEP and e is not step and m.same_optimizer(e.target, step.target, stepped) and not e.other_mode(step)
                 for e in events
             ):
                 continue  # another step of this optimizer (a flush after the loop, or on the last batch)
             clear = self._epoch_clear(m, events, stepped, acc)
-            if clear is None:
-                continue
+            if clear is None or clear.program is not None and step.program is not None:
+                continue  # (the clear and the step both in another file: that file reports it)
             node = clear.site(step)
             if id(node) in seen or id(step.node) in seen:
                 continue
@@ -276,10 +280,13 @@ def _sized_in_windows(loop, test: ast.AST) -> bool:
 
 
 def _repeated(m, loop) -> bool:
-    """Does the function holding ``loop`` run once per pass of a loop (its caller's, in this file or another)?"""
+    """Does the function holding ``loop`` run once per pass of a loop (its caller's, in this file or another),
+    or say so in its name (``train_one_epoch``)?"""
     fn = m.enclosing_function(loop.node)
     if fn is m.tree:
         return False
+    if _PER_EPOCH.search(getattr(fn, "name", "")):
+        return True
     for program, call in m.call_sites(fn):
         for anc in program.index.ancestors(call):
             if isinstance(anc, (ast.For, ast.AsyncFor, ast.While)):

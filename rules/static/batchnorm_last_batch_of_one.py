@@ -6,9 +6,9 @@ import ast
 import os
 from typing import Optional
 
-from doctor.analysis.datasets import dataset_length
+from doctor.analysis.datasets import dataset_length, loaders_reaching
 from doctor.analysis.events import BACKWARD, FORWARD, STEP
-from doctor.analysis.layers import Layer, Layers, built_by
+from doctor.analysis.layers import Layer, Layers, built_by, built_like
 from doctor.analysis.modes import loop_iterated
 from doctor.analysis.values import literal_number
 from doctor.core.findings import Applicability, Edit, Fix, Severity
@@ -231,7 +231,7 @@ for x, y in loader:
         for loop, events in m.loop_views():
             if loop.iter is None or not any(e.kind == BACKWARD for e in events) or not any(e.kind == STEP for e in events):
                 continue
-            calls = m.data.loaders(loop_iterated(loop.node), m.enclosing_function(loop.node))
+            calls = loaders_reaching(m, loop_iterated(loop.node))
             if not calls:
                 continue
             norms = _batch_norms(m, layers, events)
@@ -323,7 +323,11 @@ def _describe(m, callee: ast.AST) -> str:
     built = built_by(m, callee)
     text = f"`{ast.unparse(callee)}`"
     if built is None:
-        return text
+        like = built_like(m, callee)
+        if like is None:
+            return text
+        name = like.qualified.rsplit(".", 1)[-1] or ast.unparse(like.call.func)
+        return f"{text} (a `{name}`, as every caller of `{getattr(m.enclosing_function(callee), 'name', '?')}()` passes)"
     name = built.qualified.rsplit(".", 1)[-1] or ast.unparse(built.call.func)
     line = built.call.lineno
     where = f"line {line}" if built.program is m else f"{os.path.basename(built.program.path or '')}:{line}"

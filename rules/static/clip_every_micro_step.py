@@ -6,7 +6,7 @@ import ast
 from typing import Optional
 
 from doctor.analysis import objects as K
-from doctor.analysis.events import CLIP, UNSCALE
+from doctor.analysis.events import CLIP, STEP, UNSCALE, first_iteration_only
 from doctor.core.findings import Applicability, Edit, Fix, Severity
 from doctor.lint.fixes import indentation, statement_of
 from doctor.lint.rule import Rule
@@ -218,7 +218,7 @@ for step, batch in enumerate(loader):
             step = acc.step
             movable = [e for e in events if e.kind in (UNSCALE, CLIP) and _judged(m, e)]
             for ev in movable:
-                if id(ev.node) in seen or not m.runs_every_micro_step(ev, acc, events):
+                if id(ev.node) in seen or not _every_micro_step(ev, acc, events):
                     continue
                 seen.add(id(ev.node))
                 what = ctx.segment(ev.node) if ev.program is None else f"{ev.node.func.attr if isinstance(ev.node.func, ast.Attribute) else 'clip'}() ({ev.line_ref})"
@@ -241,10 +241,26 @@ for step, batch in enumerate(loader):
                     )
                 fix = None
                 if id(step.node) not in fixed_windows:
-                    fix = _fix(ctx, acc, [e for e in movable if m.runs_every_micro_step(e, acc, events)])
+                    fix = _fix(ctx, acc, [e for e in movable if _every_micro_step(e, acc, events)])
                     if fix is not None:
                         fixed_windows.add(id(step.node))
                 yield self.finding(ctx, ev.site(step), message, fix=fix)
+
+
+def _every_micro_step(ev, acc, events) -> bool:
+    """``TrainingModel.runs_every_micro_step``, except that a condition selecting a mode for the whole run
+    (`if cfg.ACCUMULATION_STEPS > 1:` around both the clip and the step) is not taken for a flush of the
+    window: only a per-iteration condition shared with a step makes the event run once per window."""
+    if ev.in_accumulate_context:
+        return False
+    if acc.guard is None:
+        return acc.micro_loop in ev.loops and not first_iteration_only(ev, acc.micro_loop)
+    if ev.loop is not acc.micro_loop or ev.accumulation_guards():
+        return False
+    own = [g for g in ev.guards if g.loop is acc.micro_loop and not g.mode_switch]
+    if own and any(e.kind == STEP and any(e.guarded_by(g) for g in own) for e in events):
+        return False
+    return not any(ev.exclusive_with(b) for b in acc.backwards)
 
 
 def _judged(m, ev) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from doctor.analysis import objects as K
-from doctor.analysis.datasets import dataset_classes
+from doctor.analysis.datasets import dataset_classes, loaders_reaching
 from doctor.analysis.layers import built_by
 from doctor.analysis.modes import loop_iterated
 from doctor.analysis.names import receiver_key
@@ -20,7 +20,7 @@ MAX_DEPTH = 8
 #: Hugging Face classes whose forward shifts `labels` by one (causal language models).
 _CAUSAL_LM = re.compile(r"(ForCausalLM|^GPT2LMHeadModel|^OpenAIGPTLMHeadModel|^CTRLLMHeadModel|^TransfoXLLMHeadModel|^GPTNeoXForCausalLM)$")
 #: Methods that keep what a tensor's positions hold.
-_KEEP = {"to", "cuda", "cpu", "contiguous", "clone", "long", "int", "detach", "view", "reshape", "pin_memory", "type"}
+_KEEP = {"to", "cuda", "cpu", "contiguous", "clone", "long", "int", "detach", "view", "reshape", "pin_memory", "type", "astype"}
 _WRAP = {"tensor", "as_tensor", "from_numpy", "array", "asarray", "LongTensor", "IntTensor", "stack", "cat", "concatenate"}
 
 Bound = tuple[tuple[str, ...], int]
@@ -214,8 +214,8 @@ for batch in loader:
 
     def check(self, ctx):
         text = ctx.source.text
-        if "1:" not in text and "roll" not in text:
-            return
+        if "labels" not in text and "1:" not in text and "roll" not in text:
+            return  # no shift here and no `labels=` to pass one (a dataset elsewhere shifts only with `labels=`/`**`)
         m = ctx.model
         tracer = _Tracer(m)
         for call in m.nodes(ast.Call):
@@ -354,7 +354,7 @@ class _Tracer:
             if inputs is not None:
                 head = self.origin(m, inputs)
                 if isinstance(head, Window) and _pair(head, labels):
-                    return f"`{_text(labels)}` against the inputs `{_text(head)}`"
+                    return f"`{_text(labels)}` on {_where(m, labels.program, labels.node)}, against the inputs `{_text(head)}`"
                 return None
             # A loss helper (no inputs to compare): the head half must be sliced in the same function.
             fn = m.enclosing_function(call)
@@ -381,7 +381,7 @@ class _Tracer:
             if not isinstance(head, Item) or head.loop is not loop or labels.key is None:
                 return None
             keys = (head.key, labels.key)
-        calls = program.data.loaders(loop_iterated(loop), program.enclosing_function(loop))
+        calls = loaders_reaching(program, loop_iterated(loop))
         if not calls:
             return None
         for c in calls:
