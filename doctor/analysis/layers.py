@@ -27,6 +27,9 @@ from doctor.analysis.names import receiver_key
 if TYPE_CHECKING:
     from doctor.analysis.program import Program
 
+#: ``ImportTable.sources``: local name -> (module, level, attribute).
+ImportSources = dict[str, tuple[str, int, Optional[str]]]
+
 MAX_DEPTH = 4
 
 #: Calls that hand back the module given as their first argument (or a wrapper that keeps its layers).
@@ -108,6 +111,38 @@ def built_by(model: "Program", expr: Optional[ast.AST], _depth: int = 0) -> Opti
             ctor = model.constructor_of(key, expr)
             return Built(model, ctor) if ctor is not None else None
     return None
+
+
+def source_mentions(model: "Program", pattern: "re.Pattern[str]", text: Optional[str] = None) -> bool:
+    """Does ``pattern`` occur in this file's source (``text``) or in a local module it imports directly (and, for
+    a package ``__init__``, the modules it re-exports from)? A cheap test to run before questions that search
+    the project (callers in other files). The modules read are recorded as consulted, so cached results
+    notice when they change."""
+    if text is not None and pattern.search(text):
+        return True
+    project = model.project
+    if project is None or not model.path:
+        return False
+    todo: list[tuple[str, "ImportSources"]] = [(model.path, model.imports.sources)]
+    seen: set[str] = set()
+    while todo:
+        importer, sources = todo.pop()
+        for module, level, attr in sources.values():
+            for name in ([f"{module}.{attr}" if module else attr, module] if attr else [module]):
+                found = project.module_file(importer, name, level) if name or level else None
+                if found is None:
+                    continue
+                if found not in seen:
+                    seen.add(found)
+                    body = project.consult(found)
+                    if body is not None and pattern.search(body):
+                        return True
+                    if found.endswith("__init__.py") and importer == model.path:
+                        package = project.program(found)
+                        if package is not None:
+                            todo.append((found, package.imports.sources))
+                break
+    return False
 
 
 def built_like(model: "Program", expr: Optional[ast.AST]) -> Optional[Built]:
@@ -239,4 +274,4 @@ def _is_torch_nn(qualified: str) -> bool:
     return last[:1].isupper() and not qualified.startswith(("torch.nn.utils", "torch.nn.parallel", "nn.utils", "nn.parallel", "torch.nn.init", "nn.init"))
 
 
-__all__ = ["Built", "Layer", "Layers", "built_by", "built_like"]
+__all__ = ["Built", "Layer", "Layers", "built_by", "built_like", "source_mentions"]

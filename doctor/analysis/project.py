@@ -169,6 +169,13 @@ class Project:
             self._programs[path] = (_signature(path), program)
             self._callers.clear()  # call sites found in an older version of this file are gone
 
+    def consult(self, path: str) -> Optional[str]:
+        """The text of a project file, recorded as consulted (a finding may depend on what it says)."""
+        path = os.path.normpath(os.path.abspath(path))
+        for seen in _RECORDING:
+            seen.files.add(path)
+        return self.text(path)
+
     def text(self, path: str) -> Optional[str]:
         sig = _signature(path)
         cached = self._texts.get(path)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from typing import Optional
 
 from doctor.analysis.datasets import dataset_length, loaders_reaching
 from doctor.analysis.events import BACKWARD, FORWARD, STEP
-from doctor.analysis.layers import Layer, Layers, built_by, built_like
+from doctor.analysis.layers import Layer, Layers, built_by, built_like, source_mentions
 from doctor.analysis.modes import loop_iterated
 from doctor.analysis.values import literal_number
 from doctor.core.findings import Applicability, Edit, Fix, Severity
@@ -20,6 +21,8 @@ _CRASHING = {"BatchNorm1d", "LazyBatchNorm1d"}
 #: Layers whose presence suggests BatchNorm1d sees (batch, channels, length) input, where one sample still
 #: has many values per channel.
 _SEQUENCE_LAYERS = {"Conv1d", "ConvTranspose1d", "LazyConv1d", "LSTM", "GRU", "RNN", "MaxPool1d", "AvgPool1d", "Conv2d", "Conv3d"}
+#: Words without which no model of the file can hold batch norm (cheap test before any search).
+_BN_WORDS = re.compile(r"BatchNorm|torchvision|resnet|resnext|densenet|mobilenet|efficientnet|regnet|inception|googlenet|shufflenet|mnasnet|vgg\d+_bn")
 #: DataLoader(dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn, pin_memory, drop_last)
 _DROP_LAST_INDEX = 8
 
@@ -226,6 +229,8 @@ for x, y in loader:
         if "DataLoader" not in ctx.source.text:
             return
         m = ctx.model
+        if not source_mentions(m, _BN_WORDS, ctx.source.text):
+            return  # no batch norm here or in the modules this file imports: spare the searches below
         layers = Layers(m)
         seen: set[int] = set()
         for loop, events in m.loop_views():
@@ -234,12 +239,14 @@ for x, y in loader:
             calls = loaders_reaching(m, loop_iterated(loop.node))
             if not calls:
                 continue
-            norms = _batch_norms(m, layers, events)
-            if not norms:
-                continue
+            norms: Optional[list] = None
             for c in calls:
                 if id(c.node) in seen or not _keeps_last_batch(c):
                     continue
+                if norms is None:
+                    norms = _batch_norms(m, layers, events)  # the models of the loop, read once (may search callers)
+                if not norms:
+                    break
                 finding = self._judge(ctx, m, c, loop, norms)
                 if finding is not None:
                     seen.add(id(c.node))

@@ -32,13 +32,16 @@ class ClipEveryMicroStep(Rule):
         Needs an accumulation doctor recognises (see `unscaled-accumulation-loss`: a step gated by
         `(i + 1) % k == 0` or a flag named like `accumulate`/`sync_gradients`, or an inner micro-step loop)
         and an `unscale_` or a clip that provably runs on every micro-step of it, in the loop's function or in
-        a helper, method or local-module function it calls. Clipping counted: torch's
-        `clip_grad_norm_`/`clip_grad_value_` (however imported), a model's own `clip_grad_norm_` (FSDP) and a
-        project function of that name; clipping by optimizer wrappers (fairseq, apex), DeepSpeed and
-        Lightning is not judged. Stays silent for anything inside `accelerator.accumulate(...)`: Accelerate
-        decides per iteration whether gradients sync, and an unguarded `accelerator.clip_grad_norm_` there is
-        not reported (guard it with `if accelerator.sync_gradients:`). Clipping each micro-batch's gradient
-        separately on purpose (per-example clipping as in DP-SGD) is done by other libraries and not seen here.
+        a helper, method or local-module function it calls. A condition shared with the step counts as a
+        flush (once per window) unless it is a run-wide mode switch (`if cfg.ACCUMULATION_STEPS > 1:` around
+        both); a flag such as `if cfg.CLIP_GRAD:` around the clip alone does not change anything. Clipping
+        counted: torch's `clip_grad_norm_`/`clip_grad_value_` (however imported), a model's own
+        `clip_grad_norm_` (FSDP) and a project function of that name; clipping by optimizer wrappers
+        (fairseq, apex), DeepSpeed and Lightning is not judged. Stays silent for anything inside
+        `accelerator.accumulate(...)`: Accelerate decides per iteration whether gradients sync, and an
+        unguarded `accelerator.clip_grad_norm_` there is not reported (guard it with
+        `if accelerator.sync_gradients:`). Clipping each micro-batch's gradient separately on purpose
+        (per-example clipping as in DP-SGD) is done by other libraries and not seen here.
     """
     bad = """
         import torch

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 from doctor.analysis.datasets import dataset_classes
+from doctor.analysis.layers import source_mentions
 from doctor.analysis.values import literal_number
 from doctor.core.findings import Severity
 from doctor.lint.rule import Rule
@@ -17,6 +19,8 @@ _RNG_CTORS = {
     "numpy.random.RandomState", "numpy.random.default_rng", "numpy.random.Generator", "np.random.RandomState",
     "np.random.default_rng", "np.random.Generator", "random.Random", "torch.Generator", "torch._C.Generator",
 }  # fmt: skip
+#: Words without which no dataset of the file (or of the modules it imports) builds such a generator.
+_RNG_WORDS = re.compile(r"RandomState|default_rng|Random\(|Generator\(")
 #: Methods a worker runs for each sample.
 _SAMPLING = ("__getitem__", "__getitems__", "__iter__", "__next__")
 #: Calls on a generator that give it a new state.
@@ -247,6 +251,8 @@ loader = DataLoader(Crops(frames), batch_size=16, num_workers=4, worker_init_fn=
         if "DataLoader" not in text:
             return
         m = ctx.model
+        if not source_mentions(m, _RNG_WORDS, text):
+            return  # no generator constructor here or in the modules this file imports
         for call in m.nodes(ast.Call):
             if not m.data.is_loader_ctor(call):
                 continue

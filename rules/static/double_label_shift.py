@@ -219,11 +219,26 @@ for batch in loader:
         m = ctx.model
         tracer = _Tracer(m)
         for call in m.nodes(ast.Call):
+            # Cheap evidence first: an argument that is provably half of a one-token shift. Only then ask who
+            # the callee is (that may search the project for callers).
+            batch_args = {id(kw.value) for kw in call.keywords if kw.arg in ("labels", None)}
+            candidates = [a for a in (*call.args, *(kw.value for kw in call.keywords)) if not isinstance(a, ast.Starred)]
+            proofs = {}
+            for arg in candidates:
+                origin = tracer.origin(m, arg)
+                if isinstance(origin, Window) and origin.lower[1] < 1:
+                    continue  # not the later half of a shift
+                if isinstance(origin, Item) and id(arg) not in batch_args:
+                    continue  # a batch element given as labels (or `**batch`) only
+                if origin is not None:
+                    proofs[id(arg)] = origin
+            if not proofs:
+                continue
             found = self._shift_target(m, call)
             if found is None:
                 continue
             label_arg, input_arg, shifter = found
-            origin = tracer.origin(m, label_arg)
+            origin = proofs.get(id(label_arg))
             if origin is None:
                 continue
             proof = tracer.double_shift(m, origin, input_arg, call)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from typing import Optional
 
-from doctor.analysis.layers import Layers, built_by
+from doctor.analysis.layers import Layers, built_by, source_mentions
 from doctor.analysis.values import literal_number
 from doctor.core.findings import Severity
 from doctor.lint.rule import Rule
@@ -24,6 +25,9 @@ _WD_INDEX = 4
 _NORMS = {"LayerNorm", "RMSNorm", "GroupNorm"}
 _EMBEDDINGS = {"Embedding", "EmbeddingBag"}
 _ATTENTION = {"MultiheadAttention", "Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder"}
+
+
+_TRANSFORMER_WORDS = re.compile(r"LayerNorm|RMSNorm|GroupNorm|Embedding|MultiheadAttention|Transformer|transformers")
 
 
 class WeightDecayOnNormAndBias(Rule):
@@ -173,7 +177,11 @@ optimizer = torch.optim.AdamW(get_parameter_groups(model, weight_decay=0.1), lr=
     )
 
     def check(self, ctx):
+        if not re.search(r"AdamW|Adam\b|Lion|FusedAdam", ctx.source.text):
+            return
         m = ctx.model
+        if not source_mentions(m, _TRANSFORMER_WORDS, ctx.source.text):
+            return
         layers: Optional[Layers] = None
         for call in m.nodes(ast.Call):
             q = m.imports.qualify(call.func) or ""
