@@ -514,6 +514,8 @@ def accumulation_sites(prog: Program) -> list[Site]:
                     if k and k[0] == "opt":
                         steps.append(n)
         accept |= {b.lineno for b in bwds if b.lineno >= stmt.lineno}
+        if not bwds and func is not None:
+            accept |= _where_returned_loss_goes(prog, func, stmt)
         site = Site(prog, "unscaled-accumulation-loss", stmt.lineno, stmt.end_lineno, new, accept,
                     f"drop `/ {text(den)}` from `{lines[stmt.lineno - 1].strip()}`")
         if ".detach()" in text(num) or ".item()" in text(num):
@@ -528,6 +530,42 @@ def accumulation_sites(prog: Program) -> list[Site]:
             site.shape = "loop with backward() and step"
         sites.append(site)
     return sites
+
+
+def _where_returned_loss_goes(prog: Program, func: ast.AST, stmt: ast.stmt) -> set[int]:
+    """For a loss computed in a function and returned: the lines that report it where it leaves (the function's
+    later ``return`` statements) and where it is backpropagated in this file (``backward()`` calls in the
+    functions that call it, and in the same-file functions those callers hand the result to)."""
+    out: set[int] = set()
+    for n in walk_scope(func):
+        if isinstance(n, ast.Return) and n.lineno >= stmt.lineno:
+            out |= set(range(n.lineno, (n.end_lineno or n.lineno) + 1))
+    name = getattr(func, "name", None)
+    if not name:
+        return out
+    defs = {d.name: d for d in ast.walk(prog.tree) if isinstance(d, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    for caller in defs.values():
+        calls = [c for c in walk_scope(caller) if isinstance(c, ast.Call)]
+        if not any((isinstance(c.func, ast.Name) and c.func.id == name) or (isinstance(c.func, ast.Attribute) and c.func.attr == name) for c in calls):
+            continue
+        targets = [caller]
+        for c in calls:  # functions the caller hands values to (a `backward_pass(engine, loss)` closure)
+            callee = c.func.id if isinstance(c.func, ast.Name) else None
+            if callee in defs:
+                targets.append(defs[callee])
+            for node in ast.walk(caller):  # names bound to local functions: `backward_pass = amp_backward_pass`
+                if isinstance(node, ast.Assign) and callee and any(isinstance(t, ast.Name) and t.id == callee for t in node.targets):
+                    for v in ast.walk(node.value):
+                        if isinstance(v, ast.Name) and v.id in defs:
+                            targets.append(defs[v.id])
+            for node in ast.walk(prog.tree):
+                if isinstance(node, ast.Assign) and callee and any(isinstance(t, ast.Name) and t.id == callee for t in node.targets):
+                    for v in ast.walk(node.value):
+                        if isinstance(v, ast.Name) and v.id in defs:
+                            targets.append(defs[v.id])
+        for t in targets:
+            out |= {b.lineno for b in walk_scope(t) if isinstance(b, ast.Call) and is_backward(b)}
+    return out
 
 
 def _accumulates(bwds: list[ast.Call], steps: list[ast.Call]) -> bool:

@@ -7,6 +7,7 @@ most of the run time. Rules and analyses ask the index instead.
 from __future__ import annotations
 
 import ast
+import operator
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from typing import Iterator, Optional, TypeVar
@@ -14,6 +15,9 @@ from typing import Iterator, Optional, TypeVar
 T = TypeVar("T", bound=ast.AST)
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+#: Load/Store contexts and operator tokens: never asked for, and a large share of all nodes.
+_CONTEXT_AND_OPERATORS = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
+_POSITION = operator.attrgetter("lineno", "col_offset")
 
 
 class NodeIndex:
@@ -27,6 +31,7 @@ class NodeIndex:
         parents = self.parents
         stack = [tree]
         AST = ast.AST
+        skip = _CONTEXT_AND_OPERATORS
         while stack:
             node = stack.pop()
             by_type[type(node)].append(node)
@@ -34,15 +39,17 @@ class NodeIndex:
                 value = getattr(node, name, None)
                 if isinstance(value, list):
                     for child in value:
-                        if isinstance(child, AST):
+                        if isinstance(child, AST) and not isinstance(child, skip):
                             parents[id(child)] = node
                             stack.append(child)
-                elif isinstance(value, AST):
+                elif isinstance(value, AST) and not isinstance(value, skip):
                     parents[id(value)] = node
                     stack.append(value)
-        # Source order (the stack visits in reverse); rules report in a stable order.
+        # Source order (the stack visits in reverse); rules report in a stable order. Node types without a
+        # position (arguments, comprehension...) keep their visiting order.
         for nodes in by_type.values():
-            nodes.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+            if len(nodes) > 1 and hasattr(nodes[0], "lineno"):
+                nodes.sort(key=_POSITION)
 
     def all(self) -> list[ast.AST]:
         """Every node of the file (a cached list: iterating it costs no tree traversal)."""

@@ -239,6 +239,12 @@ class TrainingModel(Program):
         level = [e for e in events if e.loop is loop]
         stepped = {e.target for e in events if e.kind == STEP and e.target}
         for guard in step.accumulation_guards(loop):
+            if any(
+                e.kind == STEP and e is not step and _opposite_arms(e, step, guard)
+                and (self.same_optimizer(e.target, step.target, stepped) or _element_of(e, step.target))
+                for e in events
+            ):
+                continue  # `if step % 2 == 0: opt.step() else: for o in opts: o.step()`: it steps every iteration
             # The gated block runs a backward of its own for this step (a GAN's generator every n-th
             # iteration): each step then has its own backward, and the ungated ones serve other updates.
             own = any(
@@ -481,6 +487,17 @@ def _iterates_parameters(loop: Loop) -> bool:
 def _steps_outside_loops(events: list[Event]) -> bool:
     """A backward pass and an optimizer step that run outside any loop of the function."""
     return any(e.kind == BACKWARD and not e.loops for e in events) and any(e.kind == STEP and not e.loops for e in events)
+
+
+def _element_of(ev: Event, key: Optional[str]) -> bool:
+    """``ev`` steps the loop variable of a loop over the collection ``key`` belongs to: ``for opt in optimizers:
+    opt.step()`` steps ``optimizers[1]`` too."""
+    base = (key or "").split("[", 1)[0]
+    for loop in ev.loops:
+        names = {n.id for n in ast.walk(loop.target)} if loop.target is not None else set()
+        if ev.target in names and loop.iter is not None and any(receiver_key(n) == base for n in ast.walk(loop.iter) if isinstance(n, (ast.Name, ast.Attribute))):
+            return True
+    return False
 
 
 def _opposite_arms(a: Event, b: Event, guard: Guard) -> bool:

@@ -319,7 +319,7 @@ def _NOT_AN_OBJECT(value: ast.AST) -> bool:
     if isinstance(value, (ast.List, ast.Tuple, ast.Set, ast.ListComp, ast.SetComp, ast.GeneratorExp)):
         # Containers of numbers are data; a list of constructed objects (`[LambdaLR(o, f) for o in opts]`) is not.
         elts = [value.elt] if isinstance(value, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) else value.elts
-        return bool(elts) and not any(isinstance(n, (ast.Call, ast.Name, ast.Attribute, ast.Starred)) for e in elts for n in ast.walk(e))
+        return not any(isinstance(n, (ast.Call, ast.Name, ast.Attribute, ast.Starred)) for e in elts for n in ast.walk(e))
     if isinstance(value, (ast.JoinedStr, ast.BinOp, ast.Dict, ast.DictComp)):
         return True
     if isinstance(value, ast.Constant) and value.value is not None:

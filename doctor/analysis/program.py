@@ -38,9 +38,6 @@ class Program:
         self._project = project
         self.index = NodeIndex(tree)
         self.imports = ImportTable(tree, self.index)
-        self.objects = K.build_objects(tree, self.imports, self.index)
-        if path:
-            K.resolve_local_schedulers(self.objects, path)
         self.functions: dict[str, ast.AST] = {}
         self.methods: dict[str, dict[str, ast.AST]] = {}
         self._class_of: dict[int, str] = {}
@@ -59,7 +56,30 @@ class Program:
             if isinstance(node, ast.ClassDef):
                 self.classes[node.name] = node
         self._resolved: dict[str, Optional[tuple["Program", Definition]]] = {}
-        self.objects.resolver = self._verify_object
+        self._memo: dict[tuple, object] = {}
+
+    @cached_property
+    def objects(self) -> K.ObjectTable:
+        """Object kinds from constructors (built on first use: the files a check only reads a class or a
+        function from never pay for it)."""
+        table = K.build_objects(self.tree, self.imports, self.index)
+        if self.path:
+            K.resolve_local_schedulers(table, self.path)
+        table.resolver = self._verify_object
+        return table
+
+    def calls_to(self, name: str) -> list[ast.Call]:
+        """Calls in this file whose callee is named ``name`` (``name(...)``, ``x.name(...)``)."""
+        table = self._memo.get(("calls",))
+        if table is None:
+            table = {}
+            for call in self.index.of(ast.Call):
+                f = call.func
+                callee = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                if callee:
+                    table.setdefault(callee, []).append(call)  # type: ignore[union-attr]
+            self._memo[("calls",)] = table
+        return table.get(name, [])  # type: ignore[union-attr]
 
     # -- objects whose constructor we can read -----------------------------------------------------------
     def _verify_object(self, info: K.ObjectInfo) -> Optional[K.ObjectInfo]:
@@ -92,7 +112,9 @@ class Program:
                 sub = program.objects.verified("", sub) if sub is not None and sub.unverified and sub.node is not call else sub
                 kinds.add(sub.kind if sub is not None else None)
             elif isinstance(value, (ast.Name, ast.Attribute)):
-                kinds.add(program.objects.kind(receiver_key(value)))
+                # What the returned variable was built as (never what its name says).
+                sub = program.objects.get(receiver_key(value)) if receiver_key(value) else None
+                kinds.add(sub.kind if sub is not None and not sub.from_name_only else None)
             else:
                 kinds.add(K.OTHER)
         kinds.discard(K.PENDING)
@@ -115,7 +137,6 @@ class Program:
             from doctor.analysis.project import Project
 
             self._project = Project.for_file(self.path, type(self))
-            self._project.adopt(self)
         return self._project
 
     def owns(self, node: ast.AST) -> bool:
@@ -193,7 +214,7 @@ class Program:
             return out
         for base in cls.bases:
             found = self.resolve_class(base)
-            if found is not None and found[1] is not cls:
+            if found is not None and not same_definition(found[0], found[1], self, cls):
                 out.extend(found[0].class_bases(found[1], _depth + 1))
         return out
 
@@ -257,7 +278,7 @@ class Program:
                             owner, callee = found
                 elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
                     callee = self.method(self.class_of(fn), f.attr)
-                elif isinstance(f, ast.Attribute) and (f.attr in self._method_names or isinstance(f.value, ast.Name) and f.value.id in self._constructed):
+                elif isinstance(f, ast.Attribute) and (f.attr in self.methods_defined or isinstance(f.value, ast.Name) and f.value.id in self._constructed and (self.project is None or self.project.defines(f.attr))):
                     # `agent.finish_episode()`: a method of an object whose class we can read.
                     cls = self.class_of_receiver(f.value, node)
                     found = cls[0].class_method(cls[1], f.attr) if cls is not None else None
@@ -288,7 +309,8 @@ class Program:
         return out
 
     @cached_property
-    def _method_names(self) -> frozenset[str]:
+    def methods_defined(self) -> frozenset[str]:
+        """Names of the methods the classes of this file define."""
         return frozenset(name for table in self.methods.values() for name in table)
 
     @cached_property
@@ -349,6 +371,13 @@ class Program:
 
     # -- call sites ------------------------------------------------------------------------------------
     def call_sites(self, fn: ast.AST, *, by_method_name: bool = False, dispatch: bool = False) -> list[tuple["Program", ast.Call]]:
+        key = ("sites", id(fn), by_method_name, dispatch)
+        if key not in self._memo:
+            self._memo[key] = []  # recursion guard
+            self._memo[key] = self._call_sites(fn, by_method_name, dispatch)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _call_sites(self, fn: ast.AST, by_method_name: bool, dispatch: bool) -> list[tuple["Program", ast.Call]]:
         """The calls of function or method ``fn`` (of this file) that we can see: in this file and, through
         imports, in the project's other files. Methods are matched through ``self`` and through objects
         whose class we can read; ``by_method_name`` also takes calls on receivers of unknown class in the
@@ -366,15 +395,15 @@ class Program:
                     out.append((self, call))
             return out
         if cls_name is None:
-            for call in self.index.of(ast.Call):
-                if isinstance(call.func, ast.Name) and call.func.id == name:
+            for call in self.calls_to(name):
+                if isinstance(call.func, ast.Name):
                     out.append((self, call))
             if self.project is not None:
                 for site in self.project.calls_named(name):
-                    if site.program is self:
+                    if site.program is self or _same_path(site.program.path or "", self.path or ""):
                         continue
                     found = site.program.resolve(site.call.func)
-                    if found is not None and found[1] is fn:
+                    if found is not None and same_definition(found[0], found[1], self, fn):
                         out.append((site.program, site.call))
             return out
         cls = self.classes.get(cls_name) or next((c for c in self.index.of(ast.ClassDef) if c.name == cls_name), None)
@@ -382,18 +411,21 @@ class Program:
             return out
         programs = [self]
         if self.project is not None:
-            programs.extend(p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values() if p is not self)
+            programs.extend(
+                p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values()
+                if p is not self and not _same_path(p.path or "", self.path or "")
+            )
         for program in programs:
-            for call in program.index.of(ast.Call):
+            for call in program.calls_to(name):
                 f = call.func
-                if not (isinstance(f, ast.Attribute) and f.attr == name):
+                if not isinstance(f, ast.Attribute):
                     continue
                 owner = program.class_of_receiver(f.value, call)
                 if owner is not None:
-                    if any(k is cls for _, k in owner[0].class_bases(owner[1])):
+                    if any(same_definition(p, k, self, cls) for p, k in owner[0].class_bases(owner[1])):
                         out.append((program, call))
                     elif dispatch and isinstance(f.value, ast.Name) and f.value.id == "self" and any(
-                        k is owner[1] for _, k in self.class_bases(cls)
+                        same_definition(p, k, owner[0], owner[1]) for p, k in self.class_bases(cls)
                     ):
                         out.append((program, call))  # a base class calls `self.name()`: the override runs
                 elif by_method_name and not (isinstance(f.value, ast.Name) and f.value.id in ("self", "cls", "super")):
@@ -401,6 +433,13 @@ class Program:
         return out
 
     def class_of_receiver(self, expr: ast.AST, at: ast.AST, _depth: int = 0) -> Optional[tuple["Program", ast.ClassDef]]:
+        key = ("receiver", id(expr), id(at))
+        if key not in self._memo:
+            self._memo[key] = None  # recursion guard
+            self._memo[key] = self._class_of_receiver(expr, at, _depth)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _class_of_receiver(self, expr: ast.AST, at: ast.AST, _depth: int = 0) -> Optional[tuple["Program", ast.ClassDef]]:
         """The readable class of the object ``expr`` (``self``, a name or ``self.x`` bound to ``Cls(...)``)."""
         if isinstance(expr, ast.Name) and expr.id == "self":
             cls_name = self.class_of(self.enclosing_function(at))
@@ -413,11 +452,14 @@ class Program:
             return None
         fn = self.enclosing_function(at)
         if isinstance(expr, ast.Name) and fn is not self.tree and key in parameters(fn) and not self.rebinds(fn, key):
+            method = at.func.attr if isinstance(at, ast.Call) and isinstance(at.func, ast.Attribute) else None
+            if method in _COMMON_METHOD_NAMES or key in _DATA_NAMES:
+                return None  # `model.parameters()`, `batch.items()`: no project class to find through the callers
             # A parameter: the class of what every visible caller passes (never another function's binding).
             found = None
             for program, value in self.argument_values(fn, key) if _depth < 3 else []:
                 cls = program.class_of_receiver(value, value, _depth + 1)
-                if cls is None or (found is not None and found[1] is not cls[1]):
+                if cls is None or (found is not None and not same_definition(found[0], found[1], cls[0], cls[1])):
                     return None
                 found = cls
             return found
@@ -478,6 +520,13 @@ class Program:
         return isinstance(f, ast.Attribute) and self.class_of_receiver(f.value, call) is not None
 
     def argument_values(self, fn: ast.AST, param: str) -> list[tuple["Program", ast.AST]]:
+        key = ("args", id(fn), param)
+        if key not in self._memo:
+            self._memo[key] = []  # recursion guard
+            self._memo[key] = self._argument_values(fn, param)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _argument_values(self, fn: ast.AST, param: str) -> list[tuple["Program", ast.AST]]:
         """What the visible calls of ``fn`` pass for ``param`` (positionally, by keyword or by default)."""
         args = fn.args  # type: ignore[attr-defined]
         positional = [a.arg for a in args.posonlyargs + args.args]
@@ -522,11 +571,17 @@ def parameters(fn: ast.AST) -> set[str]:
 
 #: Framework objects that call a function once per training iteration: ignite's engines.
 _PER_ITERATION_ENGINES = {"Engine", "DeterministicEngine"}
-#: Method names too common to link a call to a definition by name alone.
+#: Method names too common to link a call to a definition by name alone, or to resolve a parameter's class
+#: through its callers for (torch's own methods on modules, tensors and containers).
 _COMMON_METHOD_NAMES = {
     "step", "update", "forward", "__call__", "train", "run", "backward", "zero_grad", "optimize", "fit", "__init__",
     "apply", "eval", "call", "process", "execute", "compute", "get", "set", "save", "load",
+    "parameters", "named_parameters", "state_dict", "load_state_dict", "to", "cuda", "cpu", "modules",
+    "named_modules", "children", "items", "keys", "values", "append", "extend", "pop", "size", "view", "item",
+    "detach", "float", "half", "numel", "reshape", "format", "join", "split", "copy_", "add_", "mul_",
 }
+#: Parameter names that hold data, not an object of a project class.
+_DATA_NAMES = {"batch", "x", "y", "inputs", "targets", "labels", "data", "input", "target", "sample", "samples", "images", "imgs", "loss", "logits", "outputs", "output", "tensor", "mask"}
 
 
 def _repeating_event(event: ast.AST) -> bool:
@@ -563,3 +618,14 @@ def _short(path: Optional[str]) -> str:
     import os
 
     return os.path.basename(path or "")
+
+
+def same_definition(a_program: "Program", a: ast.AST, b_program: "Program", b: ast.AST) -> bool:
+    """The same function or class, even when its file was parsed twice (a project file read again)."""
+    if a is b:
+        return True
+    return (
+        getattr(a, "name", None) == getattr(b, "name", None)
+        and getattr(a, "lineno", None) == getattr(b, "lineno", None)
+        and bool(a_program.path and b_program.path and _same_path(a_program.path, b_program.path))
+    )

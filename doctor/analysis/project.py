@@ -20,6 +20,7 @@ import ast
 import os
 import re
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -38,6 +39,10 @@ _SKIP_DIRS = {
 #: Bounds that keep a reverse lookup cheap on huge trees.
 MAX_FILES = 5000
 MAX_FILE_BYTES = 2 * 1024 * 1024
+#: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
+MAX_PROGRAMS = 256
+_CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_DEFINED = re.compile(r"^\s*(?:async\s+)?def\s+([A-Za-z_]\w*)", re.MULTILINE)
 
 
 @dataclass
@@ -88,10 +93,12 @@ class Project:
     def __init__(self, root: str, factory: Callable[..., Program]) -> None:
         self.root = root
         self.factory = factory
-        #: path -> (file signature when read, its tables)
-        self._programs: dict[str, tuple[Optional[tuple[int, int]], Optional[Program]]] = {}
-        self._texts: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]] = {}
+        #: path -> (file signature when read, its tables); the most recently used MAX_PROGRAMS are kept.
+        self._programs: "OrderedDict[str, tuple[Optional[tuple[int, int]], Optional[Program]]]" = OrderedDict()
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
+        #: name -> files that call something of that name / define a function or method of that name.
+        self._called: Optional[dict[str, list[str]]] = None
+        self._defined: Optional[set[str]] = None
         self._callers: dict[str, list[CallSite]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
@@ -146,6 +153,7 @@ class Project:
         sig = _signature(path)
         cached = self._programs.get(path)
         if cached is not None and cached[0] == sig:
+            self._programs.move_to_end(path)
             return cached[1]
         self._programs[path] = (sig, None)  # recursion guard while it is being built
         text = self.text(path)
@@ -160,14 +168,9 @@ class Project:
             if tree is not None:
                 program = self.factory(tree, path, project=self)
         self._programs[path] = (sig, program)
+        while len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
         return program
-
-    def adopt(self, program: Program) -> None:
-        """Register the program of the file being checked (parsed from the text the engine just read)."""
-        if program.path:
-            path = os.path.normpath(os.path.abspath(program.path))
-            self._programs[path] = (_signature(path), program)
-            self._callers.clear()  # call sites found in an older version of this file are gone
 
     def consult(self, path: str) -> Optional[str]:
         """The text of a project file, recorded as consulted (a finding may depend on what it says)."""
@@ -178,18 +181,13 @@ class Project:
 
     def text(self, path: str) -> Optional[str]:
         sig = _signature(path)
-        cached = self._texts.get(path)
-        if cached is not None and cached[0] == sig:
-            return cached[1]
-        text = None
-        if sig is not None and sig[0] <= MAX_FILE_BYTES:
-            try:
-                with open(path, "rb") as fh:
-                    text = decode_python(fh.read()).text
-            except (OSError, ValueError):
-                text = None
-        self._texts[path] = (sig, text)
-        return text
+        if sig is None or sig[0] > MAX_FILE_BYTES:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return decode_python(fh.read()).text
+        except (OSError, ValueError):
+            return None
 
     # -- reverse lookups --------------------------------------------------------------------------------
     def files(self) -> list[str]:
@@ -204,27 +202,44 @@ class Project:
                     break
             self._files = (sig, out[:MAX_FILES])
             self._callers.clear()
+            self._called = self._defined = None
         return self._files[1]
+
+    def _index(self) -> None:
+        """One pass over the project's files: which names each calls, and every function name it defines."""
+        called: dict[str, list[str]] = {}
+        defined: set[str] = set()
+        for path in self.files():
+            text = self.text(path)
+            if text is None:
+                continue
+            for name in set(_CALLED.findall(text)):
+                called.setdefault(name, []).append(path)
+            defined.update(_DEFINED.findall(text))
+        self._called, self._defined = called, defined
+
+    def defines(self, name: str) -> bool:
+        """Does some file of the project define a function or method called ``name``?"""
+        self.files()
+        if self._defined is None:
+            self._index()
+        return name in self._defined  # type: ignore[operator]
 
     def calls_named(self, name: str) -> list[CallSite]:
         """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``)."""
         for seen in _RECORDING:
             seen.roots.add(self.root)
-        files = self.files()
+        self.files()
+        if self._called is None:
+            self._index()
         if name not in self._callers:
-            pattern = re.compile(r"\b" + re.escape(name) + r"\s*\(")
             sites: list[CallSite] = []
-            for path in files:
-                text = self.text(path)
-                if text is None or not pattern.search(text):
-                    continue
+            for path in (self._called or {}).get(name, ()):
                 program = self.program(path)
                 if program is None:
                     continue
-                for call in program.index.of(ast.Call):
-                    f = call.func
-                    if (isinstance(f, ast.Name) and f.id == name) or (isinstance(f, ast.Attribute) and f.attr == name):
-                        sites.append(CallSite(program, call))
+                for call in program.calls_to(name):
+                    sites.append(CallSite(program, call))
             self._callers[name] = sites
         return self._callers[name]
 

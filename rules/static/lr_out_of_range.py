@@ -161,6 +161,9 @@ def _few_parameter_fit(m) -> bool:
     return any(v.split(".")[0] in _FEW_PARAMETER_LIBRARIES for v in m.imports.aliases.values())
 
 
+_EMBEDDING = re.compile(r"emb|wte|wpe|vte|lookup", re.I)
+
+
 def _per_group_rates(m, call: ast.Call) -> set[int]:
     """Ids of learning rates set per parameter group when the groups are tuned one by one: several groups
     with different literal rates, or a group that holds only embedding tables (lookups take large steps)."""
@@ -169,6 +172,9 @@ def _per_group_rates(m, call: ast.Call) -> set[int]:
         groups = m.values.value_of(groups)
     if not isinstance(groups, (ast.List, ast.Tuple)):
         return set()
+    if groups.elts and all(not isinstance(g, (ast.Dict, ast.Call)) and _EMBEDDING.search(ast.unparse(g)) for g in groups.elts):
+        # `Adam([wte.weight, vte.weight], lr=0.6)`: an optimizer of embedding tables only (a speed-run setting).
+        return {id(v) for v in K.optimizer_hyperparameter(call, "lr", 1)}
     rates: list[tuple[ast.AST, Optional[float], str]] = []
     for g in groups.elts:
         entries = {}
@@ -181,7 +187,7 @@ def _per_group_rates(m, call: ast.Call) -> set[int]:
     distinct = {r for _, r, _ in rates if r is not None}
     out = set()
     for value, _, params in rates:
-        if len(distinct) > 1 or re.search(r"emb|wte|wpe|lookup", params, re.I):
+        if len(distinct) > 1 or _EMBEDDING.search(params):
             out.add(id(value))
     return out
 

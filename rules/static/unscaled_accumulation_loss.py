@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import os
+
 from doctor.core.findings import Applicability, Severity
 from doctor.lint.fixes import replace_node
+from doctor.analysis.frameworks import accumulation_divided, hf_trainers_without_scaling
 from doctor.lint.rule import Rule
 
 _SELF_SCALING = {"accelerate", "deepspeed", "dist"}
@@ -237,6 +241,27 @@ for i, (x, y) in enumerate(loader):
                     f"gradients are accumulated ({how}) but the loss passed to "
                     "backward() is not divided by the number of micro-steps: updates are k times too large",
                     fix=_fix(ctx, b, acc),
+                )
+        yield from self._framework_scaling_off(ctx)
+
+    def _framework_scaling_off(self, ctx):
+        """A Hugging Face trainer subclass that switched the trainer's own accumulation scaling off must divide
+        in ``compute_loss``; a returned loss with no accumulation factor on its way is k times too large."""
+        m = ctx.model
+        for hf in hf_trainers_without_scaling(m):
+            for ret in m.index.within(hf.compute_loss, ast.Return):
+                if ret.value is None or m.enclosing_function(ret) is not hf.compute_loss:
+                    continue
+                if accumulation_divided(m, hf.compute_loss, ret.value) is not False:
+                    continue
+                where = f"line {hf.switch.lineno}" if hf.switch_program is m else f"{os.path.basename(hf.switch_program.path or '')}:{hf.switch.lineno}"
+                yield self.finding(
+                    ctx,
+                    ret,
+                    f"`{hf.cls.name}.compute_loss` returns a loss that is not divided for gradient accumulation, but the "
+                    f"trainer's own division is switched off (`compute_loss_func=` in `super().__init__`, {where}): with "
+                    "gradient_accumulation_steps > 1 every update is k times too large; divide by "
+                    "`self.current_gradient_accumulation_steps` (or normalise by `num_items_in_batch`)",
                 )
 
 
