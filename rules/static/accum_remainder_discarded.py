@@ -34,19 +34,19 @@ class AccumRemainderDiscarded(Rule):
     """
     known_problems = """
         Reported when the step is gated by a plain modulo condition on the batch counter of a `for` loop (no
-        `or`, nothing about the end of the data), no other step of that optimizer can flush the window (a
-        step in the other arm of a run-wide mode switch such as `if cfg.ACCUMULATION_STEPS > 1: ... else:
-        ...` does not count), and a gradient clear of that optimizer runs once per pass of that loop: in the
-        epoch loop around it, before or after it (or under `if i == 0:` inside it), or at the top of a
-        function whose every pass is an epoch (called from a loop in this file or another file of the
-        project, or named for it: `train_one_epoch`). The finding does not know the number of batches: when it
-        is a multiple of k (or k is 1) nothing is lost, and the message says so. A loop whose bound names the
-        accumulation factor (`range(steps * accum)`) is taken to be sized in windows and stays silent. Flags
-        computed elsewhere (`should_step`, `accelerator.sync_gradients`) and `accelerator.accumulate(...)`
-        (which syncs on the loader's last batch) are trusted; a flush condition is taken at face value even
-        when it only fires for short epochs. When the clear and the step both sit in another file, that file
-        reports it, not the call here. Without any clear per epoch the remainder spills into the next epoch's
-        first window instead, which this rule does not report.
+        `or`, nothing about the end of the data), no other step of that optimizer can flush the window (a step
+        in the other arm of a run-wide mode switch such as `if cfg.ACCUMULATION_STEPS > 1: ... else: ...` does
+        not count), and a gradient clear of that optimizer runs once per pass of that loop: in the epoch loop
+        around it, before or after it (or under `if i == 0:` inside it), or at the top of a function whose every
+        pass is an epoch (called from a loop in this file or another file of the project, or named for it:
+        `train_one_epoch`). The finding does not know the number of batches: when it is a multiple of k (or k is
+        1) nothing is lost, and the message says so. A loop whose bound names the accumulation factor
+        (`range(steps * accum)`) is taken to be sized in windows and stays silent. Flags computed elsewhere
+        (`should_step`, `accelerator.sync_gradients`) and `accelerator.accumulate(...)` (which syncs on the
+        loader's last batch) are trusted; a flush condition is taken at face value even when it only fires for
+        short epochs. When the clear and the step both sit in another file, that file reports it, not the call
+        here. Without any clear per epoch the remainder spills into the next epoch's first window instead, which
+        this rule does not report.
     """
     bad = """
         import torch

@@ -20,7 +20,7 @@ _BATCH_NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "L
 _CRASHING = {"BatchNorm1d", "LazyBatchNorm1d"}
 #: Layers whose presence suggests BatchNorm1d sees (batch, channels, length) input, where one sample still
 #: has many values per channel.
-_SEQUENCE_LAYERS = {"Conv1d", "ConvTranspose1d", "LazyConv1d", "LSTM", "GRU", "RNN", "MaxPool1d", "AvgPool1d", "Conv2d", "Conv3d"}
+_SEQUENCE_LAYERS = {"Conv1d", "ConvTranspose1d", "LazyConv1d", "LSTM", "GRU", "RNN", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d"}
 #: Words without which no model of the file can hold batch norm (cheap test before any search).
 _BN_WORDS = re.compile(r"BatchNorm|torchvision|resnet|resnext|densenet|mobilenet|efficientnet|regnet|inception|googlenet|shufflenet|mnasnet|vgg\d+_bn")
 #: DataLoader(dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn, pin_memory, drop_last)
@@ -50,13 +50,15 @@ class BatchnormLastBatchOfOne(Rule):
         (read from its class in this file or a local module, through submodule classes, builder functions and
         base classes; torchvision ResNets and other architectures known to use it). When the dataset size is
         written in the code (a `TensorDataset` of literal-sized tensors, a list, `range`, `Subset` or
-        `random_split` with literal lengths, torchvision's MNIST/CIFAR/SVHN/STL10 splits) it is reported only
-        if `size % batch_size == 1`: as an error when the model holds `BatchNorm1d` (the crash), else as a
-        warning. When the size cannot be known it is reported as a warning, and only for `BatchNorm1d` in a
-        model without 1-D convolutions or recurrent layers (where one sample would still give several values
-        per channel): a guess about the data, said so in the message. A sampler (`DistributedSampler`) changes
-        the per-process count, so sizes are not computed then. Models built by other libraries (timm,
-        transformers) and layers created dynamically are not seen.
+        `random_split` with literal lengths, torchvision's MNIST/CIFAR/SVHN/STL10 splits) it is reported only if
+        `size % batch_size == 1`: as an error when the model holds `BatchNorm1d` (the crash), else as a warning.
+        When the size cannot be known it is reported as a warning, and only for `BatchNorm1d` in a model without
+        1-D convolutions, 1-D pooling or recurrent layers (where one sample would still give several values per
+        channel): a guess about the data, said so in the message. A sampler (`DistributedSampler`) changes the
+        per-process count, so sizes are not computed then. Models built by other libraries (timm, transformers)
+        and layers created dynamically are not seen, nor is batch norm that neither this file nor a module it
+        imports (or a package `__init__` it imports re-exports from) names: the rule first looks for the words,
+        to keep its searches off files that cannot have it.
     """
     bad = """
         import torch

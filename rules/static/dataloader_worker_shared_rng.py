@@ -57,15 +57,16 @@ class DataloaderWorkerSharedRng(Rule):
         info.dataset.rng = np.random.default_rng(info.seed)`), or create it lazily inside the worker.
     """
     known_problems = """
-        Reported for a `DataLoader` built in this file whose `num_workers` is a positive number or an
-        expression (said so in the message: with 0 workers nothing is wrong), with no `worker_init_fn` and no
-        `**kwargs`, when its dataset is built by a class we can read (this file or a local module, through
-        assignments, callers, `Subset` and `ConcatDataset`) that stores such a generator on `self` outside its
-        per-sample methods and uses it in `__getitem__`/`__iter__`/`__next__` or in a method of the class those
-        call. Stays silent when the class calls `get_worker_info()` anywhere, or reseeds or re-creates the
-        generator in the per-sample path (`self.rng.seed(...)`, `self.rng = np.random.default_rng(seed + idx)`).
-        A generator passed in from outside (`MyDataset(rng=...)`), held by a transform object, or seeded
-        in a `worker_init_fn` that does not touch it is not followed.
+        Reported for a `DataLoader` built in this file whose `num_workers` is a positive number or an expression
+        (said so in the message: with 0 workers nothing is wrong), with no `worker_init_fn` and no `**kwargs`,
+        when its dataset is built by a class we can read (this file or a local module, through assignments,
+        callers, `Subset` and `ConcatDataset`) that stores such a generator on `self` outside its per-sample
+        methods and uses it in `__getitem__`/`__iter__`/`__next__` or in a method of the class those call. Stays
+        silent when the class calls `get_worker_info()` anywhere, or reseeds or re-creates the generator in the
+        per-sample path (`self.rng.seed(...)`, `self.rng = np.random.default_rng(seed + idx)`). A generator
+        passed in from outside (`MyDataset(rng=...)`), held by a transform object, or built in a module this
+        file does not import directly is not followed. Any `worker_init_fn` silences the rule, even one that
+        reseeds only the global generators and leaves the dataset's own untouched (a missed bug).
     """
     bad = """
         import numpy as np

@@ -74,18 +74,18 @@ class DoubleLabelShift(Rule):
         errors.
     """
     known_problems = """
-        Reported when the labels and the inputs of one call are provably the two halves of one shift: a
-        tail and a head slice of the same tensor (`ids[:, 1:]` / `ids[:, :-1]`, `data[i + 1:i + 1 + n]` /
-        `data[i:i + n]`, also through `torch.stack([...])`), a same-length shifted copy of the inputs
-        (`labels[:, :-1] = ids[:, 1:]`, `torch.roll(ids, -1, 1)`), or the elements of the batches of a
-        `DataLoader` whose dataset class (this file or a local module) returns such a pair from
-        `__getitem__`, tuple or dict (`model(**batch)` included; not with a `collate_fn`). The call must shift
-        again: a Hugging Face causal LM (`AutoModelForCausalLM`, `*ForCausalLM`, `GPT2LMHeadModel`; built
-        here, held by `self`, or passed by every caller) given `labels=`, a model class we can read whose
-        `forward` slices that argument `[..., 1:]`, or a function we can read that does (then the tail slice
-        alone suffices, with its head half in the same function). Labels shifted by a `datasets.map`
-        function, by a collator, or inside the Trainer are not followed; models of other libraries are not
-        known to shift.
+        Reported when the labels and the inputs of one call are provably the two halves of one shift: a tail and
+        a head slice of the same tensor (`ids[:, 1:]` / `ids[:, :-1]`, `data[i + 1:i + 1 + n]` / `data[i:i +
+        n]`, also through `torch.stack([...])`), a same-length shifted copy of the inputs (`labels[:, :-1] =
+        ids[:, 1:]`, `torch.roll(ids, -1, 1)`), or the elements of the batches of a `DataLoader` whose dataset
+        class (this file or a local module) returns such a pair from `__getitem__`, tuple or dict
+        (`model(**batch)` included; not with a `collate_fn`). The call must shift again: a Hugging Face causal
+        LM (`AutoModelForCausalLM`, `*ForCausalLM`, `GPT2LMHeadModel`; built here, held by `self`, or passed by
+        every caller) given `labels=`, or a model class or function we can read that shifts like a causal-LM
+        loss (one parameter cut `[..., :-1, :]`, the one receiving the labels `[..., 1:]`); for those, the tail
+        slice suffices when its head half is sliced in the same function. A batch element counts only when
+        passed as `labels=` or through `**batch`. Labels shifted by a `datasets.map` function, by a collator, or
+        inside the Trainer are not followed; models of other libraries are not known to shift.
     """
     bad = """
         import torch

@@ -49,15 +49,15 @@ class WeightDecayOnNormAndBias(Rule):
     known_problems = """
         Off by default (enable with `--select weight-decay-on-norm-and-bias`); reported as info. Looks at
         `torch.optim.AdamW` and the AdamW-style optimizers of transformers, bitsandbytes, timm, apex and
-        lion-pytorch built from all of one model's parameters (`model.parameters()`, a `requires_grad` filter
-        of them, or a name bound to one) with a weight decay above zero: a literal, a module constant, the
-        optimizer's default (0.01 for torch's AdamW), or an expression (then the message says "if above 0").
-        The model must be transformer-style as far as we can read it: a class of this file or a local module
-        (or a torch.nn container) that holds LayerNorm/RMSNorm/GroupNorm, Embedding or torch's transformer
-        layers, or a Hugging Face `transformers` model. Parameter groups (a list of dicts), parameters from a
-        helper (`get_param_groups(model)`), optimizers from other libraries, and `Adam`/`SGD` (see
-        `adam-weight-decay`) are not judged. A model whose norms have no learnable parameters, or a study
-        that decays everything on purpose, is reported too.
+        lion-pytorch built from all of one model's parameters (`model.parameters()`, a `requires_grad` filter of
+        them, or a name bound to one) with a weight decay above zero: a literal, a module constant, the
+        optimizer's default (0.01 for torch's AdamW), or an expression (then the message says "if above 0"). The
+        model must be transformer-style as far as we can read it: a class of this file or a local module (or a
+        torch.nn container) that holds LayerNorm/RMSNorm/GroupNorm, Embedding or torch's transformer layers
+        (named in this file or a module it imports directly), or a Hugging Face `transformers` model. Parameter
+        groups (a list of dicts), parameters from a helper (`get_param_groups(model)`), optimizers from other
+        libraries, and `Adam`/`SGD` (see `adam-weight-decay`) are not judged. A model whose norms have no
+        learnable parameters, or a study that decays everything on purpose, is reported too.
     """
     bad = """
         import torch
