@@ -132,6 +132,18 @@ for epoch in range(epochs):
     optimizer.zero_grad()
     validate(model)
 """,
+        """
+import torch
+from torch.utils.data import DataLoader
+train_loader = DataLoader(train_set, batch_size=32, shuffle=True)
+for epoch in range(epochs):
+    optimizer.zero_grad()
+    for step, (x, y) in enumerate(train_loader):
+        (criterion(model(x), y) / grad_accum).backward()
+        if (step + 1) % grad_accum == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+""",
     )
     silent = (
         """
