@@ -356,15 +356,6 @@ def _decorated_no_grad(fn: ast.AST, program: "Program") -> bool:
     return False
 
 
-def _maybe_defined(program: "Program", name: str) -> bool:
-    """Could a class we can read define method ``name``? It is defined in this file, or somewhere in the project
-    (a cheap index look-up that saves resolving receivers for ``x.view(...)`` and the like)."""
-    if name in program.methods_defined:
-        return True
-    project = program.project
-    return project is None or project.defines(name)
-
-
 def _names_a_definition(model: "Program", name: str) -> bool:
     """``name`` is a function or class defined or imported here (``train_model(...)``, ``reparameterize_model``),
     not a variable holding a model, whatever its name says."""
@@ -695,8 +686,6 @@ class StreamBuilder:
         """Is ``x.name(...)`` a method that a class we can read defines (``self.backward(loss)`` of a trainer,
         ``manager.step()``), rather than torch's method of that name?"""
         here = self._program(state)
-        if not _maybe_defined(here, func.attr):
-            return False
         owner = here.class_of_receiver(func.value, call)
         if owner is None:
             return False
@@ -756,7 +745,7 @@ class StreamBuilder:
                 found = here.resolve_name(func.id) if func.id in here.imports.sources else None
                 if found is not None and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef)):
                     where, target = found
-                elif found is None and _maybe_defined(here, "__call__"):
+                elif found is None:
                     # `loss_scaler(loss, optimizer, ...)`: an object whose class (with `__call__`) we can read.
                     owner = here.class_of_receiver(func, call)
                     if owner is not None:
@@ -772,7 +761,7 @@ class StreamBuilder:
                     where, target = found
         elif isinstance(func, ast.Attribute):
             # `agent.finish_episode()`, `self.optim.step()`: a method of an object whose class we can read.
-            owner = here.class_of_receiver(func.value, call) if receiver_key(func.value) and _maybe_defined(here, func.attr) else None
+            owner = here.class_of_receiver(func.value, call) if receiver_key(func.value) else None
             if owner is not None:
                 found = owner[0].class_method(owner[1], func.attr)
                 if found is not None:

@@ -278,9 +278,11 @@ class Program:
                             owner, callee = found
                 elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
                     callee = self.method(self.class_of(fn), f.attr)
-                elif isinstance(f, ast.Attribute) and (f.attr in self.methods_defined or isinstance(f.value, ast.Name) and f.value.id in self._constructed and (self.project is None or self.project.defines(f.attr))):
-                    # `agent.finish_episode()`: a method of an object whose class we can read.
-                    cls = self.class_of_receiver(f.value, node)
+                elif isinstance(f, ast.Attribute) and (f.attr in self.methods_defined or isinstance(f.value, ast.Name) and f.value.id in self._constructed):
+                    # `agent.finish_episode()`: a method of an object whose class we can read (built here: a
+                    # parameter's class would need its callers, which this quick question does not read).
+                    receiver = receiver_key(f.value)
+                    cls = None if receiver in parameters(fn) else self.class_of_receiver(f.value, node)
                     found = cls[0].class_method(cls[1], f.attr) if cls is not None else None
                     if found is not None:
                         owner, callee = found

@@ -41,8 +41,9 @@ MAX_FILES = 5000
 MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
 MAX_PROGRAMS = 256
-_CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
-_DEFINED = re.compile(r"^\s*(?:async\s+)?def\s+([A-Za-z_]\w*)", re.MULTILINE)
+_CALLED = re.compile(rb"\b([A-Za-z_]\w*)\s*\(")
+#: A name called from more files than this is not followed to its callers.
+MAX_CALLER_FILES = 24
 
 
 @dataclass
@@ -98,7 +99,6 @@ class Project:
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
         #: name -> files that call something of that name / define a function or method of that name.
         self._called: Optional[dict[str, list[str]]] = None
-        self._defined: Optional[set[str]] = None
         self._callers: dict[str, list[CallSite]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
@@ -202,28 +202,23 @@ class Project:
                     break
             self._files = (sig, out[:MAX_FILES])
             self._callers.clear()
-            self._called = self._defined = None
+            self._called = None
         return self._files[1]
 
     def _index(self) -> None:
-        """One pass over the project's files: which names each calls, and every function name it defines."""
+        """One pass over the raw bytes of the project's files: which names each one calls."""
         called: dict[str, list[str]] = {}
-        defined: set[str] = set()
         for path in self.files():
-            text = self.text(path)
-            if text is None:
+            try:
+                if os.path.getsize(path) > MAX_FILE_BYTES:
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
                 continue
-            for name in set(_CALLED.findall(text)):
-                called.setdefault(name, []).append(path)
-            defined.update(_DEFINED.findall(text))
-        self._called, self._defined = called, defined
-
-    def defines(self, name: str) -> bool:
-        """Does some file of the project define a function or method called ``name``?"""
-        self.files()
-        if self._defined is None:
-            self._index()
-        return name in self._defined  # type: ignore[operator]
+            for name in set(_CALLED.findall(data)):
+                called.setdefault(name.decode("ascii", "replace"), []).append(path)
+        self._called = called
 
     def calls_named(self, name: str) -> list[CallSite]:
         """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``)."""
@@ -234,7 +229,10 @@ class Project:
             self._index()
         if name not in self._callers:
             sites: list[CallSite] = []
-            for path in (self._called or {}).get(name, ()):
+            paths = (self._called or {}).get(name, ())
+            if len(paths) > MAX_CALLER_FILES:
+                paths = ()  # called all over the project: no single caller tells what it is (and reading them all costs)
+            for path in paths:
                 program = self.program(path)
                 if program is None:
                     continue
