@@ -494,7 +494,7 @@ def _element_of(ev: Event, key: Optional[str]) -> bool:
     opt.step()`` steps ``optimizers[1]`` too."""
     base = (key or "").split("[", 1)[0]
     for loop in ev.loops:
-        names = {n.id for n in ast.walk(loop.target)} if loop.target is not None else set()
+        names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)} if loop.target is not None else set()
         if ev.target in names and loop.iter is not None and any(receiver_key(n) == base for n in ast.walk(loop.iter) if isinstance(n, (ast.Name, ast.Attribute))):
             return True
     return False

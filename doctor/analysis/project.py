@@ -175,6 +175,13 @@ class Project:
             self._programs.popitem(last=False)
         return program
 
+    def consult(self, path: str) -> Optional[str]:
+        """The text of a project file, recorded as consulted (a finding may depend on what it says)."""
+        path = os.path.normpath(os.path.abspath(path))
+        for seen in _RECORDING:
+            seen.files.add(path)
+        return self.text(path)
+
     def text(self, path: str) -> Optional[str]:
         sig = _signature(path)
         if sig is None or sig[0] > MAX_FILE_BYTES:
