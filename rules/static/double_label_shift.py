@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import weakref
 import os
 import re
 from dataclasses import dataclass
@@ -290,10 +291,18 @@ class _Tracer:
 
     def __init__(self, m) -> None:
         self.m = m
+        self._memo: dict[tuple[int, int], Origin] = {}
 
     def origin(self, program, expr: Optional[ast.AST], depth: int = 0) -> Origin:
         if expr is None or depth > MAX_DEPTH:
             return None
+        key = (id(program), id(expr))
+        if key not in self._memo:
+            self._memo[key] = None  # recursion guard
+            self._memo[key] = self._origin(program, expr, depth)
+        return self._memo[key]
+
+    def _origin(self, program, expr: ast.AST, depth: int) -> Origin:
         values = getattr(program, "values", None)
         if values is None:
             return None
@@ -530,12 +539,27 @@ def _is_module(program, node: ast.AST) -> bool:
     return (program.imports.qualify(node) or "") in ("torch", "numpy", "np")
 
 
+_SLICE_ASSIGNMENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _slice_assignments(program, fn: ast.AST) -> dict[str, list[ast.Assign]]:
+    """``name[...] = ...`` statements of ``fn``, by ``name`` (computed once per function)."""
+    table = _SLICE_ASSIGNMENTS.setdefault(program, {})
+    if id(fn) not in table:
+        nodes = program.index.within(fn, ast.Assign) if fn is not program.tree else program.nodes(ast.Assign)
+        found: dict[str, list[ast.Assign]] = {}
+        for node in nodes:
+            if len(node.targets) == 1 and isinstance(node.targets[0], ast.Subscript) and isinstance(node.targets[0].value, ast.Name):
+                found.setdefault(node.targets[0].value.id, []).append(node)
+        table[id(fn)] = found
+    return table[id(fn)]
+
+
 def _shifted_in_place(program, name: ast.Name) -> Optional[Shifted]:
     """``labels = ids.clone(); labels[:, :-1] = ids[:, 1:]``: ``labels`` is ``ids`` moved one position left."""
     fn = program.enclosing_function(name)
-    nodes = program.index.within(fn, ast.Assign) if fn is not program.tree else program.nodes(ast.Assign)
-    for node in nodes:
-        if node.lineno >= name.lineno or len(node.targets) != 1 or not isinstance(node.targets[0], ast.Subscript):
+    for node in _slice_assignments(program, fn).get(name.id, ()):
+        if node.lineno >= name.lineno:
             continue
         target = node.targets[0]
         if not (isinstance(target.value, ast.Name) and target.value.id == name.id and isinstance(node.value, ast.Subscript)):
