@@ -536,6 +536,8 @@ class StreamBuilder:
                 kinds.append("no_sync")
         elif q.endswith("dist_autograd.context") or q.endswith("distributed.autograd.context"):
             kinds.append("dist_autograd")
+        elif name == "catch_warnings":
+            kinds.append("catch_warnings")  # the author silences a warning here (PyTorch's scheduler-order one)
         return kinds
 
     # -- expressions ----------------------------------------------------------------------------------

@@ -220,6 +220,8 @@ for batch in loader:
         m = ctx.model
         tracer = _Tracer(m)
         for call in m.nodes(ast.Call):
+            if not _could_shift(m, call):
+                continue  # `torch.cat(...)`, `x.view(...)`: library calls never shift labels
             # Cheap evidence first: an argument that is provably half of a one-token shift. Only then ask who
             # the callee is (that may search the project for callers).
             batch_args = {id(kw.value) for kw in call.keywords if kw.arg in ("labels", None)}
@@ -284,6 +286,27 @@ for batch in loader:
                 first = call.args[0] if call.args and call.args[0] is not arg else None
                 return arg, first if method else None, f"{label} (which slices `{p}[..., 1:]`, {_where(m, program, fn)})"
         return None
+
+
+_LIBRARY_ROOTS = {"torch", "F", "nn", "np", "numpy", "math", "os", "re", "json", "logging", "logger", "warnings", "itertools", "functools", "collections", "random", "time", "sys"}
+
+
+def _could_shift(m, call: ast.Call) -> bool:
+    """Could this call shift one of its arguments: it passes ``labels=``/``**batch``, or calls something of the
+    project (a function, a class, a model attribute) rather than a torch/numpy/builtin function or a tensor method?"""
+    if any(kw.arg in ("labels", None) for kw in call.keywords):
+        return True
+    if len(call.args) + len(call.keywords) < 2:
+        return False  # a shift needs the inputs and the labels
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id in m.functions or func.id in m.classes or (func.id in m.imports.sources and m.imports.sources[func.id][0].split(".")[0] not in _LIBRARY_ROOTS)
+    if isinstance(func, ast.Attribute):
+        q = m.imports.qualify(func) or ""
+        if q.split(".")[0] in _LIBRARY_ROOTS or isinstance(func.value, (ast.Call, ast.Subscript, ast.Constant)):
+            return False
+        return True
+    return False
 
 
 class _Tracer:
