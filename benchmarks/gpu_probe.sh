@@ -7,7 +7,8 @@
 # 2. trip_memory_headroom.py: memory-headroom fails, and its numbers agree with NVML (nvidia-smi);
 # 3. --device cuda is honoured (device.type == cuda in the JSON);
 # 4. overhead on the issue's reference workload (12-layer 768-wide GPT stack, batch 16, seq 512, bf16,
-#    AdamW) and start-up time: benchmarks/probe_overhead.py --preset gpt --device cuda.
+#    AdamW) and start-up time: benchmarks/probe_overhead.py --preset gpt --device cuda;
+# 5. --recipe all on the healthy classifier: every recipe check passes on the GPU.
 # Exit status: number of failed checks (0 = all good).
 set -u
 cd "$(dirname "$0")/.."
@@ -49,6 +50,23 @@ print(f"trip_memory_headroom: status={mh['status']} (want fail) total={ev['total
 bad += (mh["status"] != "fail") + (not total_ok)
 print(f"checks failed: {bad}")
 sys.exit(min(bad, 100))
+EOF
+fail=$((fail + $?))
+
+# 5. Karpathy's recipe on the GPU (the device's RNG state is saved and restored around the experiments):
+#    every recipe check passes on the healthy classifier.
+$PY -m doctor probe fixtures/probe/healthy_classifier.py --device cuda --steps 12 --recipe all --timeout 180 -q \
+    --format json -o "$RES/recipe_healthy_classifier.json"
+$PY - "$RES" <<'EOF' | tee -a "$RES/summary.txt"
+import json, sys
+d = json.load(open(f"{sys.argv[1]}/recipe_healthy_classifier.json"))
+st = {c["name"]: (c["status"], c["summary"]) for c in d["checks"]}
+recipe = ["overfit-batch", "input-independent", "batch-independence", "lr-range"]
+bad = sum(st.get(r, ("missing",))[0] != "pass" for r in recipe)
+for r in recipe:
+    print(f"recipe {r}: {st.get(r)}")
+print(f"recipe checks failed: {bad}")
+sys.exit(bad)
 EOF
 fail=$((fail + $?))
 

@@ -131,6 +131,7 @@ ns = {"__name__": "workload"}
 sys.argv = ["workload", json.dumps(dict(cfg, steps=0)), os.devnull]
 exec(compile(head, "workload", "exec"), ns)
 from doctor.probe.hooks import Probe, ProbeStop
+from doctor.probe.options import ProbeOptions
 from doctor.probe.stream import Emitter
 model, opt, data, autocast, vocab, device = (ns[k] for k in ("model", "opt", "data", "autocast", "vocab", "device"))
 nn = torch.nn
@@ -147,8 +148,8 @@ def step():
         torch.cuda.synchronize()
 
 
-probe = Probe(Emitter(os.open(os.devnull, os.O_WRONLY)), "/nonexistent/script.py", steps=10**9,
-              sample_every=cfg["sample_every"])
+probe = Probe(Emitter(os.open(os.devnull, os.O_WRONLY)), "/nonexistent/script.py",
+              ProbeOptions(steps=10**9, sample_every=cfg["sample_every"]))
 for _ in range(3):
     step()  # warm-up
 plain, sampled, unsampled = [], [], []

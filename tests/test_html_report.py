@@ -104,3 +104,27 @@ def test_real_report_renders_in_headless_chromium(tmp_path):
     lower = rows[len(rows) // 2 :]
     ink = sum(1 for row in lower[::5] for i in range(0, len(row), bpp * 5) if row[i] < 120)
     assert ink > 200
+
+
+def test_axes_have_round_ticks_and_sensible_bounds():
+    svg = line_chart("loss", {"loss": [2.33, 1.7, 1.1, 0.4, 0.0507]})
+    ticks = re.findall(r'class="tick">([^<]+)</text>', svg)
+    y_ticks = [t for t in ticks if "." in t or t == "0"]
+    assert all(not t.startswith("-") for t in ticks)  # a loss axis does not go negative
+    assert all(len(t.rstrip("0").split(".")[-1]) <= 2 for t in y_ticks if "." in t)  # round numbers
+    flat = line_chart("grad norm", {"g": [1.01, 1.02, 1.0, 1.03]}, log_y=True)
+    labels = re.findall(r'text-anchor="end" class="tick">([^<]+)</text>', flat)
+    assert len(set(labels)) == len(labels) > 2  # not "1 1 1 1 1"
+    wide = line_chart("grad norm", {"g": [1e-3, 0.1, 10.0]}, log_y=True)
+    assert {"0.001", "0.1", "10"} <= set(re.findall(r'text-anchor="end" class="tick">([^<]+)</text>', wide))
+
+
+def test_report_files_get_the_usual_mode(tmp_path):
+    from doctor.core.fsutil import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(str(tmp_path / "report.html"), "<html></html>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644

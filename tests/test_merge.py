@@ -33,22 +33,52 @@ def test_missing_zero_grad_growth():
     assert verdict("missing-zero-grad", probe(series={"grad_norm": [1.0]})) is None
 
 
-def test_accumulation_ratio():
-    undivided = probe(series={"backwards": [4, 4, 4], "accumulation_grad_ratio": [3.9, 4.1, 3.8]})
-    divided = probe(series={"backwards": [4, 4, 4], "accumulation_grad_ratio": [1.0, 0.97, 1.05]})
-    single = probe(series={"backwards": [1, 1], "accumulation_grad_ratio": [1.0, 1.0]})
+def _c(name, status, summary="", **evidence):
+    return {"name": name, "status": status, "summary": summary, "evidence": evidence}
+
+
+def test_accumulation_from_the_backward_loss_ratio():
+    undivided = probe(checks=[_c("gradient-accumulation", "fail", "4 backward passes per optimizer step and the loss "
+                                 "reaching backward() is the criterion's output undivided", median_ratio=1.0)])
+    divided = probe(checks=[_c("gradient-accumulation", "pass", "4 backward passes per step, loss scaled by 0.25", median_ratio=0.25)])
+    single = probe(checks=[_c("gradient-accumulation", "skip", "one backward pass per optimizer step")])
     assert verdict("unscaled-accumulation-loss", undivided) == CONFIRMED
     assert verdict("unscaled-accumulation-loss", divided) == CONTRADICTED
     assert verdict("unscaled-accumulation-loss", single) == NOT_OBSERVED
 
 
-def test_softmax_and_sigmoid_ranges():
-    probs = probe(loss={"kind": "cross_entropy", "classes": 10, "input_min": 0.01, "input_max": 0.3, "input_row_sum": 1.0})
-    logits = probe(loss={"kind": "cross_entropy", "classes": 10, "input_min": -3.2, "input_max": 4.1, "input_row_sum": 0.4})
+def test_zero_grad_after_backward_links_to_cleared_gradients():
+    cleared = probe(checks=[_c("gradient-clearing", "fail", "gradients are cleared between backward() and optimizer.step(): ...")])
+    never = probe(checks=[_c("gradient-clearing", "fail", "gradients are never cleared: ...")])
+    fine = probe(checks=[_c("gradient-clearing", "pass", "gradients cleared before backward and present at the step")])
+    assert verdict("zero-grad-after-backward", cleared) == CONFIRMED
+    assert verdict("zero-grad-after-backward", never) is None  # another cause: neither confirmed nor contradicted
+    assert verdict("zero-grad-after-backward", fine) == CONTRADICTED
+    assert verdict("missing-zero-grad", never) == CONFIRMED
+    link = link_findings([finding("zero-grad-after-backward")], cleared)[0]
+    assert link.checks == ["gradient-clearing"] and "between backward() and optimizer.step()" in link.summary
+
+
+def test_softmax_sigmoid_and_nll_from_loss_input():
+    probs = probe(checks=[_c("loss-input", "fail", "cross_entropy receives probabilities (values in [0.01, 0.3], every row sums to 1): ...",
+                             cross_entropy={"min": 0.01, "max": 0.3})])
+    logits = probe(checks=[_c("loss-input", "pass", "cross_entropy: inputs look like what the loss expects",
+                              cross_entropy={"min": -3.2, "max": 4.1})])
     assert verdict("softmax-before-cross-entropy", probs) == CONFIRMED
     assert verdict("softmax-before-cross-entropy", logits) == CONTRADICTED
-    sig = probe(loss={"kind": "bce_logits", "input_min": 0.2, "input_max": 0.8})
+    sig = probe(checks=[_c("loss-input", "fail", "binary_cross_entropy_with_logits receives values inside (0, 1) only",
+                           bce_logits={"min": 0.2, "max": 0.8})])
     assert verdict("sigmoid-before-bce-with-logits", sig) == CONFIRMED
+    assert verdict("sigmoid-before-bce-with-logits", logits) is None  # no BCE call seen
+    nll = probe(checks=[_c("loss-input", "fail", "nll_loss receives raw scores (values up to 3.2 ...)", nll={"min": -2.0, "max": 3.2})])
+    assert verdict("nll-without-log-softmax", nll) == CONFIRMED
+
+
+def test_scheduler_order_confirms():
+    p = probe(checks=[_c("scheduler-order", "fail", "StepLR.step() is called before optimizer.step(): ...")])
+    assert verdict("scheduler-before-optimizer", p) == CONFIRMED
+    p = probe(checks=[_c("scheduler-order", "pass", "StepLR stepped after the optimizer")])
+    assert verdict("scheduler-before-optimizer", p) == CONTRADICTED
 
 
 def test_bad_init_and_gradient_flow_from_checks():

@@ -66,9 +66,16 @@ def test_rules_and_explain_know_the_runtime_checks():
     proc = _doctor("rules", "--all", "--format", "json")
     assert proc.returncode == 0
     runtime = [r for r in json.loads(proc.stdout) if r["kind"] == "runtime"]
-    assert [r["code"] for r in runtime] == [f"DP1{i:02d}" for i in range(1, 11)]
+    assert [r["code"] for r in runtime] == [f"DP1{i:02d}" for i in range(1, 22)]
     proc = _doctor("explain", "update-ratio")
     # The page shows the thresholds' values, not the names of the constants holding them.
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0 and "‖Δw‖/‖w‖" in text
     assert "HIGH_WARN" not in text and 'warns "too large" above 0.1 and fails above 1 ' in text
+
+
+def test_unknown_recipe_is_a_usage_error():
+    proc = _doctor("probe", str(FIXTURES / "healthy_regression.py"), "--recipe", "overfit,lr-range")
+    assert proc.returncode == 2 and "unknown recipe overfit" in proc.stderr and "Traceback" not in proc.stderr
+    help_text = _doctor("probe", "--help").stdout
+    assert "--recipe" in help_text and "overfit-batch" in help_text and "--recipe-steps" in help_text

@@ -28,7 +28,9 @@ SLACK = 4.0
 CHECK_NAMES = [
     "training-loop", "initial-loss", "non-finite-loss", "loss-decrease", "gradient-flow",
     "update-ratio", "dead-activations", "output-diversity", "memory-headroom", "input-pipeline",
-]
+    "loss-input", "scheduler-order", "gradient-accumulation", "gradient-clearing", "optimizer-coverage",
+    "learning-rate", "class-balance",
+]  # the recipe checks (overfit-batch, input-independent, batch-independence, lr-range) only with --recipe
 # fixture -> the one check it must trip (warn or fail); all other checks must pass or skip.
 TRIPS = {
     "trip_training_loop.py": "training-loop",

@@ -22,6 +22,18 @@ PAIRINGS = {
     "bad_init.py": "bad-init",
     "detached_loss_input.py": "detached-loss-input",
     "non_leaf_parameter.py": "non-leaf-parameter",
+    "zero_grad_after_backward.py": "zero-grad-after-backward",
+}
+# The probe alone (its own checks, its own exit code) fails each headline bug, naming the cause.
+PROBE_ALONE = {
+    "sched_before_opt.py": ("scheduler-order", "is called before optimizer.step()"),
+    "missing_zero_grad.py": ("gradient-clearing", "gradients are never cleared"),
+    "unscaled_accumulation.py": ("gradient-accumulation", "undivided"),
+    "softmax_before_ce.py": ("loss-input", "cross_entropy receives probabilities"),
+    "sigmoid_before_bce.py": ("loss-input", "sigmoid outputs"),
+    "zero_grad_after_backward.py": ("gradient-clearing", "cleared between backward() and optimizer.step()"),
+    "detached_loss_input.py": ("gradient-flow", "no gradient for"),
+    "bad_init.py": ("output-diversity", "identical"),
 }
 
 
@@ -35,7 +47,7 @@ def _run(name):
 
 @pytest.fixture(scope="module")
 def merged():
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(pool.map(_run, sorted(PAIRINGS)))
 
 
@@ -61,5 +73,22 @@ def test_text_report_says_confirmed(tmp_path):
         [sys.executable, "-m", "doctor", "probe", "missing_zero_grad.py", "--with-static", "--steps", "8", "--device", "cpu", "-q", "--no-color"],
         cwd=REPORT, capture_output=True, text=True, timeout=300,
     )
-    assert "missing-zero-grad" in p.stdout and "runtime: confirmed at runtime: the gradient norm grew" in p.stdout
+    assert "missing-zero-grad" in p.stdout and "runtime: confirmed at runtime (gradient-clearing): gradients are never cleared" in p.stdout
     assert "DP101" in p.stdout  # the probe's own table follows
+
+
+@pytest.mark.parametrize("name", sorted(PROBE_ALONE))
+def test_probe_alone_fails_the_headline_bug(merged, name):
+    payload = json.loads(merged[name].stdout)
+    check, cause = PROBE_ALONE[name]
+    c = next(c for c in payload["checks"] if c["name"] == check)
+    assert c["status"] == "fail" and cause in c["summary"], c
+    assert payload["exit_code"] == 1  # the probe's own verdict, before the static findings are added
+
+
+def test_cleared_gradients_are_not_blamed_on_unused_layers(merged):
+    payload = json.loads(merged["zero_grad_after_backward.py"].stdout)
+    flow = next(c for c in payload["checks"] if c["name"] == "gradient-flow")
+    assert flow["status"] == "skip" and "unused layer" not in flow["summary"] and "gradient-clearing" in flow["summary"]
+    link = next(l for l in payload["links"] if l["rule"] == "zero-grad-after-backward")
+    assert link["checks"] == ["gradient-clearing"]

@@ -40,6 +40,8 @@ def hf_trainers_without_scaling(program: Program) -> list[HFTrainerLoss]:
     readable base class) and compute the loss themselves."""
     out = []
     for cls in program.classes.values():
+        if not any(isinstance(f, ast.FunctionDef) and f.name == "compute_loss" for f in cls.body):
+            continue  # only a class that computes the loss itself can forget to divide it
         chain = program.class_bases(cls)
         if not any(_hf_base(p, k) for p, k in chain):
             continue

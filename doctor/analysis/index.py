@@ -15,6 +15,8 @@ from typing import Iterator, Optional, TypeVar
 T = TypeVar("T", bound=ast.AST)
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+#: Load/Store contexts and operator tokens: never asked for, and a large share of all nodes.
+_CONTEXT_AND_OPERATORS = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
 _POSITION = attrgetter("lineno", "col_offset")
 
 
@@ -30,6 +32,7 @@ class NodeIndex:
         parents = self.parents
         stack = [tree]
         AST = ast.AST
+        skip = _CONTEXT_AND_OPERATORS
         while stack:
             node = stack.pop()
             by_type[type(node)].append(node)
@@ -37,16 +40,16 @@ class NodeIndex:
                 value = getattr(node, name, None)
                 if isinstance(value, list):
                     for child in value:
-                        if isinstance(child, AST):
+                        if isinstance(child, AST) and not isinstance(child, skip):
                             parents[id(child)] = node
                             stack.append(child)
-                elif isinstance(value, AST):
+                elif isinstance(value, AST) and not isinstance(value, skip):
                     parents[id(value)] = node
                     stack.append(value)
         # Source order (the stack visits in reverse); rules report in a stable order. Node types without a
-        # position (operators, contexts, comprehensions) keep the traversal order, as sorting by (0, 0) did.
+        # position (arguments, comprehensions) keep their visiting order.
         for t, nodes in by_type.items():
-            if "lineno" not in t._attributes:
+            if len(nodes) < 2 or "lineno" not in t._attributes:
                 continue
             try:
                 nodes.sort(key=_POSITION)  # a C-level key: this sort ran a Python lambda per node

@@ -38,9 +38,6 @@ class Program:
         self._project = project
         self.index = NodeIndex(tree)
         self.imports = ImportTable(tree, self.index)
-        self.objects = K.build_objects(tree, self.imports, self.index)
-        if path:
-            K.resolve_local_schedulers(self.objects, path)
         self.functions: dict[str, ast.AST] = {}
         self.methods: dict[str, dict[str, ast.AST]] = {}
         self._class_of: dict[int, str] = {}
@@ -65,7 +62,21 @@ class Program:
             if isinstance(node, ast.ClassDef):
                 self.classes[node.name] = node
         self._resolved: dict[str, Optional[tuple["Program", Definition]]] = {}
-        self.objects.resolver = self._verify_object
+        self._memo: dict[tuple, object] = {}
+
+    @cached_property
+    def objects(self) -> K.ObjectTable:
+        """Object kinds from constructors (built on first use: the files a check only reads a class or a
+        function from never pay for it)."""
+        table = K.build_objects(self.tree, self.imports, self.index)
+        if self.path:
+            K.resolve_local_schedulers(table, self.path)
+        table.resolver = self._verify_object
+        return table
+
+    def calls_to(self, name: str) -> list[ast.Call]:
+        """Calls in this file whose callee is named ``name`` (``name(...)``, ``x.name(...)``)."""
+        return self.calls_named(name, "any")
 
     # -- objects whose constructor we can read -----------------------------------------------------------
     def _verify_object(self, info: K.ObjectInfo) -> Optional[K.ObjectInfo]:
@@ -123,7 +134,6 @@ class Program:
             from doctor.analysis.project import Project
 
             self._project = Project.for_file(self.path, type(self))
-            self._project.adopt(self)
         return self._project
 
     def owns(self, node: ast.AST) -> bool:
@@ -157,6 +167,16 @@ class Program:
                             break
         self._resolved[name] = found
         return found
+
+    def module_may_train(self, name: str) -> bool:
+        """Could the local module an imported name comes from do training work (read its bytes, not its tree)?"""
+        source = self.imports.sources.get(name)
+        project = self.project
+        if source is None or project is None or not self.path:
+            return False
+        module, level, _ = source
+        path = project.module_file(self.path, module, level)
+        return path is not None and project.may_train(path)
 
     def _module(self, module: str, level: int) -> Optional["Program"]:
         project = self.project
@@ -201,7 +221,7 @@ class Program:
             return out
         for base in cls.bases:
             found = self.resolve_class(base)
-            if found is not None and found[1] is not cls:
+            if found is not None and not same_definition(found[0], found[1], self, cls):
                 out.extend(found[0].class_bases(found[1], _depth + 1))
         return out
 
@@ -288,15 +308,17 @@ class Program:
                         if any(o is not fn and self.is_relevant(o, _depth + 1) for o in options):
                             result = True
                             break
-                    if callee is None and f.id in self.imports.sources:
+                    if callee is None and f.id in self.imports.sources and self.module_may_train(f.id):
                         found = self.resolve_name(f.id)  # a function of a local module
                         if found is not None and not isinstance(found[1], ast.ClassDef):
                             owner, callee = found
                 elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
                     callee = self.method(self.class_of(fn), f.attr)
-                elif isinstance(f, ast.Attribute) and (f.attr in self._method_names or isinstance(f.value, ast.Name) and f.value.id in self._constructed):
-                    # `agent.finish_episode()`: a method of an object whose class we can read.
-                    cls = self.class_of_receiver(f.value, node)
+                elif isinstance(f, ast.Attribute) and (f.attr in self.methods_defined or isinstance(f.value, ast.Name) and f.value.id in self._constructed):
+                    # `agent.finish_episode()`: a method of an object whose class we can read (built here: a
+                    # parameter's class would need its callers, which this quick question does not read).
+                    receiver = receiver_key(f.value)
+                    cls = None if receiver in parameters(fn) else self.class_of_receiver(f.value, node)
                     found = cls[0].class_method(cls[1], f.attr) if cls is not None else None
                     if found is not None:
                         owner, callee = found
@@ -325,7 +347,8 @@ class Program:
         return out
 
     @cached_property
-    def _method_names(self) -> frozenset[str]:
+    def methods_defined(self) -> frozenset[str]:
+        """Names of the methods the classes of this file define."""
         return frozenset(name for table in self.methods.values() for name in table)
 
     @cached_property
@@ -388,6 +411,13 @@ class Program:
 
     # -- call sites ------------------------------------------------------------------------------------
     def call_sites(self, fn: ast.AST, *, by_method_name: bool = False, dispatch: bool = False) -> list[tuple["Program", ast.Call]]:
+        key = ("sites", id(fn), by_method_name, dispatch)
+        if key not in self._memo:
+            self._memo[key] = []  # recursion guard
+            self._memo[key] = self._call_sites(fn, by_method_name, dispatch)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _call_sites(self, fn: ast.AST, by_method_name: bool, dispatch: bool) -> list[tuple["Program", ast.Call]]:
         """The calls of function or method ``fn`` (of this file) that we can see: in this file and, through
         imports, in the project's other files. Methods are matched through ``self`` and through objects
         whose class we can read; ``by_method_name`` also takes calls on receivers of unknown class in the
@@ -409,10 +439,10 @@ class Program:
                 out.append((self, call))
             if self.project is not None:
                 for site in self.project.calls_named(name):
-                    if site.program is self:
+                    if site.program is self or _same_path(site.program.path or "", self.path or ""):
                         continue
                     found = site.program.resolve(site.call.func)
-                    if found is not None and found[1] is fn:
+                    if found is not None and same_definition(found[0], found[1], self, fn):
                         out.append((site.program, site.call))
             return out
         cls = self.classes.get(cls_name) or next((c for c in self.index.of(ast.ClassDef) if c.name == cls_name), None)
@@ -420,16 +450,19 @@ class Program:
             return out
         programs = [self]
         if self.project is not None:
-            programs.extend(p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values() if p is not self)
+            programs.extend(
+                p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values()
+                if p is not self and not _same_path(p.path or "", self.path or "")
+            )
         for program in programs:
             for call in program.calls_named(name, "attr"):
                 f = call.func
                 owner = program.class_of_receiver(f.value, call)
                 if owner is not None:
-                    if any(k is cls for _, k in owner[0].class_bases(owner[1])):
+                    if any(same_definition(p, k, self, cls) for p, k in owner[0].class_bases(owner[1])):
                         out.append((program, call))
                     elif dispatch and isinstance(f.value, ast.Name) and f.value.id == "self" and any(
-                        k is owner[1] for _, k in self.class_bases(cls)
+                        same_definition(p, k, owner[0], owner[1]) for p, k in self.class_bases(cls)
                     ):
                         out.append((program, call))  # a base class calls `self.name()`: the override runs
                 elif by_method_name and not (isinstance(f.value, ast.Name) and f.value.id in ("self", "cls", "super")):
@@ -437,6 +470,13 @@ class Program:
         return out
 
     def class_of_receiver(self, expr: ast.AST, at: ast.AST, _depth: int = 0) -> Optional[tuple["Program", ast.ClassDef]]:
+        key = ("receiver", id(expr), id(at))
+        if key not in self._memo:
+            self._memo[key] = None  # recursion guard
+            self._memo[key] = self._class_of_receiver(expr, at, _depth)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _class_of_receiver(self, expr: ast.AST, at: ast.AST, _depth: int = 0) -> Optional[tuple["Program", ast.ClassDef]]:
         """The readable class of the object ``expr`` (``self``, a name or ``self.x`` bound to ``Cls(...)``)."""
         if isinstance(expr, ast.Name) and expr.id == "self":
             cls_name = self.class_of(self.enclosing_function(at))
@@ -449,16 +489,23 @@ class Program:
             return None
         fn = self.enclosing_function(at)
         if isinstance(expr, ast.Name) and fn is not self.tree and key in parameters(fn) and not self.rebinds(fn, key):
+            method = at.func.attr if isinstance(at, ast.Call) and isinstance(at.func, ast.Attribute) else None
+            if method in _COMMON_METHOD_NAMES or key in _DATA_NAMES:
+                return None  # `model.parameters()`, `batch.items()`: no project class to find through the callers
             # A parameter: the class of what every visible caller passes (never another function's binding).
             found = None
             for program, value in self.argument_values(fn, key) if _depth < 3 else []:
                 cls = program.class_of_receiver(value, value, _depth + 1)
-                if cls is None or (found is not None and found[1] is not cls[1]):
+                if cls is None or (found is not None and not same_definition(found[0], found[1], cls[0], cls[1])):
                     return None
                 found = cls
             return found
         ctor = self.constructor_of(key, at)
-        return self.resolve_class(ctor.func) if ctor is not None else None
+        if ctor is None:
+            return None
+        if isinstance(ctor.func, ast.Name) and ctor.func.id in self.imports.sources and not self.module_may_train(ctor.func.id):
+            return None  # a class of a module that never trains: nothing of it would be followed anyway
+        return self.resolve_class(ctor.func)
 
     def _last_binding_in(self, key: str, bound: list, fn: ast.AST) -> Optional[int]:
         """The position in ``bound`` (the history of ``key``) of its last binding made in ``fn``, or None.
@@ -532,6 +579,13 @@ class Program:
         return isinstance(f, ast.Attribute) and self.class_of_receiver(f.value, call) is not None
 
     def argument_values(self, fn: ast.AST, param: str) -> list[tuple["Program", ast.AST]]:
+        key = ("args", id(fn), param)
+        if key not in self._memo:
+            self._memo[key] = []  # recursion guard
+            self._memo[key] = self._argument_values(fn, param)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _argument_values(self, fn: ast.AST, param: str) -> list[tuple["Program", ast.AST]]:
         """What the visible calls of ``fn`` pass for ``param`` (positionally, by keyword or by default)."""
         args = fn.args  # type: ignore[attr-defined]
         positional = [a.arg for a in args.posonlyargs + args.args]
@@ -576,11 +630,17 @@ def parameters(fn: ast.AST) -> set[str]:
 
 #: Framework objects that call a function once per training iteration: ignite's engines.
 _PER_ITERATION_ENGINES = {"Engine", "DeterministicEngine"}
-#: Method names too common to link a call to a definition by name alone.
+#: Method names too common to link a call to a definition by name alone, or to resolve a parameter's class
+#: through its callers for (torch's own methods on modules, tensors and containers).
 _COMMON_METHOD_NAMES = {
     "step", "update", "forward", "__call__", "train", "run", "backward", "zero_grad", "optimize", "fit", "__init__",
     "apply", "eval", "call", "process", "execute", "compute", "get", "set", "save", "load",
+    "parameters", "named_parameters", "state_dict", "load_state_dict", "to", "cuda", "cpu", "modules",
+    "named_modules", "children", "items", "keys", "values", "append", "extend", "pop", "size", "view", "item",
+    "detach", "float", "half", "numel", "reshape", "format", "join", "split", "copy_", "add_", "mul_",
 }
+#: Parameter names that hold data, not an object of a project class.
+_DATA_NAMES = {"batch", "x", "y", "inputs", "targets", "labels", "data", "input", "target", "sample", "samples", "images", "imgs", "loss", "logits", "outputs", "output", "tensor", "mask"}
 
 
 def _repeating_event(event: ast.AST) -> bool:
@@ -617,3 +677,14 @@ def _short(path: Optional[str]) -> str:
     import os
 
     return os.path.basename(path or "")
+
+
+def same_definition(a_program: "Program", a: ast.AST, b_program: "Program", b: ast.AST) -> bool:
+    """The same function or class, even when its file was parsed twice (a project file read again)."""
+    if a is b:
+        return True
+    return (
+        getattr(a, "name", None) == getattr(b, "name", None)
+        and getattr(a, "lineno", None) == getattr(b, "lineno", None)
+        and bool(a_program.path and b_program.path and _same_path(a_program.path, b_program.path))
+    )

@@ -20,6 +20,7 @@ import ast
 import os
 import re
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -38,6 +39,14 @@ _SKIP_DIRS = {
 #: Bounds that keep a reverse lookup cheap on huge trees.
 MAX_FILES = 5000
 MAX_FILE_BYTES = 2 * 1024 * 1024
+#: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
+MAX_PROGRAMS = 32
+#: Raw bytes of project files kept for reverse look-ups (a bigger project is searched by reading files again).
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+#: A name called from more files than this is not followed to its callers.
+MAX_CALLER_FILES = 8
+#: Bytes that any file doing training work contains (a backward, a step, a clearing...).
+_TRAINS = re.compile(rb"\.(backward|step|zero_grad|manual_backward|clip_grad_norm_|clip_grad_value_|unscale_)\s*\(|\.grad\b")
 
 
 @dataclass
@@ -88,15 +97,14 @@ class Project:
     def __init__(self, root: str, factory: Callable[..., Program]) -> None:
         self.root = root
         self.factory = factory
-        #: path -> (file signature when read, its tables)
-        self._programs: dict[str, tuple[Optional[tuple[int, int]], Optional[Program]]] = {}
-        self._texts: dict[str, tuple[Optional[tuple[int, int]], Optional[str]]] = {}
+        #: path -> (file signature when read, its tables); the most recently used MAX_PROGRAMS are kept.
+        self._programs: "OrderedDict[str, tuple[Optional[tuple[int, int]], Optional[Program]]]" = OrderedDict()
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
+        #: name -> files that call something of that name / define a function or method of that name.
+        self._blobs: Optional[list[tuple[str, Optional[bytes]]]] = None
+        self._modules: dict[tuple[str, str, int], Optional[str]] = {}
+        self._trains: dict[str, tuple[Optional[tuple[int, int]], bool]] = {}
         self._callers: dict[str, list[CallSite]] = {}
-        #: called_names() per file, with the text it was read from.
-        self._called: dict[str, tuple[Optional[str], frozenset[str]]] = {}
-        #: module_file() answers; forgotten with the callers when the project's files change.
-        self._module_files: dict[tuple[str, str, int], Optional[str]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
     @classmethod
@@ -119,9 +127,9 @@ class Project:
         on disk once per folder and module: a big file asks for the same modules thousands of times)."""
         here = os.path.dirname(os.path.abspath(importer))
         key = (here, module, level)
-        if key not in self._module_files:
-            self._module_files[key] = self._module_file(here, module, level)
-        return self._module_files[key]
+        if key not in self._modules:
+            self._modules[key] = self._module_file(here, module, level)
+        return self._modules[key]
 
     def _module_file(self, here: str, module: str, level: int) -> Optional[str]:
         if level:
@@ -157,6 +165,7 @@ class Project:
         sig = _signature(path)
         cached = self._programs.get(path)
         if cached is not None and cached[0] == sig:
+            self._programs.move_to_end(path)
             return cached[1]
         self._programs[path] = (sig, None)  # recursion guard while it is being built
         text = self.text(path)
@@ -171,40 +180,26 @@ class Project:
             if tree is not None:
                 program = self.factory(tree, path, project=self)
         self._programs[path] = (sig, program)
+        while len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
         return program
 
-    def adopt(self, program: Program) -> None:
-        """Register the program of the file being checked (parsed from the text the engine just read)."""
-        if program.path:
-            path = os.path.normpath(os.path.abspath(program.path))
-            self._programs[path] = (_signature(path), program)
-            self._callers.clear()  # call sites found in an older version of this file are gone
+    def consult(self, path: str) -> Optional[str]:
+        """The text of a project file, recorded as consulted (a finding may depend on what it says)."""
+        path = os.path.normpath(os.path.abspath(path))
+        for seen in _RECORDING:
+            seen.files.add(path)
+        return self.text(path)
 
     def text(self, path: str) -> Optional[str]:
         sig = _signature(path)
-        cached = self._texts.get(path)
-        if cached is not None and cached[0] == sig:
-            return cached[1]
-        text = None
-        if sig is not None and sig[0] <= MAX_FILE_BYTES:
-            try:
-                with open(path, "rb") as fh:
-                    text = decode_python(fh.read()).text
-            except (OSError, ValueError):
-                text = None
-        self._texts[path] = (sig, text)
-        return text
-
-    def called_names(self, path: str) -> frozenset[str]:
-        """Every name the file calls (a word followed by ``(``), read once per version of the file: testing
-        each looked-up name against the whole text again made big projects and files quadratic."""
-        text = self.text(path)
-        cached = self._called.get(path)
-        if cached is not None and cached[0] is text:
-            return cached[1]
-        names = frozenset(_CALLED.findall(text)) if text is not None else frozenset()
-        self._called[path] = (text, names)
-        return names
+        if sig is None or sig[0] > MAX_FILE_BYTES:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return decode_python(fh.read()).text
+        except (OSError, ValueError):
+            return None
 
     # -- reverse lookups --------------------------------------------------------------------------------
     def files(self) -> list[str]:
@@ -219,29 +214,84 @@ class Project:
                     break
             self._files = (sig, out[:MAX_FILES])
             self._callers.clear()
-            self._module_files.clear()
+            self._blobs = None
+            self._modules.clear()
         return self._files[1]
+
+    def may_train(self, path: str) -> bool:
+        """Could code in ``path`` do training work (it mentions a backward, a step, a clearing)? A cheap byte scan,
+        cached, that spares parsing modules that only hold utilities."""
+        path = os.path.normpath(os.path.abspath(path))
+        sig = _signature(path)
+        cached = self._trains.get(path)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        try:
+            with open(path, "rb") as fh:
+                found = _TRAINS.search(fh.read()) is not None
+        except OSError:
+            found = False
+        self._trains[path] = (sig, found)
+        return found
+
+    def _load(self) -> None:
+        """The raw bytes of the project's files, read once (up to MAX_INDEX_BYTES in all; the rest are read again
+        for each search): reverse look-ups search them with ``bytes.find`` before parsing anything."""
+        blobs: list[tuple[str, Optional[bytes]]] = []
+        total = 0
+        for path in self.files():
+            try:
+                size = os.path.getsize(path)
+                if size > MAX_FILE_BYTES:
+                    continue
+                if total + size > MAX_INDEX_BYTES:
+                    blobs.append((path, None))
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            total += len(data)
+            blobs.append((path, data))
+        self._blobs = blobs
+
+    def _files_calling(self, name: str) -> list[str]:
+        needle = name.encode("ascii", "replace")
+        pattern = re.compile(rb"\b" + re.escape(needle) + rb"\s*\(")
+        out = []
+        for path, data in self._blobs or ():
+            if data is None:
+                try:
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                except OSError:
+                    continue
+            if needle in data and pattern.search(data):
+                out.append(path)
+                if len(out) > MAX_CALLER_FILES:
+                    break
+        return out
 
     def calls_named(self, name: str) -> list[CallSite]:
         """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``)."""
         for seen in _RECORDING:
             seen.roots.add(self.root)
-        files = self.files()
+        self.files()
+        if self._blobs is None:
+            self._load()
         if name not in self._callers:
             sites: list[CallSite] = []
-            for path in files:
-                if name not in self.called_names(path):
-                    continue
+            paths = self._files_calling(name)
+            if len(paths) > MAX_CALLER_FILES:
+                paths = []  # called all over the project: no single caller tells what it is (and reading them all costs)
+            for path in paths:
                 program = self.program(path)
                 if program is None:
                     continue
-                sites.extend(CallSite(program, call) for call in program.calls_named(name))
+                for call in program.calls_to(name):
+                    sites.append(CallSite(program, call))
             self._callers[name] = sites
         return self._callers[name]
-
-
-#: A call of a name: the whole word, then an opening parenthesis.
-_CALLED = re.compile(r"\b(\w+)\s*\(")
 
 
 def file_signature(path: str) -> Optional[list[int]]:

@@ -437,7 +437,7 @@ class ValueTable:
                 if ref is None:
                     return None
                 refs.append((program, value, ref))
-            if len({(id(r.cls) if r.cls is not None else r.name) for _, _, r in refs}) != 1:
+            if len({((r.program.path, r.cls.lineno) if r.cls is not None else r.name) for _, _, r in refs}) != 1:
                 return None
             program, value, ref = refs[0]
             how = f"`{name.id}` is the `{ref.name}` passed on {self.where(value, program)}"

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Optional
 
 import click
 
+from doctor.probe.options import DEFAULTS, DEVICES, RECIPES, OptionsError, ProbeOptions, parse_recipe
+
 if TYPE_CHECKING:
     from doctor.core.findings import Finding
 
@@ -20,21 +22,28 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 @click.command(context_settings={"ignore_unknown_options": False, "help_option_names": ["-h", "--help"]})
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Optimizer steps to observe before stopping the script.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True, help="Optimizer steps to observe before stopping the script.")
+@click.option("--device", type=click.Choice(list(DEVICES)), default=DEFAULTS.device, show_default=True,
               help="cpu hides GPUs from the script; cuda requires one.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True, help="Seconds before the script is killed.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.timeout, show_default=True,
+              help="Seconds before the script is killed (each run of it).")
+@click.option("--recipe", default=None, metavar="NAMES",
+              help=f"Karpathy's recipe as checks: a comma-separated list of {', '.join(RECIPES)}, or all. "
+                   "overfit-batch and lr-range each run the script once more.")
+@click.option("--recipe-steps", type=click.IntRange(min=4), default=DEFAULTS.recipe_steps, show_default=True,
+              help="Optimizer steps of each recipe run of its own (overfit-batch, lr-range).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
               help="html: one self-contained file with charts (use with --output).")
 @click.option("--with-static", is_flag=True,
               help="Also run the static checker on the script and the local modules it imports, and link its findings to the run.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report to a file.")
-@click.option("--sample-every", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--sample-every", type=click.IntRange(min=1), default=DEFAULTS.sample_every, show_default=True,
               help="Full statistics on steps 0, 1, 2 and every N-th step.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not pass the script's own output through (to stderr).")
 @click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
-def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, timeout: float, fmt: str,
-          with_static: bool, output: Optional[str], sample_every: int, quiet: bool, color: Optional[bool]) -> None:
+def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, timeout: float, recipe: Optional[str],
+          recipe_steps: int, fmt: str, with_static: bool, output: Optional[str], sample_every: int, quiet: bool,
+          color: Optional[bool]) -> None:
     """Run SCRIPT for a few optimizer steps and check what only a run shows.
 
     The script runs unmodified as __main__ in a child process, with SCRIPT_ARGS (put them after `--`).
@@ -48,8 +57,13 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
         click.echo(f"doctor: error: no such script: {script}", err=True)
         sys.exit(EXIT_USAGE)
     try:
-        result = run_probe(script, list(script_args), steps=steps, device=device, timeout=timeout,
-                           sample_every=sample_every, echo=None if quiet else sys.stderr)
+        options = ProbeOptions(steps=steps, device=device, timeout=timeout, sample_every=sample_every,
+                               recipe=parse_recipe(recipe), recipe_steps=recipe_steps).validate()
+    except OptionsError as exc:
+        click.echo(f"doctor: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        result = run_probe(script, list(script_args), options, echo=None if quiet else sys.stderr)
     except ProbeUsageError as exc:
         click.echo(f"doctor: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

@@ -21,6 +21,11 @@ def current_umask() -> int:
     return old
 
 
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process umask."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
     """Write to a temporary file in the same folder, then rename it over the target.
 
@@ -34,7 +39,8 @@ def atomic_write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
         st: Optional[os.stat_result] = os.stat(path)
     except FileNotFoundError:
         st = None
-    mode = (st.st_mode & 0o7777) if st is not None else (0o666 & ~current_umask())
+    # mkstemp creates 0600: a new file gets the mode open() would give it
+    mode = (st.st_mode & 0o7777) if st is not None else new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=".doctor-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -1,7 +1,10 @@
 """The runtime-check contract: metadata (``RuntimeCheck``), a verdict (``CheckResult``), and running them all.
 
 Each check is one module in ``rules/runtime/`` (installed as ``doctor.rules.runtime``) with a module-level
-``CHECK = RuntimeCheck(...)`` and ``evaluate(run: ProbeRun) -> CheckResult``.
+``CHECK = RuntimeCheck(...)`` and ``evaluate(run: ProbeRun) -> CheckResult``. The common skips live here, not
+in every check: a check that needs optimizer steps (``needs_steps``, the default) is skipped with the reason
+when none was observed, a recipe check (``recipe=True``) is only evaluated when ``--recipe`` asked for it, and
+a check raises ``Skip(reason)`` (or calls ``require``) when it has nothing to judge.
 """
 
 from __future__ import annotations
@@ -19,6 +22,21 @@ PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
 
 
+class Skip(Exception):
+    """Raised by a check with nothing to judge; the reason becomes the ``skip`` summary."""
+
+    def __init__(self, reason: str, evidence: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.evidence = evidence or {}
+
+
+def require(condition: Any, reason: str, evidence: Optional[dict[str, Any]] = None) -> None:
+    """Skip the check with ``reason`` unless ``condition`` holds."""
+    if not condition:
+        raise Skip(reason, evidence)
+
+
 @dataclass(frozen=True)
 class RuntimeCheck:
     """What `doctor rules --all` and `doctor explain` show for a runtime check."""
@@ -26,6 +44,18 @@ class RuntimeCheck:
     name: str
     code: str
     summary: str
+    #: Skipped ("no optimizer step observed") when the run made no step.
+    needs_steps: bool = True
+    #: A step of Karpathy's recipe: evaluated only when ``--recipe`` names it.
+    recipe: bool = False
+
+    def result(self, status: str, summary: str, evidence: Optional[dict[str, Any]] = None, advice: str = "",
+               findings: Optional[list[Finding]] = None) -> "CheckResult":
+        return result(self, status, summary, evidence, advice, findings)
+
+    def finding(self, path: Optional[str], line: Optional[int], message: str, severity: Severity = Severity.ERROR,
+                evidence: Optional[dict[str, Any]] = None) -> list[Finding]:
+        return finding_at(self, path, line, message, severity, evidence)
 
 
 @dataclass
@@ -60,13 +90,6 @@ def result(check: RuntimeCheck, status: str, summary: str, evidence: Optional[di
                        evidence=evidence or {}, advice=advice, findings=findings or [])
 
 
-def no_steps(check: RuntimeCheck, run: ProbeRun) -> Optional[CheckResult]:
-    """The common skip: nothing to judge without an observed optimizer step."""
-    if run.steps_observed == 0:
-        return result(check, SKIP, "no optimizer step observed (see training-loop)")
-    return None
-
-
 def finding_at(check: RuntimeCheck, path: Optional[str], line: Optional[int], message: str,
                severity: Severity = Severity.ERROR, evidence: Optional[dict[str, Any]] = None) -> list[Finding]:
     """A runtime finding at a source line, or nothing when the line is unknown."""
@@ -96,17 +119,25 @@ def load_checks() -> list[tuple[RuntimeCheck, Callable[[ProbeRun], CheckResult]]
     return sorted(found, key=lambda c: c[0].code)
 
 
+def evaluate_one(check: RuntimeCheck, evaluate: Callable[[ProbeRun], CheckResult], run: ProbeRun) -> CheckResult:
+    """One check on one run, with the common skips; a check that breaks reports ``skip`` with the reason."""
+    if check.needs_steps and run.steps_observed == 0:
+        return result(check, SKIP, "no optimizer step observed (see training-loop)")
+    try:
+        res = evaluate(run)
+    except Skip as skip:
+        res = result(check, SKIP, skip.reason, skip.evidence)
+    except Exception as exc:  # a bug in one check must not hide the others
+        res = result(check, SKIP, f"the check could not evaluate this run ({type(exc).__name__}: {exc})")
+    res.code = res.code or check.code
+    return res
+
+
 def evaluate_all(run: ProbeRun) -> list[CheckResult]:
-    """Run every check; a check that breaks reports ``skip`` with the reason instead of failing the probe."""
-    results = []
-    for check, evaluate in load_checks():
-        try:
-            res = evaluate(run)
-        except Exception as exc:  # a bug in one check must not hide the others
-            res = result(check, SKIP, f"the check could not evaluate this run ({type(exc).__name__}: {exc})")
-        res.code = res.code or check.code
-        results.append(res)
-    return results
+    """Every check that applies to ``run`` (recipe checks only when requested), in code order."""
+    wanted = set(run.recipe_requested)
+    return [evaluate_one(check, evaluate, run) for check, evaluate in load_checks()
+            if not check.recipe or check.name in wanted]
 
 
 def median(values: list[float]) -> Optional[float]:

@@ -1,7 +1,7 @@
 """The child process: install the hooks, run the user's script unmodified as ``__main__``, report how it ended.
 
-Started by the runner as ``python -m doctor.probe.child --steps N --device D -- SCRIPT ARGS...`` with the
-event descriptor in ``$DOCTOR_PROBE_FD``. Exit codes of the child itself: 0 script finished or stopped,
+Started by the runner as ``python -m doctor.probe.child --options JSON -- SCRIPT ARGS...`` (the
+``ProbeOptions`` of this run, serialised once) with the event descriptor in ``$DOCTOR_PROBE_FD``. Exit codes of the child itself: 0 script finished or stopped,
 1 script failed, 3 usage error (``--device cuda`` without a GPU).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -17,16 +18,16 @@ from typing import Any, Optional
 
 T0 = time.perf_counter()
 
-from doctor.probe.stream import FD_ENV, Emitter  # noqa: E402  (timing starts before imports)
+from doctor.probe.options import ProbeOptions  # noqa: E402  (timing starts before imports)
+from doctor.probe.stream import FD_ENV, Emitter  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 3
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="doctor.probe.child")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--sample-every", type=int, default=5)
+    ap.add_argument("--options", default="{}", help="ProbeOptions as JSON")
     ap.add_argument("script")
     ap.add_argument("args", nargs=argparse.REMAINDER)
     return ap.parse_args(argv)
@@ -48,9 +49,9 @@ def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
     path, line = site if site else (None, None)
     if isinstance(exc, SyntaxError) and exc.filename:
         path, line = exc.filename, exc.lineno
-    message = str(exc)
+    message = _ANSI.sub("", str(exc))  # torch.load's weights_only message carries terminal bold codes
     oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in message.lower()
-    tb = traceback.format_exception(type(exc), exc, _user_tb(exc, script_path))
+    tb = [_ANSI.sub("", ln) for ln in traceback.format_exception(type(exc), exc, _user_tb(exc, script_path))]
     return {
         "type": type(exc).__name__,
         "message": message.splitlines()[0][:500] if message else "",
@@ -63,6 +64,7 @@ def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     opts = _parse(sys.argv[1:] if argv is None else argv)
+    options = ProbeOptions.from_json(opts.options)
     fd = int(os.environ.get(FD_ENV, "-1"))
     emitter = Emitter(fd) if fd >= 0 else Emitter(os.open(os.devnull, os.O_WRONLY))
     script = os.path.abspath(opts.script)
@@ -78,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    if opts.device == "cuda" and not cuda:
+    if options.device == "cuda" and not cuda:
         emitter.emit("usage_error", message="--device cuda: no CUDA device is available to PyTorch")
         return EXIT_USAGE
     # "cpu" until the optimizer's parameters turn out to live on a GPU (the hooks then send a device event).
@@ -86,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from doctor.probe.hooks import Probe, ProbeStop
 
-    probe = Probe(emitter, script, steps=opts.steps, sample_every=opts.sample_every)
+    probe = Probe(emitter, script, options)
     _capture_warnings(emitter)
     _flush_on_sigterm(probe, emitter)
     probe.install()

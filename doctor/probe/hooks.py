@@ -2,18 +2,27 @@
 
 Cost model (why the code looks the way it does):
 - Every optimizer step runs two cheap Python hooks: a step counter, the LR, host timers, and a
-  detached reference to the loss. No host-device sync.
+  detached reference to the loss. No host-device sync; the step's record (without the loss value) is
+  written to the event stream at once, so a hard kill loses no step.
 - On *sampled* steps (0, 1, 2 and every ``sample_every``-th) the module forward hooks are registered,
-  gradient norms come from one ``torch._foreach_norm``, the update ‖Δw‖/‖w‖ from one parameter copy, and
-  all numbers of the step (plus the losses of the unsampled steps before it) reach the host in a single
-  ``tolist()`` per device. Activation statistics use strided subsets of at most ``SAMPLE_ELEMENTS``.
-- Forward hooks are removed again after a sampled step, so unsampled steps pay nothing for them.
+  gradient norms come from one ``torch._foreach_norm`` (before ``clip_grad_norm_`` when the script clips),
+  the update ‖Δw‖/‖w‖ from one parameter copy, and all numbers of the step (plus the losses of the
+  unsampled steps before it) reach the host in a single ``tolist()`` per device. Activation statistics use
+  strided subsets of at most ``SAMPLE_ELEMENTS``. Each ``backward()`` of a sampled step also records where
+  it was called from, how the tensor it received relates to the criterion's output, and the gradient norm
+  before and after it (at most ``WINDOW_BACKWARDS`` per step).
+- Forward hooks are removed again after a sampled step, so unsampled steps pay nothing for them. Inside a
+  ``torch.compile``d region the hooks do nothing (dynamo traces them as no-ops); once a compiled module is
+  seen they stay installed, so that toggling them does not invalidate the compiled graph.
+- Scripts that update weights by hand (``p.data.add_(...)`` after ``backward()``) are found by comparing
+  parameter norms between the first backward passes; from then on each ``backward()`` closes a step.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import traceback
 import weakref
@@ -24,6 +33,8 @@ import torch.nn.functional as F
 from torch.optim import optimizer as optim_mod
 from torch.nn.modules import module as module_mod
 
+from doctor.probe.experiments import clone_args, first_tensor, run as run_experiments
+from doctor.probe.options import LR_RANGE, OVERFIT, ProbeOptions
 from doctor.probe.stream import Emitter
 
 #: Elements per tensor read for activation/output statistics: enough for stable fractions, small enough to be free.
@@ -32,6 +43,16 @@ SAMPLE_ELEMENTS = 4096
 UNIT_ROWS = 256
 #: Rows of the model output used for diversity and the predicted-class histogram.
 OUTPUT_ROWS = 256
+#: Backward passes per sampled step whose gradient norms and loss ratio are recorded (accumulation windows
+#: of 32 micro-steps would otherwise pay 32 norms).
+WINDOW_BACKWARDS = 4
+#: Criterion calls of the first step recorded for initial-loss (a GAN or a multi-task loss has a few).
+FIRST_TERMS = 8
+#: Backward passes inspected for hand-written updates before giving up (accumulation windows are long).
+MANUAL_PROBE_BACKWARDS = 64
+#: An LR range run stops once the loss exceeds this many times its best value and is back above its first
+#: value (or is not finite): the sweep has diverged.
+LR_RANGE_DIVERGED = 4.0
 
 #: What a CUDA context takes outside PyTorch's allocator (driver, cuBLAS/cuDNN workspaces): roughly 0.5 GiB.
 CUDA_CONTEXT_BYTES = 512 * 2**20
@@ -39,7 +60,7 @@ CUDA_CONTEXT_BYTES = 512 * 2**20
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
 SATURATING = (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.Hardtanh)
 
-#: Functional losses that are wrapped, and the kind the initial-loss check understands.
+#: Functional losses that are wrapped, and the kind the checks understand.
 LOSS_FUNCTIONS = {
     "cross_entropy": "cross_entropy",
     "nll_loss": "nll",
@@ -51,6 +72,13 @@ LOSS_FUNCTIONS = {
     "huber_loss": "huber",
     "kl_div": "kl_div",
 }
+#: Positional index of ``reduction`` in each functional loss's signature (after input, target).
+REDUCTION_POS = {"cross_entropy": 6, "nll": 6, "bce": 5, "bce_logits": 5, "mse": 4, "l1": 4, "smooth_l1": 4,
+                 "huber": 2, "kl_div": 4}
+
+_TORCH_DIR = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+_DOCTOR_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 class ProbeStop(BaseException):
@@ -64,6 +92,17 @@ def user_site(script_path: str, frames: Optional[list] = None) -> Optional[tuple
         if os.path.realpath(fr.filename) == script_path:
             return fr.filename, fr.lineno or 0
     return None
+
+
+def caller_site(skip: int = 2) -> tuple[str, int]:
+    """File and line of the innermost frame outside torch and doctor: where the user's code called in."""
+    frame = sys._getframe(skip)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(_TORCH_DIR) or name.startswith(_DOCTOR_DIR) or name.startswith("<")):
+            return name, frame.f_lineno
+        frame = frame.f_back
+    return "?", 0
 
 
 class _Pending:
@@ -93,17 +132,23 @@ class _Pending:
 class Probe:
     """All hooks of one child process. ``install()`` before the script, ``finish()`` after it."""
 
-    def __init__(self, emitter: Emitter, script_path: str, steps: int, sample_every: int = 5) -> None:
+    def __init__(self, emitter: Emitter, script_path: str, options: Optional[ProbeOptions] = None) -> None:
+        options = options or ProbeOptions()
+        self.options = options
         self.emitter = emitter
         self.script_path = os.path.realpath(script_path)
-        self.max_steps = steps
-        self.sample_every = max(1, sample_every)
+        self.mode = options.mode
+        self.max_steps = options.steps
+        # Recipe runs are short diagnostics: every step is a sampled step.
+        self.sample_every = 1 if self.mode in (OVERFIT, LR_RANGE) else max(1, options.sample_every)
         self.pending = _Pending()
         self.step = 0
         self.done = False
         self.primary: Optional[weakref.ref] = None
         self.other_steps = 0
-        self.optimizers: set[int] = set()
+        self.opt_steps: dict[int, int] = {}
+        self.held: dict[int, set[int]] = {}  # optimizer id -> ids of the parameters it holds
+        self.held_sizes: dict[int, int] = {}
         self.sampling = True  # step 0 is always sampled
         self.handles: list[Any] = []
         self.global_handles: list[Any] = []
@@ -114,14 +159,29 @@ class Probe:
         self.params_sent = False
         self.loss_info_sent: set[str] = set()
         self.in_backward = 0
+        self.in_step = False
+        self.closure_step = False
+        self.closure_losses = 0
+        self.experimenting = False
+        self.compiled_seen = False
         #: Backward passes since the last optimizer step (micro-steps of an accumulation window), whether
-        #: a GradScaler scaled this window's losses, and the gradient norm right after its first backward.
+        #: a GradScaler scaled this window's losses, the call sites of those backward passes.
         self.backwards = 0
         self.window_scaled = False
+        self.scaler_seen = False
+        self.sites: dict[tuple[str, int], int] = {}
         self.scaled: dict[int, torch.Tensor] = {}
         self.loss_acc: Optional[torch.Tensor] = None
         self.loss_count = 0
         self.last_fn_loss: Optional[torch.Tensor] = None
+        self.fn_losses: list[torch.Tensor] = []  # criterion outputs since the last backward
+        self.window_kinds: set[str] = set()
+        self.window_targets = False
+        self.window_loss_calls = 0
+        self.terms: list[dict[str, Any]] = []
+        self.terms_sent = False
+        self.label_counts: Optional[torch.Tensor] = None
+        self.binary_counts: Optional[torch.Tensor] = None
         self.data_wait = 0.0
         self.batches = 0
         self.t_last = time.perf_counter()
@@ -133,6 +193,26 @@ class Probe:
         self.output_seen = False
         self.batch_size: Optional[int] = None
         self.prev_params: Optional[list[torch.Tensor]] = None
+        self.preclip: Optional[tuple[list[int], torch.Tensor]] = None
+        self.unheld: dict[int, Any] = {}
+        self.sched_depth = 0
+        self.sched_counts: dict[int, int] = {}
+        # hand-written updates
+        self.manual = False
+        self.manual_params: list[Any] = []
+        self.manual_fp: Optional[list[float]] = None
+        self.manual_probes = 0
+        self.manual_backwards = 0
+        # recipe state
+        self.first_call: Optional[tuple[Any, tuple]] = None
+        self.experiments_done = not options.experiments
+        self.overfit_args: list[tuple[int, tuple]] = []
+        self.overfit_targets: list[tuple[str, Any]] = []
+        self.overfit_replaced = 0
+        self.window_calls = 0
+        self.lr_base: Optional[list[list[float]]] = None
+        self.lr_best: Optional[float] = None
+        self.lr_first: Optional[float] = None
         self.cuda = False
         self.nvml: Any = None
 
@@ -150,6 +230,18 @@ class Probe:
             self._patch(GradScaler, "scale", self._wrap_scale(GradScaler.scale))
         except ImportError:  # older torch: the loss is then read from the functional loss
             pass
+        from torch.nn.utils import clip_grad
+
+        for owner in (torch.nn.utils, clip_grad):
+            if hasattr(owner, "clip_grad_norm_"):
+                self._patch(owner, "clip_grad_norm_", self._wrap_clip(getattr(owner, "clip_grad_norm_"), "norm"))
+            if hasattr(owner, "clip_grad_value_"):
+                self._patch(owner, "clip_grad_value_", self._wrap_clip(getattr(owner, "clip_grad_value_"), "value"))
+        from torch.optim import lr_scheduler
+
+        base = getattr(lr_scheduler, "LRScheduler", None) or getattr(lr_scheduler, "_LRScheduler", None)
+        if base is not None:
+            self._patch(base, "step", self._wrap_sched_step(base.step))
         from torch.utils.data import dataloader
 
         self._patch(dataloader._BaseDataLoaderIter, "__next__", self._wrap_next(dataloader._BaseDataLoaderIter.__next__))
@@ -160,7 +252,7 @@ class Probe:
         setattr(owner, name, new)
 
     def uninstall(self) -> None:
-        self._set_forward_hooks(False)
+        self._set_forward_hooks(False, force=True)
         for h in self.global_handles:
             h.remove()
         self.global_handles.clear()
@@ -168,7 +260,10 @@ class Probe:
             setattr(owner, name, orig)
         self.originals.clear()
 
-    def _set_forward_hooks(self, on: bool) -> None:
+    def _wants_forward_hooks(self) -> bool:
+        return self.sampling or self.mode == OVERFIT or self.compiled_seen or not self.experiments_done
+
+    def _set_forward_hooks(self, on: bool, force: bool = False) -> None:
         if on and not self.handles:
             self.depth = 0
             self.output_seen = False
@@ -177,7 +272,7 @@ class Probe:
                 self.handles.append(module_mod.register_module_forward_hook(self._fwd_post, always_call=True))
             except TypeError:  # torch < 2.1 has no always_call
                 self.handles.append(module_mod.register_module_forward_hook(self._fwd_post))
-        elif not on:
+        elif not on and (force or not self.compiled_seen):
             for h in self.handles:
                 h.remove()
             self.handles.clear()
@@ -187,18 +282,21 @@ class Probe:
         probe = self
 
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if probe.mode == OVERFIT and not probe.experimenting and torch.is_grad_enabled():
+                args, kwargs = probe._overfit_target(kind, args, kwargs)
             out = fn(*args, **kwargs)
             if probe.done:
                 raise ProbeStop()
+            if probe.experimenting:
+                return out
             try:
                 if isinstance(out, torch.Tensor) and out.dim() == 0:
                     probe.last_fn_loss = out.detach()
-                inp = args[0] if args else kwargs.get("input")
-                tgt = args[1] if len(args) > 1 else kwargs.get("target")
-                if kind not in probe.loss_info_sent and isinstance(inp, torch.Tensor):
-                    probe._loss_info(kind, inp, tgt, kwargs)
-                elif probe.sampling and kind in ("cross_entropy", "nll") and isinstance(tgt, torch.Tensor):
-                    probe._target_stats(inp, tgt)
+                if probe.sampling or kind not in probe.loss_info_sent:  # unsampled steps: nothing more to record
+                    inp = args[0] if args else kwargs.get("input")
+                    tgt = args[1] if len(args) > 1 else kwargs.get("target")
+                    if isinstance(inp, torch.Tensor) and inp.requires_grad and isinstance(out, torch.Tensor):
+                        probe._criterion(kind, out, inp, tgt, args, kwargs)
             except ProbeStop:
                 raise
             except Exception as exc:  # instrumentation must never break the user's run
@@ -216,22 +314,24 @@ class Probe:
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             if probe.done:
                 raise ProbeStop()
-            if probe.in_backward == 0 and isinstance(tensors, torch.Tensor) and tensors.dim() == 0:
-                loss = probe.scaled.pop(id(tensors), None)
-                probe._add_loss(loss if loss is not None else tensors.detach())
-            outermost = probe.in_backward == 0
+            outermost = probe.in_backward == 0 and not probe.experimenting
+            if outermost:
+                try:
+                    probe._before_backward(tensors)
+                except ProbeStop:
+                    raise
+                except Exception as exc:  # instrumentation must never break the user's run
+                    probe._internal(exc)
             probe.in_backward += 1
             try:
                 out = fn(tensors, *args, **kwargs)
             finally:
                 probe.in_backward -= 1
             if outermost:
-                probe.backwards += 1
-                if probe.backwards == 1 and probe.sampling:
-                    try:
-                        probe._first_backward_norm()
-                    except Exception as exc:  # instrumentation must never break the user's run
-                        probe._internal(exc)
+                try:
+                    probe._after_backward()
+                except Exception as exc:  # instrumentation must never break the user's run
+                    probe._internal(exc)
             return out
 
         backward.__wrapped__ = fn  # type: ignore[attr-defined]
@@ -244,10 +344,70 @@ class Probe:
             out = fn(scaler, outputs)
             if isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
                 probe.scaled = {id(out): outputs.detach()}  # keep one: the scaled loss of this micro-batch
-                probe.window_scaled = True
+                if getattr(scaler, "_enabled", True):  # GradScaler(enabled=False).scale() returns the loss unchanged
+                    probe.window_scaled = probe.scaler_seen = True
             return out
 
         return scale
+
+    def _wrap_clip(self, fn: Callable, kind: str) -> Callable:
+        probe = self
+
+        def clip(parameters: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(parameters, torch.Tensor):
+                parameters = [parameters]
+            else:
+                parameters = list(parameters)  # a generator can be read once: read it here and pass the list on
+            measure = probe.sampling and not probe.experimenting and not probe.done
+            if measure:
+                try:
+                    probe._before_clip(parameters)
+                except Exception as exc:  # instrumentation must never break the user's run
+                    probe._internal(exc)
+            out = fn(parameters, *args, **kwargs)
+            if measure:
+                try:
+                    limit = args[0] if args else kwargs.get("max_norm", kwargs.get("clip_value"))
+                    rec = probe.records.setdefault(probe.step, {})
+                    info = rec.setdefault("clip", {"kind": kind, "limit": _float(limit), "calls": 0})
+                    info["calls"] += 1
+                    if kind == "norm" and isinstance(out, torch.Tensor) and info["calls"] == 1:
+                        probe.pending.add(out.detach().float().reshape(1), lambda v, info=info: info.__setitem__("total_norm", v[0]))
+                except Exception as exc:
+                    probe._internal(exc)
+            return out
+
+        clip.__wrapped__ = fn  # type: ignore[attr-defined]
+        clip.__name__ = getattr(fn, "__name__", "clip")
+        return clip
+
+    def _wrap_sched_step(self, fn: Callable) -> Callable:
+        probe = self
+
+        def step(sched: Any, *args: Any, **kwargs: Any) -> Any:
+            # the constructor's own first step, and schedulers stepped by a SequentialLR/ChainedScheduler, are not the script's
+            initial = getattr(sched, "_step_count", 1) == 0
+            if probe.sched_depth or initial or probe.experimenting:
+                probe.sched_depth += 1
+                try:
+                    return fn(sched, *args, **kwargs)
+                finally:
+                    probe.sched_depth -= 1
+            opt = getattr(sched, "optimizer", None)
+            before = [_float(g.get("lr")) for g in getattr(opt, "param_groups", [])]
+            probe.sched_depth += 1
+            try:
+                out = fn(sched, *args, **kwargs)
+            finally:
+                probe.sched_depth -= 1
+            try:
+                probe._scheduler_stepped(sched, opt, before)
+            except Exception as exc:  # instrumentation must never break the user's run
+                probe._internal(exc)
+            return out
+
+        step.__wrapped__ = fn  # type: ignore[attr-defined]
+        return step
 
     def _wrap_next(self, fn: Callable) -> Callable:
         probe = self
@@ -262,13 +422,141 @@ class Probe:
 
         return __next__
 
+    # ------------------------------------------------------------------ backward
+    def _before_backward(self, tensors: Any) -> None:
+        if self.primary is None:
+            self._probe_manual_update()
+        loss: Optional[torch.Tensor] = None
+        if isinstance(tensors, torch.Tensor) and tensors.dim() == 0:
+            loss = self.scaled.pop(id(tensors), None)
+            loss = loss if loss is not None else tensors.detach()
+        if self.in_step:  # a closure (LBFGS): the optimizer evaluates the loss itself, several times per step
+            if self.closure_losses == 0 and loss is not None:
+                self._add_loss(loss)
+            self.closure_losses += 1
+            self.fn_losses = []
+            return
+        if loss is not None:
+            self._add_loss(loss)
+        if self.sampling:
+            site = caller_site(3)
+            self.sites[site] = self.sites.get(site, 0) + 1
+        if self.sampling and self.backwards < WINDOW_BACKWARDS:
+            rec = self.records.setdefault(self.step, {})
+            if loss is not None and self.fn_losses:
+                crit = torch.stack([t.float() for t in self.fn_losses]).sum()
+                ratio = (loss.float() / crit).reshape(1)
+                rec.setdefault("backward_ratio", [])
+                self.pending.add(ratio, lambda v, rec=rec: rec["backward_ratio"].append(v[0]))
+            opt = self.primary() if self.primary is not None else None
+            if opt is not None:
+                self._grad_norm_into(opt, rec, "grad_before_backward")
+        self.fn_losses = []
+
+    def _after_backward(self) -> None:
+        if self.in_step:
+            return
+        self.backwards += 1
+        if self.manual:
+            self.manual_backwards += 1
+            if self.sampling:
+                self._manual_stats()
+            return
+        if self.sampling and self.backwards <= WINDOW_BACKWARDS:
+            opt = self.primary() if self.primary is not None else None
+            if opt is not None:
+                rec = self.records.setdefault(self.step, {})
+                self._grad_norm_into(opt, rec, "grad_after_backward")
+
+    def _grad_norm_into(self, opt: Any, rec: dict, key: str) -> None:
+        """Append the global gradient norm of ``opt``'s parameters now to ``rec[key]`` (0 when no grad exists)."""
+        grads = [p.grad.detach() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        values = rec.setdefault(key, [])
+        if not grads:
+            values.append(0.0)
+            return
+        idx = len(values)
+        values.append(None)
+        total = _stack_norms(grads).double().pow(2).sum().sqrt().float().reshape(1)
+        self.pending.add(total, lambda v, values=values, idx=idx: values.__setitem__(idx, v[0]))
+
     def _add_loss(self, loss: torch.Tensor) -> None:
         loss = loss.float()
         self.loss_acc = loss if self.loss_acc is None else self.loss_acc + loss
         self.loss_count += 1
 
+    # ------------------------------------------------------------------ hand-written updates
+    def _model_params(self) -> list[Any]:
+        params, seen = [], set()
+        for ref in self.top_models.values():
+            top = ref()
+            if top is None or not hasattr(top, "parameters"):
+                continue
+            for p in top.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def _probe_manual_update(self) -> None:
+        """Before a backward with no optimizer step yet: did the weights change since the previous backward?
+        Then the script updates them by hand, and each backward from now on closes a step."""
+        if self.manual:
+            if self.manual_backwards:
+                self._end_step(None, self.manual_params)
+            return
+        if self.manual_probes >= MANUAL_PROBE_BACKWARDS or self.experimenting:
+            return
+        params = self._model_params()
+        if not params:
+            return
+        self.manual_probes += 1
+        fp = _stack_norms([p.detach() for p in params]).tolist()
+        changed = self.manual_fp is not None and len(fp) == len(self.manual_fp) and fp != self.manual_fp
+        self.manual_fp = fp
+        if changed:
+            self.manual = True
+            self.manual_params = params
+            self._send_params(None)
+            self.emitter.emit("manual_updates", params=len(params))
+            if not self.experiments_done:
+                self._run_experiments()
+            self._end_step(None, params)
+
+    def _manual_stats(self) -> None:
+        """Gradient statistics right after backward (the script clears them before the next one) and a copy
+        of the weights, to measure the hand-written update at the next backward."""
+        params = self.manual_params
+        rec = self.records.setdefault(self.step, {})
+        self._grad_stats_of(params, rec)
+        self.prev_params = torch._foreach_mul([p.detach() for p in params], 1.0) if params else []
+
     # ------------------------------------------------------------------ loss metadata
-    def _loss_info(self, kind: str, inp: torch.Tensor, tgt: Any, kwargs: dict) -> None:
+    def _criterion(self, kind: str, out: torch.Tensor, inp: torch.Tensor, tgt: Any, args: tuple, kwargs: dict) -> None:
+        """A criterion call on the training path (its input carries a gradient)."""
+        value = out.detach()
+        if value.dim() == 0:
+            self.fn_losses.append(value)
+        if kind not in self.loss_info_sent:
+            self._loss_info(kind, inp, tgt)
+        reduction = _reduction(kind, args, kwargs)
+        if self.step == 0 and not self.terms_sent and len(self.terms) < FIRST_TERMS and value.numel():
+            self._first_term(kind, value, inp, tgt, reduction, kwargs)
+        if self.sampling:
+            rec = self.records.setdefault(self.step, {})
+            if kind not in self.window_kinds:
+                self.window_kinds.add(kind)
+                mean = value.float().mean().reshape(1)
+                self.pending.add(mean, lambda v, rec=rec, kind=kind: rec.setdefault("criterion", {}).__setitem__(kind, v[0]))
+                self._input_stats(kind, inp, rec)
+            if isinstance(tgt, torch.Tensor) and kind in ("bce", "bce_logits"):
+                # every binary call: a GAN's real (1) and fake (0) labels are two calls of one step
+                self._target_stats(kind, inp, tgt, kwargs)
+            elif not self.window_targets and isinstance(tgt, torch.Tensor) and kind in ("cross_entropy", "nll"):
+                self.window_targets = True
+                self._target_stats(kind, inp, tgt, kwargs)
+
+    def _loss_info(self, kind: str, inp: torch.Tensor, tgt: Any) -> None:
         self.loss_info_sent.add(kind)
         site = user_site(self.script_path)
         info: dict[str, Any] = {
@@ -283,69 +571,133 @@ class Probe:
             info["target_dtype"] = str(tgt.dtype).replace("torch.", "")
         if kind in ("cross_entropy", "nll"):
             info["classes"] = int(inp.shape[1]) if inp.dim() >= 2 else int(inp.shape[0])
-            if isinstance(tgt, torch.Tensor):
-                self._target_stats(inp, tgt)
-        if kind in ("cross_entropy", "nll", "bce_logits") and inp.is_floating_point() and inp.numel():
-            # Range of what the loss receives: probabilities (in [0, 1], rows summing to 1) where logits
-            # are expected is the runtime trace of a softmax/sigmoid in front of the loss.
-            x = inp.detach().float()
-            rows = x.sum(1).mean() if (kind != "bce_logits" and x.dim() >= 2) else x.new_full((), float("nan"))
-            stats = torch.stack([x.min(), x.max(), rows])
-
-            def set_range(v: list[float], info: dict = info) -> None:
-                info["input_min"], info["input_max"] = v[0], v[1]
-                if v[2] == v[2]:  # not NaN
-                    info["input_row_sum"] = v[2]
-                self.emitter.emit("loss_info", **info)
-
-            self.pending.add(stats, set_range)
-            return
-        elif kind in ("bce", "bce_logits", "mse") and isinstance(tgt, torch.Tensor) and tgt.numel():
-            t = tgt.detach().float().reshape(-1)
-            stats = torch.stack([t.mean(), t.var(unbiased=False) if t.numel() > 1 else t.new_zeros(()), (t * t).mean()])
-
-            def set_stats(v: list[float], info: dict = info) -> None:
-                info["target_mean"], info["target_var"], info["target_sq_mean"] = v
-                self.emitter.emit("loss_info", **info)
-
-            self.pending.add(stats, set_stats)
-            return
         self.emitter.emit("loss_info", **info)
 
-    def _target_stats(self, inp: Any, tgt: torch.Tensor) -> None:
-        """Share of the most frequent label in the batch: a model predicting one class is only wrong if the labels are not."""
-        if tgt.dtype.is_floating_point or tgt.dim() == 0 or not isinstance(inp, torch.Tensor) or inp.dim() < 2:
+    def _first_term(self, kind: str, value: torch.Tensor, inp: torch.Tensor, tgt: Any, reduction: str, kwargs: dict) -> None:
+        """One criterion term of the first step: its value (mean for reduction='none'), how many elements it
+        sums over (for reduction='sum'), and what the expected value at init depends on."""
+        term: dict[str, Any] = {"kind": kind, "reduction": reduction, "index": len(self.terms)}
+        site = user_site(self.script_path)
+        if site:
+            term["path"], term["line"] = site
+        if kind in ("cross_entropy", "nll"):
+            term["classes"] = int(inp.shape[1]) if inp.dim() >= 2 else int(inp.shape[0])
+            term["label_smoothing"] = float(kwargs.get("label_smoothing") or 0.0)
+        if kind == "bce_logits" and kwargs.get("pos_weight") is not None:
+            term["pos_weight"] = True
+        parts = [value.float().mean().reshape(1)]
+        names = ["value"]
+        if isinstance(tgt, torch.Tensor) and tgt.numel():
+            if kind in ("cross_entropy", "nll") and not tgt.is_floating_point():
+                ignore = kwargs.get("ignore_index", -100)
+                parts.append((tgt != ignore).sum().float().reshape(1))
+                names.append("count")
+            else:
+                term["count"] = int(inp.numel()) if kind not in ("cross_entropy", "nll") else int(tgt.numel() // max(1, term.get("classes", 1)))
+            if kind in ("bce", "bce_logits", "mse") and tgt.is_floating_point():
+                t = tgt.detach().float().reshape(-1)
+                tc = t.clamp(1e-7, 1 - 1e-7)
+                entropy = -(tc * tc.log() + (1 - tc) * (1 - tc).log()).mean()
+                parts += [t.mean().reshape(1), (t.var(unbiased=False) if t.numel() > 1 else t.new_zeros(())).reshape(1),
+                          entropy.reshape(1) if kind != "mse" else t.new_zeros(1)]
+                names += ["target_mean", "target_var", "target_entropy"]
+        else:
+            term["count"] = int(inp.numel())
+        self.terms.append(term)
+
+        def setter(v: list[float], term: dict = term, names: list = names) -> None:
+            for k, x in zip(names, v):
+                term[k] = int(x) if k == "count" else x
+
+        self.pending.add(torch.cat(parts), setter)
+
+    def _input_stats(self, kind: str, inp: torch.Tensor, rec: dict) -> None:
+        """Range of what the loss receives: probabilities (in [0, 1], rows summing to 1) where logits are
+        expected are the runtime trace of a softmax/sigmoid in front of the loss; logits where log-probabilities
+        are expected (nll_loss) show as positive values and a row logsumexp far from 0."""
+        if kind not in ("cross_entropy", "nll", "bce_logits") or not inp.is_floating_point() or not inp.numel():
             return
-        classes = int(inp.shape[1])
-        t = tgt.detach().reshape(-1)[:SAMPLE_ELEMENTS]
-        t = torch.where((t >= 0) & (t < classes), t, torch.full_like(t, classes))
-        bins = torch.bincount(t, minlength=classes + 1)[:classes]
-        stat = torch.stack([bins.max().float(), bins.sum().float()])
+        x = inp.detach()[:OUTPUT_ROWS].float()
+        nan = x.new_full((), float("nan"))
+        if kind != "bce_logits" and x.dim() >= 2 and x.shape[1] >= 2:
+            rows = x.sum(1)
+            stats = torch.stack([x.min(), x.max(), rows.mean(), (rows - 1).abs().max(), torch.logsumexp(x, 1).abs().max(),
+                                 x.new_full((), float(x.numel()))])
+        else:
+            stats = torch.stack([x.min(), x.max(), nan, nan, nan, x.new_full((), float(x.numel()))])
+
+        def setter(v: list[float], rec: dict = rec, kind: str = kind) -> None:
+            d = {"min": v[0], "max": v[1], "elements": int(v[5])}
+            if v[2] == v[2]:
+                d.update(row_sum=v[2], row_sum_err=v[3], lse_abs_max=v[4])
+            rec.setdefault("loss_inputs", {})[kind] = d
+
+        self.pending.add(stats, setter)
+
+    def _target_stats(self, kind: str, inp: Any, tgt: torch.Tensor, kwargs: dict) -> None:
+        """Class balance of the targets: per batch (the share of its most frequent label: a model predicting
+        one class is only wrong if the labels are not) and over the run (summed on the device)."""
+        if not isinstance(inp, torch.Tensor):
+            return
         step = self.step
+        if kind in ("cross_entropy", "nll"):
+            if tgt.dtype.is_floating_point or tgt.dim() == 0 or inp.dim() < 2:
+                return
+            classes = int(inp.shape[1])
+            t = tgt.detach().reshape(-1)[: SAMPLE_ELEMENTS * 4]
+            t = torch.where((t >= 0) & (t < classes), t, torch.full_like(t, classes))
+            bins = torch.bincount(t, minlength=classes + 1)[:classes]
+            self.label_counts = bins if self.label_counts is None or self.label_counts.shape != bins.shape else self.label_counts + bins
+            stat = torch.stack([bins.max().float(), bins.sum().float()])
 
-        def setter(v: list[float]) -> None:
-            rec = self.records.setdefault(step, {})
-            rec.setdefault("output", {})["label_top_frac"] = v[0] / v[1] if v[1] else None
+            def setter(v: list[float]) -> None:
+                rec = self.records.setdefault(step, {})
+                rec.setdefault("output", {})["label_top_frac"] = v[0] / v[1] if v[1] else None
 
-        self.pending.add(stat, setter)
+            self.pending.add(stat, setter)
+        elif tgt.is_floating_point() and (tgt.dim() <= 1 or (tgt.dim() == 2 and tgt.shape[1] == 1)):
+            # one binary label per sample: count positives, and whether the labels are exactly 0/1
+            t = tgt.detach().reshape(-1).float()
+            hard = ((t == 0) | (t == 1)).all().float()
+            counts = torch.stack([(t <= 0.5).sum().float(), (t > 0.5).sum().float(), hard])
+            self.binary_counts = counts if self.binary_counts is None else torch.stack(
+                [self.binary_counts[0] + counts[0], self.binary_counts[1] + counts[1], torch.minimum(self.binary_counts[2], hard)])
 
-    # ------------------------------------------------------------------ forward hooks (sampled steps only)
-    def _fwd_pre(self, module: Any, args: Any) -> None:
+    # ------------------------------------------------------------------ forward hooks
+    def _fwd_pre(self, module: Any, args: Any) -> Any:
+        if _compiling():
+            return None
         self.depth += 1
-        if self.depth == 1 and not isinstance(module, torch.nn.modules.loss._Loss):
-            self.top_models.setdefault(id(module), weakref.ref(module))
-            if self.batch_size is None and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
-                self.batch_size = int(args[0].shape[0])
+        if self.experimenting or self.depth != 1 or isinstance(module, torch.nn.modules.loss._Loss):
+            return None
+        if type(module).__name__ == "OptimizedModule" and not self.compiled_seen:
+            self.compiled_seen = True
+            self.emitter.emit("compiled", module=type(getattr(module, "_orig_mod", module)).__name__)
+        self.top_models.setdefault(id(module), weakref.ref(module))
+        if self.batch_size is None and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
+            self.batch_size = int(args[0].shape[0])
+        if not torch.is_grad_enabled():
+            return None
+        try:
+            if self.first_call is None and not self.experiments_done:
+                self.first_call = (weakref.ref(module), clone_args(args))
+            if self.mode == OVERFIT:
+                return self._overfit_args(module, args)
+        except Exception as exc:  # instrumentation must never break the user's run
+            self._internal(exc)
+        return None
 
     def _fwd_post(self, module: Any, args: Any, output: Any) -> None:
+        if _compiling():
+            return
         self.depth = max(0, self.depth - 1)
-        if self.done:
+        if self.done or self.experimenting or not self.sampling:
             return
         try:
             if isinstance(module, RELU_FAMILY + SATURATING) and isinstance(output, torch.Tensor):
                 self._activation(module, output)
             elif self.depth == 0 and not self.output_seen and not isinstance(module, torch.nn.modules.loss._Loss):
-                out = _first_tensor(output)
+                out = first_tensor(output)
                 if out is not None and out.dim() >= 1 and out.is_floating_point():
                     self.output_seen = True
                     self._output_stats(out)
@@ -360,7 +712,7 @@ class Probe:
                 if top is None:
                     continue
                 for n, m in top.named_modules():
-                    self.module_names.setdefault(id(m), n or type(m).__name__)
+                    self.module_names.setdefault(id(m), _strip_compiled(n) or type(m).__name__)
             name = self.module_names.setdefault(id(module), f"{type(module).__name__}@{id(module) & 0xFFFF:x}")
         return name
 
@@ -414,7 +766,8 @@ class Probe:
         classify = x.dim() == 2 and ncols >= 2
         if classify:
             pred = rows.argmax(dim=1)
-            parts.append(torch.bincount(pred, minlength=ncols).max().float())
+            counts = torch.bincount(pred, minlength=ncols)
+            parts += [counts.max().float(), counts.argmax().float()]
         stat = torch.stack(parts)
         step = self.step
 
@@ -423,31 +776,68 @@ class Probe:
             o.update({"row_spread": v[0], "scale": v[1], "rows": int(v[2]), "shape": list(x.shape)})
             if classify:
                 o["pred_top_frac"] = v[3] / v[2] if v[2] else None
+                o["pred_top_class"] = int(v[4])
 
         self.pending.add(stat, setter)
 
     # ------------------------------------------------------------------ optimizer hooks
+    def _track_optimizer(self, opt: Any) -> None:
+        n = sum(len(g["params"]) for g in opt.param_groups)
+        if self.held_sizes.get(id(opt)) != n:
+            self.held_sizes[id(opt)] = n
+            self.held[id(opt)] = {id(p) for g in opt.param_groups for p in g["params"]}
+
     def _step_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
         if self.done:
             raise ProbeStop()
+        if self.sampling or id(opt) not in self.held_sizes:  # param groups rarely change: re-read on sampled steps
+            try:
+                self._track_optimizer(opt)
+            except Exception as exc:
+                self._internal(exc)
         if self.primary is None:
             self.primary = weakref.ref(opt)
+            if self.manual:  # an optimizer after all: it owns the steps from now on
+                self.manual = False
             self._send_params(opt)
-        self.optimizers.add(id(opt))
         if self.primary() is not opt:
             return
+        # the hook gets the step's own arguments, the optimizer first: step(closure) has it second
+        closure = args[1] if len(args) > 1 else (kwargs or {}).get("closure")
+        self.closure_step = closure is not None
+        self.closure_losses = 0
+        self.in_step = True
         try:
+            if self.mode == LR_RANGE:
+                self._lr_sweep(opt)
+            if not self.experiments_done:
+                self._run_experiments()
             if self.sampling:
-                self._grad_stats(opt)
+                if not self.closure_step:
+                    self._grad_stats(opt)
+                    self._unheld_grads()
                 params = [p for g in opt.param_groups for p in g["params"]]
                 self.prev_params = torch._foreach_mul([p.detach() for p in params], 1.0) if params else []
+        except ProbeStop:
+            raise
         except Exception as exc:
             self._internal(exc)
 
     def _step_post(self, opt: Any, args: Any, kwargs: Any) -> None:
+        self.opt_steps[id(opt)] = self.opt_steps.get(id(opt), 0) + 1
         if self.primary is None or self.primary() is not opt:
             self.other_steps += 1
             return
+        self.in_step = False
+        if self.closure_step and self.sampling:
+            try:
+                self._grad_stats(opt)
+            except Exception as exc:
+                self._internal(exc)
+        self._end_step(opt, [p for g in opt.param_groups for p in g["params"]] if self.sampling else [])
+
+    def _end_step(self, opt: Any, params: list[Any]) -> None:
+        """Close the current step: its record, the loss, the update; flush on sampled steps; stop at N."""
         now = time.perf_counter()
         step = self.step
         rec = self.records.setdefault(step, {})
@@ -455,7 +845,7 @@ class Probe:
             rec.update(
                 step=step,
                 sampled=self.sampling,
-                lr=[_float(g.get("lr")) for g in opt.param_groups],
+                lr=[_float(g.get("lr")) for g in opt.param_groups] if opt is not None else [],
                 wall_s=now - self.t_last,
                 data_wait_s=self.data_wait,
                 batches=self.batches,
@@ -463,13 +853,19 @@ class Probe:
                 backwards=self.backwards,
                 loss_scaled=self.window_scaled,
             )
+            if self.sampling:
+                sites = sorted(self.sites.values(), reverse=True)
+                rec["backward_sites"] = len(sites)
+                rec["backwards_per_site"] = sites[0] if sites else 0
+            if self.closure_step:
+                rec["closure_evaluations"] = self.closure_losses
             loss = self.loss_acc / self.loss_count if self.loss_acc is not None else self.last_fn_loss
             if loss is not None:
                 self.pending.add(loss, lambda v, rec=rec: rec.__setitem__("loss", v[0]))
             if self.cuda:
                 rec["memory"] = self._cuda_memory()
             if self.sampling and self.prev_params is not None:
-                self._update_ratio(opt, rec)
+                self._update_ratio(opt, params, rec)
         except Exception as exc:
             self._internal(exc)
         self.unsent.append(step)
@@ -477,14 +873,25 @@ class Probe:
         self.loss_acc, self.loss_count, self.last_fn_loss = None, 0, None
         self.data_wait, self.batches = 0.0, 0
         self.backwards, self.window_scaled = 0, False
+        self.sites, self.fn_losses, self.window_kinds, self.window_targets = {}, [], set(), False
+        self.preclip, self.closure_step, self.in_step, self.window_calls, self.window_loss_calls = None, False, False, 0, 0
+        self.manual_backwards = 0
         self.step += 1
         if self.step >= self.max_steps:
             self.done = True
         self.sampling = not self.done and (self.step < 3 or self.step % self.sample_every == 0)
         if was_sampling or self.done:
             self.flush()
-        if self.sampling != was_sampling:
-            self._set_forward_hooks(self.sampling)
+            if self.mode == LR_RANGE:
+                self._lr_range_diverged(rec)
+        else:
+            # Sent now without the loss (it is still on the device): a hard kill loses no step count. The full
+            # record follows at the next flush. A hand-built line: this runs on every unsampled step.
+            lr = ",".join(repr(x) if x is not None and math.isfinite(x) else "null" for x in rec.get("lr") or [])
+            self.emitter.write_line(f'{{"ev":"step","step":{step},"sampled":false,"lr":[{lr}],'
+                                    f'"wall_s":{rec.get("wall_s", 0.0)!r},"backwards":{int(rec.get("backwards") or 0)}}}')
+        if self._wants_forward_hooks() != bool(self.handles):
+            self._set_forward_hooks(self._wants_forward_hooks())
         self.depth = 0
         self.output_seen = False
         self.t_last = time.perf_counter()  # exclude the probe's own flush from the next step's time
@@ -492,35 +899,50 @@ class Probe:
             self.emitter.emit("done", steps=self.step)
             raise ProbeStop()
 
-    def _first_backward_norm(self) -> None:
-        """Global gradient norm of the primary optimizer right after the first backward of a window: with k
-        accumulated micro-steps the norm at the step is about k times this unless the loss was divided."""
-        opt = self.primary() if self.primary is not None else None
-        if opt is None:
-            return
-        grads = [p.grad.detach() for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        rec = self.records.setdefault(self.step, {})
-        total = _stack_norms(grads).double().pow(2).sum().sqrt().float().reshape(1)
-        self.pending.add(total, lambda v, rec=rec: rec.__setitem__("first_backward_grad_norm", v[0]))
+    def _before_clip(self, parameters: list[Any]) -> None:
+        """Gradient norms of the clipped parameters *before* clipping: after it they only show the clip value."""
+        ids, grads = [], []
+        for p in parameters:
+            if isinstance(p, torch.Tensor) and p.grad is not None:
+                ids.append(id(p))
+                grads.append(p.grad.detach())
+        if grads and self.preclip is None:
+            self.preclip = (ids, _stack_norms(grads))
 
     def _grad_stats(self, opt: Any) -> None:
+        self._grad_stats_of([p for g in opt.param_groups for p in g["params"]], self.records.setdefault(self.step, {}))
+
+    def _grad_stats_of(self, params: list[Any], rec: dict) -> None:
         names, grads, none = [], [], []
-        for g in opt.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    if p.requires_grad:
-                        none.append(self.names.get(id(p), "?"))
-                    continue
-                names.append(self.names.get(id(p), "?"))
+        pre = dict(zip(self.preclip[0], range(len(self.preclip[0])))) if self.preclip else {}
+        pre_idx: list[int] = []
+        for p in params:
+            if p.grad is None:
+                if p.requires_grad:
+                    none.append(self.names.get(id(p), "?"))
+                continue
+            names.append(self.names.get(id(p), "?"))
+            if id(p) in pre:
+                pre_idx.append(pre[id(p)])
+                grads.append(None)
+            else:
+                pre_idx.append(-1)
                 grads.append(p.grad.detach())
-        step = self.step
-        rec = self.records.setdefault(step, {})
         rec["none_grads"] = none
-        if not grads:
+        if not names:
             return
-        norms = _stack_norms(grads)
+        now = [g for g in grads if g is not None]
+        now_norms = _stack_norms(now) if now else None
+        parts, j = [], 0
+        for i, g in enumerate(grads):
+            if g is None:
+                parts.append(self.preclip[1][pre_idx[i]].reshape(1))  # type: ignore[index]
+            else:
+                parts.append(now_norms[j].reshape(1))  # type: ignore[index]
+                j += 1
+        norms = torch.cat(parts)
+        if self.preclip:
+            rec["grad_norm_before_clip"] = True
 
         def setter(v: list[float]) -> None:
             rec["param_grad_norms"] = dict(zip(names, v[:-1]))
@@ -528,17 +950,23 @@ class Probe:
 
         self.pending.add(torch.cat([norms, norms.double().pow(2).sum().sqrt().float().reshape(1)]), setter)
 
-    def _update_ratio(self, opt: Any, rec: dict) -> None:
+    def _unheld_grads(self) -> None:
+        """Parameters of the model that got a gradient but that no optimizer seen so far holds."""
+        held = set().union(*self.held.values()) if self.held else set()
+        for p in self._model_params():
+            if p.grad is not None and id(p) not in held:
+                self.unheld[id(p)] = p
+
+    def _update_ratio(self, opt: Any, originals: list[Any], rec: dict) -> None:
         prev = self.prev_params or []
         self.prev_params = None
-        originals = [p for g in opt.param_groups for p in g["params"]]
         params = [p.detach() for p in originals]
         if not params or len(prev) != len(params):
             return
         torch._foreach_sub_(prev, params)  # prev now holds -Δw; its norm is ‖Δw‖
         dn = _stack_norms(prev)
         wn = _stack_norms(params)
-        sizes = [len(g["params"]) for g in opt.param_groups]
+        sizes = [len(g["params"]) for g in opt.param_groups] if opt is not None else [len(params)]
         names = [self.names.get(id(p), "?") for p in originals]
         del prev
 
@@ -556,18 +984,44 @@ class Probe:
 
         self.pending.add(torch.cat([dn, wn]), setter)
 
+    def _scheduler_stepped(self, sched: Any, opt: Any, before: list[Optional[float]]) -> None:
+        n = self.sched_counts.get(id(sched), 0) + 1
+        self.sched_counts[id(sched)] = n
+        if n > 3:
+            return
+        site = user_site(self.script_path) or caller_site(3)
+        primary = self.primary() if self.primary is not None else None
+        self.emitter.emit(
+            "scheduler_step",
+            scheduler=type(sched).__name__,
+            index=n,
+            optimizer_steps=self.opt_steps.get(id(opt), 0) if opt is not None else None,
+            primary=opt is primary or primary is None,
+            lr_before=before,
+            lr_after=[_float(g.get("lr")) for g in getattr(opt, "param_groups", [])],
+            base_lrs=[_float(x) for x in getattr(sched, "base_lrs", [])],
+            probe_step=self.step,
+            scaler=self.scaler_seen,
+            path=site[0],
+            line=site[1],
+        )
+
     def _send_params(self, opt: Any) -> None:
-        """Name each parameter by its module path in the top-level model(s) seen during the first forward."""
+        """Name each parameter by its module path in the top-level model(s) seen during the first forward;
+        with several models, by the script's name for each model too (``netG.0.weight``, ``netD.0.weight``)."""
+        labels = self._model_labels()
         model_params: dict[int, tuple[str, Any]] = {}
-        for ref in self.top_models.values():
+        for mid, ref in self.top_models.items():
             top = ref()
             if top is None or not hasattr(top, "named_parameters"):
                 continue
+            prefix = f"{labels[mid]}." if mid in labels else ""
             for n, p in top.named_parameters():
-                model_params.setdefault(id(p), (n, p))
+                model_params.setdefault(id(p), (prefix + _strip_compiled(n), p))
         infos = []
         seen = set()
-        for gi, g in enumerate(opt.param_groups):
+        groups = opt.param_groups if opt is not None else [{"params": self.manual_params}]
+        for gi, g in enumerate(groups):
             for pi, p in enumerate(g["params"]):
                 name = model_params.get(id(p), (f"group{gi}.param{pi}", p))[0]
                 self.names[id(p)] = name
@@ -579,9 +1033,137 @@ class Probe:
             if pid not in seen:
                 self.names[pid] = name
                 infos.append(_param_info(name, p, False, None))
-        self.emitter.emit("params", params=infos, optimizers=1)
+        before_norm = self._biases_before_norm()
+        for info, pid in zip(infos, [id(p) for g in groups for p in g["params"]] + [pid for pid in model_params if pid not in seen]):
+            if pid in before_norm:
+                info["before_norm"] = True
+        models = [{"name": labels.get(mid, ""), "class": type(getattr(ref(), "_orig_mod", ref())).__name__}
+                  for mid, ref in self.top_models.items()
+                  if ref() is not None and any(True for _ in ref().parameters())] if self.top_models else []
+        self.emitter.emit("params", params=infos, optimizers=0 if opt is None else 1, manual=opt is None, models=models)
         if self.cuda:
             self._device_info()
+
+    def _biases_before_norm(self) -> set[int]:
+        """Biases of layers registered right before a batch norm layer (Conv-BN, Linear-BN): batch norm
+        subtracts the batch mean, so such a bias gets no gradient by construction."""
+        out: set[int] = set()
+        for ref in self.top_models.values():
+            top = ref()
+            if top is None or not hasattr(top, "modules"):
+                continue
+            leaves = [m for m in top.modules() if not any(True for _ in m.children())]
+            for a, b in zip(leaves, leaves[1:]):
+                bias = getattr(a, "bias", None)
+                if isinstance(b, torch.nn.modules.batchnorm._BatchNorm) and isinstance(bias, torch.Tensor):
+                    out.add(id(bias))
+        return out
+
+    def _model_labels(self) -> dict[int, str]:
+        """Names for the top-level models when there are several with parameters of their own: the variable
+        that holds each in the script (``netG``), else its class name."""
+        tops = {mid: ref() for mid, ref in self.top_models.items()}
+        tops = {mid: m for mid, m in tops.items() if m is not None and hasattr(m, "parameters")}
+        params = {mid: {id(p) for p in m.parameters()} for mid, m in tops.items()}
+        own = [mid for mid, ps in params.items() if ps and not any(o != mid and ps <= params[o] for o in params)]
+        if len(own) < 2:
+            return {}
+        found: dict[int, str] = {}
+        frame = sys._getframe(1)
+        while frame is not None:
+            if os.path.realpath(frame.f_code.co_filename) == self.script_path:
+                for scope in (frame.f_locals, frame.f_globals):
+                    for k, v in list(scope.items()):
+                        if id(v) in tops and id(v) in own and not k.startswith("_"):
+                            found.setdefault(id(v), k)
+            frame = frame.f_back
+        labels, used = {}, set()
+        for mid in own:
+            label = found.get(mid) or type(tops[mid]).__name__
+            base, k = label, 2
+            while label in used:
+                label, k = f"{base}{k}", k + 1
+            used.add(label)
+            labels[mid] = label
+        return labels
+
+    # ------------------------------------------------------------------ recipe: experiments on the first batch
+    def _run_experiments(self) -> None:
+        self.experiments_done = True
+        if self.first_call is None:
+            self.emitter.emit("experiment", name="*", skipped="no call of a top-level model on a batch was seen before the first step")
+            return
+        ref, args = self.first_call
+        self.first_call = None
+        model = ref()
+        if model is None:
+            return
+        self.experimenting = True
+        try:
+            for name, result in run_experiments(model, args, self.options.experiments):
+                self.emitter.emit("experiment", name=name, **result)
+        except Exception as exc:
+            self._internal(exc)
+        finally:
+            self.experimenting = False
+
+    # ------------------------------------------------------------------ recipe: overfit one batch
+    def _overfit_args(self, module: Any, args: tuple) -> Optional[tuple]:
+        """The first step's batch, again: the i-th top-level model call of every step gets the i-th call's
+        arguments of step 0."""
+        i = self.window_calls
+        self.window_calls += 1
+        if self.step == 0:
+            self.overfit_args.append((id(module), clone_args(args)))
+            return None
+        if i < len(self.overfit_args) and self.overfit_args[i][0] == id(module):
+            self.overfit_replaced += 1
+            return self.overfit_args[i][1]
+        return None
+
+    def _overfit_target(self, kind: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        i = self.window_loss_calls
+        self.window_loss_calls += 1
+        tgt = args[1] if len(args) > 1 else kwargs.get("target")
+        if not isinstance(tgt, torch.Tensor):
+            return args, kwargs
+        if self.step == 0:
+            self.overfit_targets.append((kind, tgt.detach().clone()))
+            return args, kwargs
+        if i < len(self.overfit_targets) and self.overfit_targets[i][0] == kind and self.overfit_targets[i][1].shape == tgt.shape:
+            saved = self.overfit_targets[i][1]
+            if len(args) > 1:
+                return (args[0], saved, *args[2:]), kwargs
+            return args, {**kwargs, "target": saved}
+        return args, kwargs
+
+    # ------------------------------------------------------------------ recipe: LR range test
+    def _lr_sweep(self, opt: Any) -> None:
+        """Set every group's LR to the sweep's value for this step (the script's own schedule is overridden);
+        groups keep their ratios to the first group."""
+        if self.lr_base is None:
+            first = _float(opt.param_groups[0].get("lr")) or 1.0
+            self.lr_base = [[(_float(g.get("lr")) or first) / first for g in opt.param_groups]]
+            self.emitter.emit("lr_range", lr_min=self.options.lr_min, lr_max=self.options.lr_max,
+                              script_lr=[_float(g.get("lr")) for g in opt.param_groups])
+        n = max(1, self.max_steps - 1)
+        lr = self.options.lr_min * (self.options.lr_max / self.options.lr_min) ** (self.step / n)
+        for g, ratio in zip(opt.param_groups, self.lr_base[0]):
+            g["lr"] = lr * ratio
+
+    def _lr_range_diverged(self, rec: dict) -> None:
+        loss = rec.get("loss")
+        if loss is None:
+            return
+        if self.lr_first is None:
+            self.lr_first = loss
+        diverged = self.lr_best is not None and loss > LR_RANGE_DIVERGED * self.lr_best and loss > self.lr_first
+        if not math.isfinite(loss) or (diverged and self.step > 3):
+            self.emitter.emit("lr_range_stop", step=rec.get("step"), loss=loss)
+            self.done = True
+            return
+        if self.lr_best is None or loss < self.lr_best:
+            self.lr_best = loss
 
     # ------------------------------------------------------------------ device
     def _device_info(self) -> None:
@@ -617,6 +1199,9 @@ class Probe:
         except Exception as exc:  # e.g. the device is gone after an OOM: send what we have
             self.pending.items.clear()
             self._internal(exc)
+        if self.terms and not self.terms_sent and self.step > 0:
+            self.terms_sent = True
+            self.emitter.emit("loss_terms", terms=self.terms)
         for step in self.unsent:
             rec = self.records.pop(step, None)
             if rec is not None:
@@ -626,23 +1211,44 @@ class Probe:
     def finish(self) -> None:
         """At the end of the script, whatever its outcome."""
         self.flush()
+        if self.terms and not self.terms_sent:
+            self.terms_sent = True
+            self.emitter.emit("loss_terms", terms=self.terms)
         if self.other_steps:
             self.emitter.emit("other_step", count=self.other_steps)
+        try:
+            held = set().union(*self.held.values()) if self.held else set()
+            unheld = [self.names.get(pid, "?") for pid in self.unheld if pid not in held]
+            targets: dict[str, Any] = {}
+            if self.label_counts is not None:
+                targets["class_counts"] = [int(x) for x in self.label_counts.tolist()]
+            if self.binary_counts is not None:
+                neg, pos, hard = self.binary_counts.tolist()
+                targets["binary_counts"] = [int(neg), int(pos)]
+                targets["binary_hard"] = bool(hard)
+            self.emitter.emit("summary", unheld_grads=unheld, optimizers_seen=len(self.held), targets=targets,
+                              manual=self.manual, compiled=self.compiled_seen, overfit_replaced=self.overfit_replaced)
+        except Exception as exc:
+            self._internal(exc)
 
     def _internal(self, exc: BaseException) -> None:
         self.emitter.emit("internal", error=f"{type(exc).__name__}: {exc}")
 
 
-def _first_tensor(output: Any) -> Optional[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        output = output.get("logits", next(iter(output.values()), None)) if output else None
-        return output if isinstance(output, torch.Tensor) else None
-    if isinstance(output, (tuple, list)) and output:
-        return _first_tensor(output[0])
-    logits = getattr(output, "logits", None)  # e.g. HuggingFace ModelOutput
-    return logits if isinstance(logits, torch.Tensor) else None
+def _reduction(kind: str, args: tuple, kwargs: dict) -> str:
+    if "reduction" in kwargs:
+        return str(kwargs["reduction"])
+    if kwargs.get("size_average") is not None or kwargs.get("reduce") is not None:
+        return "legacy"
+    pos = REDUCTION_POS.get(kind)
+    if pos is not None and len(args) > pos and isinstance(args[pos], str):
+        return args[pos]
+    return "mean" if kind != "kl_div" else "mean"
+
+
+def _strip_compiled(name: str) -> str:
+    """``torch.compile`` wraps a model as ``_orig_mod``: name parameters as the script's own model does."""
+    return name.replace("_orig_mod.", "") if "_orig_mod" in name else name
 
 
 def _units_fired(x: torch.Tensor) -> torch.Tensor:

@@ -32,18 +32,25 @@ def series(run: Any) -> dict[str, Any]:
         "param_update_ratio": {n: [s.param_update_ratio.get(n) for s in steps] for n in names},
     }
     out["backwards"] = [s.backwards for s in steps]
-    # Gradient at the step over gradient after the first micro-step (only without a GradScaler, whose
-    # unscale_ before the step would change the scale between the two readings).
-    out["accumulation_grad_ratio"] = [
-        (s.grad_norm / s.first_backward_grad_norm)
-        if (s.grad_norm is not None and s.first_backward_grad_norm and not s.loss_scaled and s.backwards > 1)
-        else None
-        for s in steps
-    ]
+    out["clip_total_norm"] = [s.clip.get("total_norm") if s.clip else None for s in steps]
     if any(s.memory for s in steps):
         keys = ("allocated", "reserved", "peak_allocated", "peak_reserved")
         out["memory_bytes"] = {k: [s.memory.get(k) for s in steps] for k in keys}
     return out
+
+
+def recipe_run(run: Any) -> dict[str, Any]:
+    """A recipe run of its own (overfit-batch, lr-range): how it ended and its loss (and LR) per step."""
+    return {
+        "status": run.status,
+        "steps_observed": run.steps_observed,
+        "wall_seconds": run.wall_seconds,
+        "error": run.error.to_dict() if run.error else None,
+        "options": run.options,
+        "lr_range": run.lr_range,
+        "series": {"step": [s.step for s in run.steps], "loss": [s.loss for s in run.steps],
+                   "lr": [s.lr[0] if s.lr else None for s in run.steps]},
+    }
 
 
 def result_to_dict(result: Any) -> dict[str, Any]:
@@ -70,6 +77,13 @@ def result_to_dict(result: Any) -> dict[str, Any]:
         "warnings": run.warnings,
         "params": [p.__dict__ for p in run.params],
         "series": series(run),
-        "probe": {"startup_seconds": run.startup_seconds, "internal_errors": run.internal_errors},
+        "options": run.options,
+        "loss_terms": run.loss_terms,
+        "scheduler_steps": run.scheduler_steps,
+        "experiments": run.experiments,
+        "recipes": {name: recipe_run(rr) for name, rr in run.recipe_runs.items()},
+        "probe": {"startup_seconds": run.startup_seconds, "internal_errors": run.internal_errors,
+                  "manual_updates": run.manual_updates, "compiled": run.compiled, "models": run.models,
+                  "summary": run.summary},
     }
     return json_safe(data)

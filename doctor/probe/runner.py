@@ -15,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any, Optional
 
+from doctor.probe.options import OptionsError, ProbeOptions
 from doctor.probe.stream import FD_ENV, parse_line
 from doctor.probe.trace import COMPLETED, CRASHED, STOPPED, TIMEOUT, ProbeRun, ScriptError
 
@@ -27,7 +28,6 @@ STOP_GRACE_S = 1.0
 TERM_GRACE_S = 1.0
 #: Lines of the script's own output kept for the report.
 OUTPUT_TAIL_LINES = 40
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class ProbeUsageError(Exception):
@@ -65,43 +65,47 @@ class ProbeResult:
 def run_probe(
     script: str,
     args: Optional[list[str]] = None,
-    steps: int = 20,
-    device: str = "auto",
-    timeout: float = 300.0,
-    sample_every: int = 5,
+    options: Optional[ProbeOptions] = None,
+    *,
     echo: Optional[IO[str]] = None,
     python: Optional[str] = None,
+    **overrides: Any,
 ) -> ProbeResult:
     """Run ``script`` with ``args`` under the probe and evaluate every runtime check.
 
+    ``options``: a ``ProbeOptions`` (defaults otherwise); keyword ``overrides`` replace its fields
+    (``run_probe(path, steps=8, device="cpu")``). With ``options.recipe``, the recipe runs of their own
+    (``overfit-batch``, ``lr-range``) follow the normal run, one child process each.
     ``echo``: a text stream the script's stdout/stderr are copied to as they come (None: keep only the tail).
     Raises ``ProbeUsageError`` for a missing script, a bad option, or ``device="cuda"`` without a GPU.
     """
     from doctor.probe.checks import evaluate_all
 
-    run = collect(script, args or [], steps=steps, device=device, timeout=timeout, sample_every=sample_every, echo=echo, python=python)
+    opts = replace(options or ProbeOptions(), **overrides)
+    run = collect(script, args or [], opts.normal_run(), echo=echo, python=python)
+    for recipe_opts in opts.recipe_runs():
+        if run.steps_observed == 0:
+            break  # the script does not train as it is: a recipe run would only repeat that
+        run.recipe_runs[recipe_opts.mode] = collect(script, args or [], recipe_opts, echo=None, python=python)
     return ProbeResult(run=run, checks=evaluate_all(run))
 
 
 def collect(
     script: str,
     args: list[str],
-    steps: int = 20,
-    device: str = "auto",
-    timeout: float = 300.0,
-    sample_every: int = 5,
+    options: Optional[ProbeOptions] = None,
     echo: Optional[IO[str]] = None,
     python: Optional[str] = None,
 ) -> ProbeRun:
-    """Spawn the child, stream its events until it ends or is stopped, and fold them into a ``ProbeRun``."""
+    """Spawn one child, stream its events until it ends or is stopped, and fold them into a ``ProbeRun``."""
+    options = options or ProbeOptions()
     if not os.path.isfile(script):
         raise ProbeUsageError(f"no such script: {script}")
-    if steps < 1:
-        raise ProbeUsageError("--steps must be at least 1")
-    if timeout <= 0:
-        raise ProbeUsageError("--timeout must be positive")
-    if device not in DEVICES:
-        raise ProbeUsageError(f"--device must be one of {', '.join(DEVICES)}")
+    try:
+        options.validate()
+    except OptionsError as exc:
+        raise ProbeUsageError(str(exc)) from None
+    steps, device, timeout = options.steps, options.device, options.timeout
     if python is None:
         import importlib.util
 
@@ -121,8 +125,8 @@ def collect(
 
     ev_r, ev_w = os.pipe()
     env[FD_ENV] = str(ev_w)
-    cmd = [python or sys.executable, "-m", "doctor.probe.child", "--steps", str(steps), "--device", device,
-           "--sample-every", str(sample_every), "--", os.path.abspath(script), *args]
+    cmd = [python or sys.executable, "-m", "doctor.probe.child", "--options", options.to_json(), "--",
+           os.path.abspath(script), *args]
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -189,6 +193,7 @@ def collect(
         raise ProbeUsageError(msg)
 
     run = ProbeRun.from_events(events, script=script, args=args, steps_requested=steps)
+    run.options = options.to_dict()
     run.wall_seconds = round(wall, 3)
     run.output_tail = list(tail)
     run.exit_code = proc.returncode

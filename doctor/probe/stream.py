@@ -48,7 +48,13 @@ class Emitter:
         if self.broken:
             return
         payload["ev"] = event
-        data = (json.dumps(_clean(payload), separators=(",", ":"), default=str) + "\n").encode()
+        self.write_line(json.dumps(_clean(payload), separators=(",", ":"), default=str))
+
+    def write_line(self, text: str) -> None:
+        """One event already serialised as JSON (the per-step hot path builds its small line itself)."""
+        if self.broken:
+            return
+        data = (text + "\n").encode()
         try:
             while data:
                 n = os.write(self.fd, data)

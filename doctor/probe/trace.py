@@ -36,11 +36,28 @@ class StepRecord:
     batch_size: Optional[int] = None
     backwards: int = 0
     loss_scaled: bool = False
-    first_backward_grad_norm: Optional[float] = None
+    #: Where the backward passes of the step came from: distinct call sites, and calls from the busiest one
+    #: (an accumulation loop calls backward() k times from one line; a GAN's two losses come from two lines).
+    backward_sites: Optional[int] = None
+    backwards_per_site: Optional[int] = None
+    #: Per backward pass (first few): the tensor reaching backward() over the criterion outputs since the last one.
+    backward_ratio: list[float] = field(default_factory=list)
+    #: Global gradient norm of the primary optimizer's parameters just before / after each backward pass.
+    grad_before_backward: list[Optional[float]] = field(default_factory=list)
+    grad_after_backward: list[Optional[float]] = field(default_factory=list)
+    #: Gradient norms above were read before clip_grad_norm_/clip_grad_value_ clipped them.
+    grad_norm_before_clip: bool = False
+    clip: dict[str, Any] = field(default_factory=dict)
+    #: First output of each criterion kind in the step (mean over elements for reduction='none').
+    criterion: dict[str, float] = field(default_factory=dict)
+    #: What each logits/log-prob loss received: min, max, row sums, row logsumexp.
+    loss_inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    closure_evaluations: Optional[int] = None
 
     @classmethod
     def from_event(cls, ev: dict[str, Any]) -> "StepRecord":
         known = {k: v for k, v in ev.items() if k in cls.__dataclass_fields__}
+        known.setdefault("sampled", False)
         return cls(**known)
 
 
@@ -54,6 +71,8 @@ class ParamInfo:
     requires_grad: bool
     in_optimizer: bool
     group: Optional[int]
+    #: The bias of a layer whose output goes straight into batch norm: its gradient is ~0 by construction.
+    before_norm: bool = False
 
 
 @dataclass
@@ -100,6 +119,26 @@ class ProbeRun:
     other_optimizer_steps: int = 0
     #: Errors inside the probe's own hooks (swallowed so the script runs on): shown to debug the probe.
     internal_errors: list[str] = field(default_factory=list)
+    #: The options this run was made with (``ProbeOptions.to_dict()``), and its mode.
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Criterion calls of the first step (kind, reduction, value, element count, ...): what initial-loss judges.
+    loss_terms: list[dict[str, Any]] = field(default_factory=list)
+    #: Scheduler steps as observed (first three of each scheduler), with the optimizer's step count at the time.
+    scheduler_steps: list[dict[str, Any]] = field(default_factory=list)
+    #: End-of-run summary from the child: parameters with a gradient no optimizer holds, target counts...
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: The script updates weights by hand (no torch.optim step): steps are backward passes that changed them.
+    manual_updates: bool = False
+    #: A torch.compile'd module was called (statistics inside the compiled region are not collected).
+    compiled: bool = False
+    #: Top-level models (name in the script, class).
+    models: list[dict[str, Any]] = field(default_factory=list)
+    #: Results of the in-run recipe experiments, by name.
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: LR range test: the sweep's bounds and the script's own LR; where it stopped.
+    lr_range: dict[str, Any] = field(default_factory=dict)
+    #: The recipe runs of their own (overfit-batch, lr-range), by name: each a full ProbeRun.
+    recipe_runs: dict[str, "ProbeRun"] = field(default_factory=dict)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -130,12 +169,20 @@ class ProbeRun:
     def on_cuda(self) -> bool:
         return self.device.get("type") == "cuda"
 
+    @property
+    def recipe_requested(self) -> tuple[str, ...]:
+        return tuple(self.options.get("recipe") or ())
+
+    @property
+    def mode(self) -> str:
+        return str(self.options.get("mode") or "normal")
+
     # ----------------------------------------------------------------------------------------------
     @classmethod
     def from_events(cls, events: list[dict[str, Any]], script: str, args: list[str], steps_requested: int) -> "ProbeRun":
         """Fold the child's events into a run. Status and timing are set by the runner afterwards."""
         run = cls(script=script, args=list(args), steps_requested=steps_requested)
-        by_step: dict[int, StepRecord] = {}
+        by_step: dict[int, dict[str, Any]] = {}
         for ev in events:
             kind = ev.get("ev")
             if kind == "start":
@@ -146,15 +193,33 @@ class ProbeRun:
             elif kind == "params":
                 run.params = [ParamInfo(**p) for p in ev.get("params", [])]
                 run.optimizers = int(ev.get("optimizers", 1))
+                run.models = list(ev.get("models") or [])
+            elif kind == "manual_updates":
+                run.manual_updates = True
+            elif kind == "compiled":
+                run.compiled = True
+            elif kind == "loss_terms":
+                run.loss_terms = list(ev.get("terms") or [])
+            elif kind == "scheduler_step":
+                run.scheduler_steps.append({k: v for k, v in ev.items() if k != "ev"})
+            elif kind == "summary":
+                run.summary = {k: v for k, v in ev.items() if k != "ev"}
+            elif kind == "experiment":
+                run.experiments[str(ev.get("name"))] = {k: v for k, v in ev.items() if k not in ("ev", "name")}
+            elif kind == "lr_range":
+                run.lr_range.update({k: v for k, v in ev.items() if k != "ev"})
+            elif kind == "lr_range_stop":
+                run.lr_range["stopped_at_step"] = ev.get("step")
+                run.lr_range["stopped_loss"] = ev.get("loss")
             elif kind == "loss_info":
                 info = {k: v for k, v in ev.items() if k != "ev"}
                 run.loss_info.update(info)
                 # Every loss kind the script used, each with what its input looked like.
                 inputs = run.loss_info.setdefault("inputs", [])
                 inputs[:] = [i for i in inputs if i.get("kind") != info.get("kind")] + [dict(info)]
-            elif kind == "step":
-                rec = StepRecord.from_event(ev)
-                by_step[rec.step] = rec
+            elif kind == "step" and isinstance(ev.get("step"), int):
+                # an unsampled step is sent at once without its loss, and again with it at the next flush
+                by_step.setdefault(ev["step"], {}).update(ev)
             elif kind == "warning":
                 run.warnings.append({k: v for k, v in ev.items() if k != "ev"})
             elif kind == "other_step":
@@ -163,5 +228,5 @@ class ProbeRun:
                 run.internal_errors.append(str(ev.get("error")))
             elif kind == "exit" and ev.get("error"):
                 run.error = ScriptError(**ev["error"])
-        run.steps = [by_step[k] for k in sorted(by_step)]
+        run.steps = [StepRecord.from_event(by_step[k]) for k in sorted(by_step)]
         return run

@@ -27,7 +27,7 @@ def _esc(value: Any) -> str:
 
 
 def _fmt(v: float, span: Optional[float] = None) -> str:
-    """A tick label with enough digits to tell neighbouring ticks apart (``span``: the axis range)."""
+    """A value label with enough digits to tell neighbouring ticks apart (``span``: the axis range)."""
     if v == 0:
         return "0"
     if abs(v) >= 1e4 or abs(v) < 1e-3:
@@ -38,19 +38,79 @@ def _fmt(v: float, span: Optional[float] = None) -> str:
     return f"{v:.{digits}g}"
 
 
+def nice_step(raw: float) -> float:
+    """The round step (1, 2, 2.5 or 5 times a power of ten) at or above ``raw``."""
+    if raw <= 0 or not math.isfinite(raw):
+        return 1.0
+    power = 10 ** math.floor(math.log10(raw))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if raw <= m * power * (1 + 1e-9):
+            return m * power
+    return 10 * power
+
+
+def nice_axis(lo: float, hi: float, ticks: int = 5) -> tuple[float, float, list[float]]:
+    """Axis bounds on round numbers around [lo, hi] and the ticks between them. Bounds never cross zero
+    unless the data does: a loss axis starts at or above 0."""
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):
+        half = abs(hi) * 0.1 or 1.0
+        lo, hi = (max(0.0, lo - half) if lo >= 0 else lo - half), hi + half
+    step = nice_step((hi - lo) / max(1, ticks - 1))
+    a, b = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    if b <= a:
+        b = a + step
+    count = int(round((b - a) / step))
+    return a, b, [a + i * step for i in range(count + 1)]
+
+
+def _tick_label(v: float, step: float) -> str:
+    if abs(v) < step * 1e-6:
+        return "0"
+    if abs(v) >= 1e5 or abs(v) < 1e-3:
+        return f"{v:.2g}" if abs(v) < 1e-3 else f"{v:.3g}"
+    decimals = max(0, -int(math.floor(math.log10(step) + 1e-9)))
+    if step * 10 ** decimals % 1 > 1e-6:  # a 2.5 step needs one more digit
+        decimals += 1
+    return f"{v:.{decimals}f}"
+
+
+def _log_ticks(lo: float, hi: float) -> tuple[float, float, list[float]]:
+    """Bounds in log10 units on whole decades, ticks at 1x (and 2x, 5x when few decades) each decade."""
+    a, b = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
+    if b <= a:
+        b = a + 1
+    ticks = []
+    for k in range(int(a), int(b) + 1):
+        for m in ((1, 2, 5) if b - a <= 2 else (1,)):
+            t = k + math.log10(m)
+            if a - 1e-9 <= t <= b + 1e-9:
+                ticks.append(t)
+    return a, b, ticks
+
+
+def _log_label(t: float) -> str:
+    v = 10 ** t
+    if 1e-3 <= v < 1e4:
+        return f"{v:.3g}"
+    m = round(v / 10 ** math.floor(t + 1e-9))
+    return f"{m}e{int(math.floor(t + 1e-9))}" if m != 1 else f"1e{int(round(t))}"
+
+
 def line_chart(
     title: str,
     series: dict[str, Sequence[Optional[float]]],
     *,
     x: Optional[Sequence[float]] = None,
     log_y: bool = False,
+    log_x: bool = False,
     hlines: Sequence[tuple[str, float]] = (),
     x_label: str = "optimizer step",
     chart_id: str = "",
     connect_missing: bool = False,
 ) -> str:
-    """An SVG line chart. Non-finite points break the line (a NaN loss shows as a gap); ``None`` points
-    break it too unless ``connect_missing`` (series recorded only on sampled steps)."""
+    """An SVG line chart on round-numbered axes. Non-finite points break the line (a NaN loss shows as a gap);
+    ``None`` points break it too unless ``connect_missing`` (series recorded only on sampled steps). A log
+    axis whose data spans less than a decade is drawn linear (decade ticks would all read the same)."""
     all_vals = finite(v for s in series.values() for v in s) + [v for _, v in hlines]
     if log_y:
         all_vals = [v for v in all_vals if v > 0]
@@ -58,32 +118,51 @@ def line_chart(
     if not all_vals or n == 0:
         return f'<figure class="chart empty" id="{_esc(chart_id)}"><figcaption>{_esc(title)}</figcaption><p class="note">No data recorded for this chart.</p></figure>'
     xs = list(x) if x is not None else list(range(n))
-    tx = lambda v: v  # noqa: E731
+    if log_y and math.log10(max(all_vals)) - math.log10(min(all_vals)) < 1:
+        log_y = False
+    if log_x:
+        xs_pos = [v for v in xs if isinstance(v, (int, float)) and v > 0]
+        log_x = bool(xs_pos) and math.log10(max(xs_pos)) - math.log10(min(xs_pos)) >= 1
+    tx = (lambda v: math.log10(v)) if log_x else (lambda v: v)  # noqa: E731
     ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)  # noqa: E731
-    lo, hi = min(ty(v) for v in all_vals), max(ty(v) for v in all_vals)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 1, hi + 1
-    pad = (hi - lo) * 0.08
-    lo, hi = lo - pad, hi + pad
-    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    if log_y:
+        lo, hi, yticks = _log_ticks(min(ty(v) for v in all_vals), max(ty(v) for v in all_vals))
+        ylabels = [_log_label(t) for t in yticks]
+    else:
+        lo, hi, yticks = nice_axis(min(all_vals), max(all_vals))
+        step = nice_step((yticks[1] - yticks[0]) * (1 - 1e-9)) if len(yticks) > 1 else 1.0
+        ylabels = [_tick_label(t, step) for t in yticks]
+    xvals = [tx(v) for v in xs if isinstance(v, (int, float)) and (v > 0 or not log_x)]
+    if log_x:
+        x_lo, x_hi, xticks = _log_ticks(min(xvals), max(xvals))
+        xlabels = [_log_label(t) for t in xticks if abs(t - round(t)) < 1e-9]
+        xticks = [t for t in xticks if abs(t - round(t)) < 1e-9]
+    else:
+        x_lo, x_hi = min(xvals), max(xvals)
+        if x_hi <= x_lo:
+            x_hi = x_lo + 1
+        raw = (x_hi - x_lo) / 5
+        xstep = next(m * 10 ** k for k in range(0, 12) for m in (1, 2, 5) if m * 10 ** k >= raw)  # whole steps
+        xticks = [t for t in (math.ceil(x_lo / xstep) * xstep + i * xstep for i in range(12)) if t <= x_hi + 1e-9]
+        xlabels = [_tick_label(t, xstep) for t in xticks]
 
     def px(xv: float) -> float:
         return PAD_L + (tx(xv) - x_lo) / (x_hi - x_lo) * (W - PAD_L - PAD_R)
+
+    def pxt(t: float) -> float:
+        return PAD_L + (t - x_lo) / (x_hi - x_lo) * (W - PAD_L - PAD_R)
 
     def py(yv: float) -> float:
         return PAD_T + (hi - ty(yv)) / (hi - lo) * (H - PAD_T - PAD_B)
 
     parts = [f'<svg class="chart-svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{_esc(title)}">']
     parts.append(f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" height="{H - PAD_T - PAD_B}" fill="#fff" stroke="#d0d7de"/>')
-    for i in range(5):  # y grid and labels
-        val = lo + (hi - lo) * i / 4
-        y = PAD_T + (hi - val) / (hi - lo) * (H - PAD_T - PAD_B)
-        label = _fmt(10 ** val, None) if log_y else _fmt(val, hi - lo)
+    for t, label in zip(yticks, ylabels):  # y grid and labels
+        y = PAD_T + (hi - t) / (hi - lo) * (H - PAD_T - PAD_B)
         parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
         parts.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{label}</text>')
-    ticks = sorted({round(x_lo + (x_hi - x_lo) * i / 5) for i in range(6)})  # whole steps
-    for xv in ticks:
-        parts.append(f'<text x="{px(xv):.1f}" y="{H - PAD_B + 16}" text-anchor="middle" class="tick">{xv}</text>')
+    for t, label in zip(xticks, xlabels):
+        parts.append(f'<text x="{pxt(t):.1f}" y="{H - PAD_B + 16}" text-anchor="middle" class="tick">{label}</text>')
     parts.append(f'<text x="{(PAD_L + W - PAD_R) / 2:.0f}" y="{H - 4}" text-anchor="middle" class="axis">{_esc(x_label)}</text>')
     for label, value in hlines:
         if log_y and value <= 0:
@@ -95,7 +174,8 @@ def line_chart(
         colour = _PALETTE[k % len(_PALETTE)]
         segments, current = [], []
         for xv, v in zip(xs, values):
-            if isinstance(v, (int, float)) and math.isfinite(v) and (not log_y or v > 0):
+            ok_x = isinstance(xv, (int, float)) and (xv > 0 or not log_x)
+            if ok_x and isinstance(v, (int, float)) and math.isfinite(v) and (not log_y or v > 0):
                 current.append(f"{px(xv):.1f},{py(v):.1f}")
             elif v is None and connect_missing:
                 continue
@@ -171,12 +251,23 @@ def _badge(text: str, colour: str) -> str:
     return f'<span class="badge" style="background:{colour}">{_esc(text)}</span>'
 
 
-def _checks_table(checks: list[dict[str, Any]]) -> str:
+def _checks_table(checks: list[dict[str, Any]], partial: str = "") -> str:
+    """The check table. After a crash or timeout (``partial`` says what happened) a pass judged only the steps
+    before it: shown grey and marked, never as a green all-clear."""
     if not checks:
         return '<p class="note">No runtime checks in this report.</p>'
     rows = []
+    if partial:
+        rows.append(f'<tr class="partial"><td colspan="3"><b>{_esc(partial)}</b> The checks below judged only the '
+                    'steps before it; a pass here is not an all-clear.</td></tr>')
     for c in checks:
         status = str(c.get("status", "skip"))
+        if partial and status == "pass":
+            rows.append(
+                f'<tr class="check check-pass-partial"><td>{_badge("pass*", "#6e7781")}</td>'
+                f'<td><code>{_esc(c.get("name"))}</code></td><td>{_esc(c.get("summary", ""))}'
+                '<div class="evidence">judged on the steps before the run ended early</div></td></tr>')
+            continue
         advice = c.get("advice") or c.get("what_to_do") or ""
         rows.append(
             f'<tr class="check check-{_esc(status)}"><td>{_badge(status, _STATUS_COLOURS.get(status, "#6e7781"))}</td>'
@@ -259,9 +350,32 @@ def render_html(report: dict[str, Any]) -> str:
     else:
         reason = "the run was on CPU" if device.get("type", "cpu") != "cuda" else "no memory statistics were recorded"
         charts.append(f'<figure class="chart empty" id="chart-memory"><figcaption>GPU memory</figcaption><p class="note">No GPU memory chart: {_esc(reason)}.</p></figure>')
+    recipes = report.get("recipes") or {}
+    if "overfit-batch" in recipes:
+        rs = recipes["overfit-batch"].get("series") or {}
+        charts.append(line_chart("Recipe: overfit one batch (loss per step)", {"loss": rs.get("loss") or []},
+                                 x=rs.get("step") or None, chart_id="chart-overfit-batch"))
+    if "lr-range" in recipes:
+        rs = recipes["lr-range"].get("series") or {}
+        charts.append(line_chart("Recipe: LR range test (loss against the swept LR; the script's schedule overridden)",
+                                 {"loss": rs.get("loss") or []}, x=rs.get("lr") or None, log_x=True,
+                                 x_label="learning rate (log scale)", chart_id="chart-lr-range"))
     findings = findings + runtime_findings
 
     status = str(script.get("status", ""))
+    partial = ""
+    if status in ("crashed", "timeout"):
+        partial = f"The run {status} after {script.get('steps_observed', 0)} optimizer step(s)."
+    err = script.get("error") if isinstance(script.get("error"), dict) else None
+    trace = ""
+    if err and (err.get("traceback") or err.get("message")):
+        where = f" at {err.get('path')}:{err.get('line')}" if err.get("path") and err.get("line") else ""
+        body = "\n".join(err.get("traceback") or []) or f"{err.get('type')}: {err.get('message')}"
+        trace = (f'<h2 id="traceback">Why the run ended: {_esc(err.get("type"))}{_esc(where)}</h2>'
+                 f'<pre class="traceback">{_esc(body)}</pre>')
+    elif status in ("crashed", "timeout") and script.get("output_tail"):
+        trace = ('<h2 id="traceback">Last output of the script</h2><pre class="traceback">'
+                 + _esc("\n".join(script["output_tail"][-20:])) + "</pre>")
     title = f"doctor report — {script.get('path', report.get('path', ''))}"
     meta = []
     if script:
@@ -277,7 +391,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><div class=\"meta\">{' · '.join(meta)}</div>"
         f"<h2>Static findings ({len(findings)}, {n_err} errors)</h2>{_findings_section(findings, links)}"
-        f"<h2>Runtime checks</h2>{_checks_table(checks)}"
+        f"{trace}<h2>Runtime checks</h2>{_checks_table(checks, partial)}"
         f"<h2>The run</h2><div class=\"grid\">{''.join(charts)}</div>"
         "<p class=\"note\">Generated by doctor. Self-contained: no scripts, no network.</p></body></html>"
     )

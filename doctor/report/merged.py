@@ -23,9 +23,6 @@ CONFIRMED, CONTRADICTED, NOT_OBSERVED = "confirmed", "contradicted", "not-observ
 GRAD_GROWTH_CONFIRMS = 3.0
 #: Below this growth over >= 5 steps, gradients are plainly being cleared somewhere.
 GRAD_GROWTH_CONTRADICTS = 1.5
-#: Accumulating k undivided micro-steps makes the step's gradient about k times one micro-step's; a ratio
-#: above half of k cannot come from a divided loss (which keeps it near 1).
-ACCUM_RATIO_FRACTION = 0.5
 
 
 @dataclass
@@ -71,8 +68,27 @@ def _trained(probe: dict[str, Any]) -> bool:
     return int((probe.get("script") or {}).get("steps_observed") or 0) > 0
 
 
+def _from_check(f: Finding, probe: dict[str, Any], name: str, *, contains: str = "") -> Optional[Link]:
+    """A link read off a runtime check that observes the same mistake: its fail confirms (when its summary
+    names this cause, ``contains``), its pass contradicts; a skip says why the run could not tell."""
+    check = _check(probe, name)
+    if check is None:
+        return None
+    status, summary, ev = check.get("status"), str(check.get("summary", "")), check.get("evidence") or {}
+    if status == "fail" and (not contains or contains in summary):
+        return Link(f, CONFIRMED, f"confirmed at runtime ({name}): {summary}", [name], ev)
+    if status == "pass":
+        return Link(f, CONTRADICTED, f"the run contradicts it ({name}): {summary}", [name], ev)
+    if status == "skip" and _trained(probe):
+        return Link(f, NOT_OBSERVED, f"not observed at runtime ({name}): {summary}", [name], ev)
+    return None
+
+
 @linker("scheduler-before-optimizer")
 def _scheduler(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    link = _from_check(f, probe, "scheduler-order")
+    if link is not None and link.verdict != NOT_OBSERVED:
+        return link
     warned = [w for w in probe.get("warnings", []) if "lr_scheduler.step()" in str(w.get("message", "")) and "optimizer.step()" in str(w.get("message", ""))]
     lrs = (probe.get("series") or {}).get("lr") or []
     first = [g[:4] for g in lrs if g]
@@ -80,19 +96,24 @@ def _scheduler(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
     if warned:
         msg = str(warned[0].get("message", "")).split(".")[0]
         evidence["warning"] = warned[0].get("message")
-        return Link(f, CONFIRMED, f"confirmed at runtime: PyTorch warned during the run ({msg}); learning rates of the first steps: {first}", ["training-loop"], evidence)
+        return Link(f, CONFIRMED, f"confirmed at runtime: PyTorch warned during the run ({msg}); learning rates of the first steps: {first}", ["scheduler-order"], evidence)
+    if link is not None:
+        return link
     if _trained(probe):
-        return Link(f, NOT_OBSERVED, "the run raised no scheduler-order warning (warnings may be filtered by the script)", [], evidence)
+        return Link(f, NOT_OBSERVED, "no scheduler step was observed in the probed steps, and PyTorch raised no scheduler-order warning", [], evidence)
     return None
 
 
 @linker("missing-zero-grad")
 def _zero_grad(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    link = _from_check(f, probe, "gradient-clearing", contains="never cleared")
+    if link is not None and link.verdict == CONFIRMED:
+        return link
     series = probe.get("series") or {}
     norms = finite(series.get("grad_norm") or [])
     losses = finite(series.get("loss") or [])
     if len(norms) < 3 or norms[0] <= 0:
-        return None
+        return link
     growth = norms[-1] / norms[0]
     loss_change = abs(losses[-1] - losses[0]) / abs(losses[0]) if len(losses) >= 2 and losses[0] else None
     evidence = {"grad_norm_first": norms[0], "grad_norm_last": norms[-1], "growth": growth, "sampled_steps": len(norms), "loss_relative_change": loss_change}
@@ -104,64 +125,48 @@ def _zero_grad(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
             + ": gradients are adding up across steps",
             ["gradient-flow"], evidence,
         )
+    if link is not None:
+        return link
     if growth <= GRAD_GROWTH_CONTRADICTS and len(norms) >= 5:
         return Link(f, CONTRADICTED, f"the run contradicts it: the gradient norm stayed within {growth:.2f}x over {len(norms)} sampled steps, so gradients are cleared somewhere the static analysis did not see", ["gradient-flow"], evidence)
     return Link(f, NOT_OBSERVED, f"the gradient norm changed {growth:.2f}x over {len(norms)} sampled steps: not conclusive", ["gradient-flow"], evidence)
 
 
+@linker("zero-grad-after-backward")
+def _zero_grad_after_backward(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    return _from_check(f, probe, "gradient-clearing", contains="between backward() and optimizer.step()")
+
+
 @linker("unscaled-accumulation-loss")
 def _accumulation(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
-    series = probe.get("series") or {}
-    micro = [int(v) for v in series.get("backwards") or [] if isinstance(v, (int, float)) and v]
-    if not micro:
-        return None
-    k = max(set(micro), key=micro.count)
-    if k <= 1:
-        return Link(f, NOT_OBSERVED, "the run made one backward pass per optimizer step: no accumulation was observed", [], {"micro_steps_per_update": k})
-    ratios = finite(series.get("accumulation_grad_ratio") or [])
-    if not ratios:
-        return Link(f, NOT_OBSERVED, f"{k} backward passes per optimizer step, but the gradient ratio was not measured (GradScaler in use)", [], {"micro_steps_per_update": k})
-    ratio = sorted(ratios)[len(ratios) // 2]
-    evidence = {"micro_steps_per_update": k, "grad_norm_ratio_step_vs_first_micro_step": ratio}
-    if ratio >= ACCUM_RATIO_FRACTION * k:
-        return Link(f, CONFIRMED, f"confirmed at runtime: {k} backward passes per optimizer step and the gradient at the step is {ratio:.1f}x that of one micro-step (a divided loss keeps it near 1x)", ["gradient-flow"], evidence)
-    return Link(f, CONTRADICTED, f"the run contradicts it: {k} micro-steps per update but the gradient at the step is only {ratio:.1f}x one micro-step's: the loss is scaled somewhere", ["gradient-flow"], evidence)
+    return _from_check(f, probe, "gradient-accumulation")
 
 
-def _input_range(probe: dict[str, Any], kinds: tuple[str, ...]) -> Optional[dict[str, Any]]:
-    loss = probe.get("loss") or {}
-    infos = loss.get("inputs") or ([loss] if loss.get("kind") else [])
-    for info in infos:
-        if info.get("kind") in kinds and info.get("input_min") is not None:
-            return info
-    return None
+def _loss_input(f: Finding, probe: dict[str, Any], kind: str, contains: str) -> Optional[Link]:
+    check = _check(probe, "loss-input")
+    if check is None or kind not in (check.get("evidence") or {}):
+        return None  # the run saw no call of that loss on the training path
+    ev = (check.get("evidence") or {})[kind]
+    if check.get("status") == "fail" and contains in str(check.get("summary", "")):
+        text = next(part for part in str(check["summary"]).split("; ") if contains in part)
+        return Link(f, CONFIRMED, f"confirmed at runtime (loss-input): {text}", ["loss-input"], ev)
+    return Link(f, CONTRADICTED, f"the run contradicts it (loss-input): inputs to {kind} ranged over "
+                f"[{ev.get('min', float('nan')):.3g}, {ev.get('max', float('nan')):.3g}], not what this mistake gives", ["loss-input"], ev)
 
 
 @linker("softmax-before-cross-entropy")
 def _softmax(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
-    info = _input_range(probe, ("cross_entropy",))
-    if info is None:
-        return None
-    lo, hi, row = info.get("input_min"), info.get("input_max"), info.get("input_row_sum")
-    evidence = {"input_min": lo, "input_max": hi, "input_row_sum": row, "classes": info.get("classes")}
-    if lo is not None and hi is not None and lo >= 0 and hi <= 1 and row is not None and abs(row - 1) < 1e-3:
-        c = info.get("classes") or 0
-        floor = math.log(1 + (c - 1) / math.e) if c else None
-        extra = f"; the loss can never go below {floor:.2f} (ln(1+(C-1)/e) for C={c})" if floor else ""
-        return Link(f, CONFIRMED, f"confirmed at runtime: every input to cross_entropy lies in [{lo:.3g}, {hi:.3g}] and rows sum to {row:.4f}: these are probabilities, not logits{extra}", ["initial-loss"], evidence)
-    return Link(f, CONTRADICTED, f"the run contradicts it: inputs to cross_entropy range over [{lo:.3g}, {hi:.3g}] (row sum {row if row is None else round(row, 3)}), which are not probabilities", ["initial-loss"], evidence)
+    return _loss_input(f, probe, "cross_entropy", "cross_entropy receives probabilities")
 
 
 @linker("sigmoid-before-bce-with-logits")
 def _sigmoid(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
-    info = _input_range(probe, ("bce_logits",))
-    if info is None:
-        return None
-    lo, hi = info.get("input_min"), info.get("input_max")
-    evidence = {"input_min": lo, "input_max": hi}
-    if lo is not None and hi is not None and lo >= 0 and hi <= 1:
-        return Link(f, CONFIRMED, f"confirmed at runtime: every input to binary_cross_entropy_with_logits lies in [{lo:.3g}, {hi:.3g}]: sigmoid outputs, so the predicted probability is squashed into [0.5, 0.73] and the loss cannot fall below ~0.31 for positives", ["initial-loss"], evidence)
-    return Link(f, CONTRADICTED, f"the run contradicts it: inputs range over [{lo:.3g}, {hi:.3g}], outside [0, 1]", ["initial-loss"], evidence)
+    return _loss_input(f, probe, "bce_logits", "binary_cross_entropy_with_logits receives")
+
+
+@linker("nll-without-log-softmax")
+def _nll(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    return _loss_input(f, probe, "nll", "nll_loss receives")
 
 
 @linker("bad-init")

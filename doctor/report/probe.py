@@ -102,7 +102,25 @@ def render_text(result: Any, colour: bool = False) -> str:
         lines += ["", f"  {len(run.warnings)} Python warning(s) during the run:"]
         for w in run.warnings[:5]:
             lines.append(f"    {w.get('category')}: {str(w.get('message')).splitlines()[0][:160]}")
-    if run.status == "crashed" and run.output_tail:
+    if run.recipe_runs:
+        lines += ["", "  recipe runs (each a run of its own):"]
+        for name, rr in run.recipe_runs.items():
+            losses = rr.losses
+            note = " — the script's LR schedule was overridden by the sweep" if name == "lr-range" else ""
+            err = f", {rr.error.type}" if rr.error else ""
+            lines.append(f"    {name:<14} {rr.status} after {rr.steps_observed} step(s) in {rr.wall_seconds:.1f} s{err}{note}")
+            if any(v is not None for v in losses):
+                lines.append(f"    {'':<14} loss  {sparkline(losses)}")
+    notes = []
+    if run.manual_updates:
+        notes.append("weights are updated by hand after backward() (no torch.optim step): each backward() closes a step")
+    if run.compiled:
+        notes.append("a torch.compile'd model ran: statistics inside the compiled region (activations) are not collected")
+    if notes:
+        lines += [""] + [f"  note: {n}" for n in notes]
+    if run.status in ("crashed", "timeout") and run.error and run.error.traceback:
+        lines += ["", "  traceback (from the script's first frame):"] + [f"    {ln}" for ln in "\n".join(run.error.traceback).splitlines()[-14:]]
+    elif run.status in ("crashed", "timeout") and run.output_tail:
         lines += ["", "  last output of the script:"] + [f"    {ln}" for ln in run.output_tail[-8:]]
     verdict = "FAILED" if result.failed else "ok"
     lines += ["", f"  {verdict}: " + ", ".join(f"{sum(c.status == s for c in result.checks)} {s}" for s in ("pass", "warn", "fail", "skip"))]

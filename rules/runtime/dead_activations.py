@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from doctor.core.page import Sections, number
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -36,7 +36,8 @@ PAGE = Sections(
         normalisation before saturating activations.
     """,
     known_problems="""
-        Only activation modules are seen: activations applied functionally (`F.relu`, `torch.tanh`) are not.
+        Only activation modules are seen: activations applied functionally (`F.relu`, `torch.tanh`) are not,
+        nor those inside a `torch.compile`d region (the check says so when it skips).
         A unit is judged over the sampled batches of a short probe: units that fire only on rare inputs can
         be counted as dead, and layers sparse by design (a ReLU after a mask) can warn.
     """,
@@ -53,9 +54,6 @@ PAGE = Sections(
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     layers: dict[str, dict] = {}
     for s in run.sampled_steps():
         for name, st in s.activations.items():
@@ -63,7 +61,9 @@ def evaluate(run: ProbeRun):
             if "saturated" in st:
                 layers[name].setdefault("_sat", []).append(st["saturated"])
     if not layers:
-        return result(CHECK, SKIP, "no ReLU, Tanh or Sigmoid module ran on a sampled step")
+        if run.compiled:
+            raise Skip("the model is torch.compile'd: activations inside the compiled region are not observed")
+        raise Skip("no ReLU, Tanh or Sigmoid module ran on a sampled step")
     per_layer, fails, warns = {}, [], []
     for name, st in layers.items():
         if "dead_units" in st and st.get("units"):

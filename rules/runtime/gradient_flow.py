@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from doctor.core.page import Sections, number
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, median, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, median, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -37,19 +37,23 @@ PAGE = Sections(
         multiplication by zero, a mask that drops everything). It warns "vanishing" for a parameter whose
         median gradient norm is below {number(VANISH_RATIO)} of the largest one. It warns when the
         global norm exceeds {number(EXPLODE_WARN)} or grows more than {number(GROWTH_WARN)}x from the first to the last
-        sampled step, and fails above {number(EXPLODE_FAIL)} or past {number(GROWTH_FAIL)}x growth. With a single
-        optimizer it also warns about trainable parameters of the model that the optimizer does not hold.
-        Parameters with `requires_grad=False` are frozen on purpose: listed, never an error.
+        sampled step, and fails above {number(EXPLODE_FAIL)} or past {number(GROWTH_FAIL)}x growth (for a loss summed
+        over its elements, `reduction='sum'`, per summed element: the gradient scales with their number).
+        Norms are read *before* `clip_grad_norm_`/`clip_grad_value_` when the script clips, and the clip and how
+        often it cut are reported. Parameters with `requires_grad=False` are frozen on purpose: listed, never an
+        error; the bias of a layer feeding batch norm gets no gradient by construction and is not reported.
+        Gradients produced by backward and then cleared before the step are gradient-clearing's finding (not
+        an unused layer), and a parameter with a gradient that no optimizer holds is optimizer-coverage's.
 
         What to do: remove or use the layer, drop the `detach()`, add every trainable parameter to the
         optimizer, check the init and normalisation of deep stacks, clip gradients and lower the LR.
     """,
     known_problems="""
-        Only sampled steps are judged (every few steps, see `--sample-every`). Norms are read just before
-        `optimizer.step()`, so after gradient clipping: a clipped run shows the clip value, not the raw norm.
-        Gradients cleared between `backward()` and the step read as "no gradient", which names the wrong
-        cause (the static rule `zero-grad-after-backward` names the right one). Parameters that are
-        legitimately rarely touched (embeddings of rare tokens) can be reported as vanishing.
+        Only sampled steps are judged (every few steps, see `--sample-every`). Clipping is seen through
+        `torch.nn.utils.clip_grad_norm_`/`clip_grad_value_`; a script that clips its own way is read after
+        its clip. Which bias feeds batch norm is read from the module registration order (Conv then
+        BatchNorm), not from the graph. Parameters that are legitimately rarely touched (embeddings of rare
+        tokens) can be reported as vanishing.
     """,
     bad="""
         features = encoder(x).detach()        # the encoder gets no gradient
@@ -68,15 +72,15 @@ def _names(names: list[str]) -> str:
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     sampled = [s for s in run.sampled_steps() if s.param_grad_norms or s.none_grads]
     if not sampled:
-        return result(CHECK, SKIP, "no sampled step with gradient statistics")
+        raise Skip("no sampled step with gradient statistics")
+    judged = [s for s in sampled if s.grad_after_backward]
+    if judged and all(any((g or 0) > 0 for g in s.grad_after_backward) and not s.grad_norm for s in judged):
+        raise Skip("backward() produced gradients but they were gone at every optimizer step: cleared between "
+                   "backward() and step() (see gradient-clearing)")
     frozen = [p.name for p in run.params if not p.requires_grad]
     trainable_in_opt = [p.name for p in run.params if p.in_optimizer and p.requires_grad]
-    not_in_opt = [p.name for p in run.params if not p.in_optimizer and p.requires_grad]
     none_always = [n for n in trainable_in_opt if all(n in s.none_grads for s in sampled)]
     if not run.params:  # parameter names unknown: fall back to what the steps report
         none_always = sorted(set.intersection(*(set(s.none_grads) for s in sampled)))
@@ -85,11 +89,15 @@ def evaluate(run: ProbeRun):
         for name, v in s.param_grad_norms.items():
             per_param.setdefault(name, []).append(v)
     med = {n: median(v) for n, v in per_param.items()}
-    zero = [n for n, vals in per_param.items() if vals and all(v == 0 for v in vals)]
+    before_norm = {p.name for p in run.params if p.before_norm}  # bias feeding batch norm: ~0 by construction
+    zero = [n for n, vals in per_param.items() if vals and all(v == 0 for v in vals) and n not in before_norm]
     largest = max((v for v in med.values() if v), default=0.0)
-    vanishing = [n for n, v in med.items() if v and largest and v < largest * VANISH_RATIO]
+    vanishing = [n for n, v in med.items() if v and largest and v < largest * VANISH_RATIO and n not in before_norm]
     norms = [s.grad_norm for s in sampled if s.grad_norm is not None]
+    summed = next((t for t in run.loss_terms if t.get("reduction") == "sum" and t.get("count")), None)
+    scale = float(summed["count"]) if summed and summed is run.loss_terms[0] else 1.0
     peak = max(norms, default=None)
+    judged_peak = peak / scale if peak is not None else None
     growth = (norms[-1] / norms[0]) if len(norms) >= 2 and norms[0] > 0 else None
     evidence = {
         "global_norm": {"first": norms[0] if norms else None, "last": norms[-1] if norms else None, "max": peak},
@@ -98,7 +106,6 @@ def evaluate(run: ProbeRun):
         "all_zero": zero,
         "vanishing": vanishing,
         "frozen": frozen,
-        "not_in_optimizer": not_in_opt if run.other_optimizer_steps == 0 else [],
         "median_grad_norm": med,
         "sampled_steps": [s.step for s in sampled],
     }
@@ -107,19 +114,27 @@ def evaluate(run: ProbeRun):
         problems_fail.append(f"no gradient for {_names(none_always)} (unused layer or detached branch)")
     if zero:
         problems_fail.append(f"all-zero gradient for {_names(zero)}")
-    if peak is not None and peak > EXPLODE_FAIL:
+    if scale != 1.0:
+        evidence["norm_scale"] = {"reduction": "sum", "elements": scale, "peak_per_element": judged_peak}
+    if judged_peak is not None and judged_peak > EXPLODE_FAIL:
         problems_fail.append(f"exploding: global norm {fmt(peak)}")
     elif growth is not None and growth > GROWTH_FAIL:
         problems_fail.append(f"exploding: global norm grew {fmt(growth)}x")
-    elif peak is not None and peak > EXPLODE_WARN:
+    elif judged_peak is not None and judged_peak > EXPLODE_WARN:
         problems_warn.append(f"large global norm {fmt(peak)}")
     elif growth is not None and growth > GROWTH_WARN:
         problems_warn.append(f"global norm grew {fmt(growth)}x")
     if vanishing:
         problems_warn.append(f"vanishing gradient for {_names(vanishing)} (<{VANISH_RATIO:g} of the largest)")
-    if evidence["not_in_optimizer"]:
-        problems_warn.append(f"trainable but not in the optimizer: {_names(not_in_opt)}")
+    clips = [s.clip for s in sampled if s.clip]
     tail = f"; {len(frozen)} frozen parameter(s)" if frozen else ""
+    if clips:
+        limit = clips[-1].get("limit")
+        cut = sum(1 for c in clips if c.get("total_norm") is not None and limit is not None and c["total_norm"] > limit)
+        kind = "clip_grad_norm_ max_norm" if clips[-1].get("kind") == "norm" else "clip_grad_value_ clip_value"
+        evidence["clip"] = {"kind": clips[-1].get("kind"), "limit": limit, "clipped_steps": cut, "sampled_steps": len(clips),
+                            "norms_before_clip": any(s.grad_norm_before_clip for s in sampled)}
+        tail += f"; norms before clipping ({kind} {fmt(limit)}" + (f", cut on {cut} of {len(clips)} sampled steps)" if clips[-1].get("kind") == "norm" else ")")
     if problems_fail or problems_warn:
         status = FAIL if problems_fail else WARN
         return result(CHECK, status, "; ".join(problems_fail + problems_warn) + tail, evidence,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from doctor.core.page import Sections, number
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -48,14 +48,11 @@ PAGE = Sections(
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     steps = [s for s in run.steps[1:] if s.wall_s]
     if not any(s.batches for s in run.steps):
-        return result(CHECK, SKIP, "no DataLoader seen (batches built in the loop): nothing to measure")
+        raise Skip("no DataLoader seen (batches built in the loop): nothing to measure")
     if not steps:
-        return result(CHECK, SKIP, "need at least two steps to leave out start-up")
+        raise Skip("need at least two steps to leave out start-up")
     wait = sum(s.data_wait_s for s in steps)
     wall = sum(s.wall_s for s in steps)
     frac = wait / wall if wall else 0.0

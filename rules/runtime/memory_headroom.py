@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 from doctor.core.page import Sections, number
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, finding_at, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, finding_at, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
     name="memory-headroom",
     code="DP109",
     summary="On GPU, peak memory leaves headroom on the device; on OOM, where and which batch size to try.",
+    needs_steps=False,  # an OOM before the first step is still judged
 )
 
 GIB = 1024**3
@@ -74,10 +75,9 @@ def evaluate(run: ProbeRun):
                       "Lower the batch size or use gradient accumulation, activation checkpointing, bf16 autocast.",
                       finding_at(CHECK, err.path, err.line, f"CUDA out of memory{tip}", evidence=evidence))
     if not run.on_cuda:
-        return result(CHECK, SKIP, "the script ran on CPU: GPU memory headroom does not apply",
-                      {"device": run.device.get("type", "unknown")})
+        raise Skip("the script ran on CPU: GPU memory headroom does not apply", {"device": run.device.get("type", "unknown")})
     if not mems:
-        return result(CHECK, SKIP, "no CUDA memory statistics recorded")
+        raise Skip("no CUDA memory statistics recorded")
     total = float(run.device.get("total_bytes") or max(m.get("nvml_total", 0) for m in mems))
     peak_alloc = max(m.get("peak_allocated", 0.0) for m in mems)
     peak_res = max(m.get("peak_reserved", 0.0) for m in mems)

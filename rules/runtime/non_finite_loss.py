@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from doctor.core.page import Sections
-from doctor.probe.checks import FAIL, PASS, SKIP, RuntimeCheck, fmt, no_steps, result, finding_at
+from doctor.probe.checks import FAIL, PASS, RuntimeCheck, Skip, finding_at, fmt, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -45,12 +45,9 @@ PAGE = Sections(
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     losses = run.losses
     if all(v is None for v in losses):
-        return result(CHECK, SKIP, "no loss seen (no backward() on a scalar and no torch.nn.functional loss)")
+        raise Skip("no loss seen (no backward() on a scalar and no torch.nn.functional loss)")
     idx = run.first_nonfinite_step()
     if idx is None:
         return result(CHECK, PASS, f"all {sum(v is not None for v in losses)} losses finite",

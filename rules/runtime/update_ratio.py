@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from doctor.core.page import Sections, number
-from doctor.probe.checks import FAIL, PASS, SKIP, WARN, RuntimeCheck, fmt, median, no_steps, result
+from doctor.probe.checks import FAIL, PASS, WARN, RuntimeCheck, Skip, fmt, median, result
 from doctor.probe.trace import ProbeRun
 
 CHECK = RuntimeCheck(
@@ -52,12 +52,9 @@ PAGE = Sections(
 
 
 def evaluate(run: ProbeRun):
-    skip = no_steps(CHECK, run)
-    if skip:
-        return skip
     sampled = [s for s in run.sampled_steps() if s.update_ratio]
     if not sampled:
-        return result(CHECK, SKIP, "no sampled step with update statistics")
+        raise Skip("no sampled step with update statistics")
     groups = max(len(s.update_ratio) for s in sampled)
     per_group = []
     for g in range(groups):

@@ -178,7 +178,9 @@ optimizer.load_state_dict(extra["optimizer"])
             return
         m = ctx.model
         schedulers = {
-            key: info for key, info in ((k, m.objects.get(k)) for k in list(m.objects.objects))
+            key: info for key, info in (
+                (k, m.objects.get(k)) for k, raw in list(m.objects.objects.items()) if raw.kind == K.SCHEDULER
+            )
             if info is not None and info.kind == K.SCHEDULER and not info.from_name_only and _constructed(m, info.node)
         }
         if not schedulers:
