@@ -231,11 +231,15 @@ class TrainingModel(Program):
 
     def _positioned(self, key: Optional[str]) -> bool:
         """``key.last_epoch = ...`` somewhere in the file: the schedule's position is managed by hand."""
-        if not key:
-            return False
-        return any(
-            isinstance(t, ast.Attribute) and t.attr == "last_epoch" and receiver_key(t.value) == key
+        return bool(key) and key in self._positioned_keys
+
+    @cached_property
+    def _positioned_keys(self) -> frozenset[str]:
+        """Every ``key`` of a ``key.last_epoch = ...`` in the file (one scan, not one per scheduler step)."""
+        return frozenset(
+            receiver_key(t.value) or ""
             for node in self.index.of(ast.Assign) for t in node.targets
+            if isinstance(t, ast.Attribute) and t.attr == "last_epoch"
         )
 
     # -- accumulation -------------------------------------------------------------------------------------

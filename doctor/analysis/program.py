@@ -438,7 +438,7 @@ class Program:
             for call in self.calls_named(name, "name"):
                 out.append((self, call))
             if self.project is not None:
-                for site in self.project.calls_named(name):
+                for site in self.project.calls_named(name, skip=self.path):
                     if site.program is self or _same_path(site.program.path or "", self.path or ""):
                         continue
                     found = site.program.resolve(site.call.func)
@@ -451,7 +451,7 @@ class Program:
         programs = [self]
         if self.project is not None:
             programs.extend(
-                p for p in {id(s.program): s.program for s in self.project.calls_named(name)}.values()
+                p for p in {id(s.program): s.program for s in self.project.calls_named(name, skip=self.path)}.values()
                 if p is not self and not _same_path(p.path or "", self.path or "")
             )
         for program in programs:

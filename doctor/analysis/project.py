@@ -38,13 +38,23 @@ _SKIP_DIRS = {
 }
 #: Bounds that keep a reverse lookup cheap on huge trees.
 MAX_FILES = 5000
-MAX_FILE_BYTES = 2 * 1024 * 1024
+#: A bigger file is not read as another file of the project (generated code, data tables): doctor checks such a
+#: file in parts (``doctor.lint.parts``, from the same size), and parsing it whole for each part would make big
+#: files quadratic.
+MAX_FILE_BYTES = 1024 * 1024
 #: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
 MAX_PROGRAMS = 32
 #: Raw bytes of project files kept for reverse look-ups (a bigger project is searched by reading files again).
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 #: A name called from more files than this is not followed to its callers.
 MAX_CALLER_FILES = 8
+#: Reverse look-ups search the project's bytes name by name until they have read it this many times over; then
+#: one pass indexes every called name (a pass costs about as much as 70 searches, and a big project asks for
+#: thousands of names: searching each would be quadratic in the project's size).
+INDEX_AFTER = 16
+#: A call of a name: the whole word, then an opening parenthesis.
+_CALLED = re.compile(rb"\b(\w++)\s*+\(")
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 #: Bytes that any file doing training work contains (a backward, a step, a clearing...).
 _TRAINS = re.compile(rb"\.(backward|step|zero_grad|manual_backward|clip_grad_norm_|clip_grad_value_|unscale_)\s*\(|\.grad\b")
 
@@ -102,9 +112,15 @@ class Project:
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
         #: name -> files that call something of that name / define a function or method of that name.
         self._blobs: Optional[list[tuple[str, Optional[bytes]]]] = None
+        #: Bytes of the project in all, and how many the searches have read so far.
+        self._blob_bytes = 0
+        self._searched = 0
+        #: Called name -> positions in ``_blobs`` of the files calling it (built after INDEX_AFTER passes).
+        self._called: Optional[dict[bytes, list[int]]] = None
         self._modules: dict[tuple[str, str, int], Optional[str]] = {}
         self._trains: dict[str, tuple[Optional[tuple[int, int]], bool]] = {}
-        self._callers: dict[str, list[CallSite]] = {}
+        #: name -> the files calling it (not their programs: those stay in the bounded cache above).
+        self._callers: dict[str, list[str]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
     @classmethod
@@ -215,6 +231,7 @@ class Project:
             self._files = (sig, out[:MAX_FILES])
             self._callers.clear()
             self._blobs = None
+            self._called = None
             self._modules.clear()
         return self._files[1]
 
@@ -238,60 +255,93 @@ class Project:
         """The raw bytes of the project's files, read once (up to MAX_INDEX_BYTES in all; the rest are read again
         for each search): reverse look-ups search them with ``bytes.find`` before parsing anything."""
         blobs: list[tuple[str, Optional[bytes]]] = []
-        total = 0
+        total = kept = 0
         for path in self.files():
             try:
                 size = os.path.getsize(path)
                 if size > MAX_FILE_BYTES:
                     continue
-                if total + size > MAX_INDEX_BYTES:
+                total += size
+                if kept + size > MAX_INDEX_BYTES:
                     blobs.append((path, None))
                     continue
                 with open(path, "rb") as fh:
                     data = fh.read()
             except OSError:
                 continue
-            total += len(data)
+            kept += len(data)
             blobs.append((path, data))
         self._blobs = blobs
+        self._blob_bytes = total
+        self._searched = 0
+        self._called = None
 
-    def _files_calling(self, name: str) -> list[str]:
-        needle = name.encode("ascii", "replace")
-        pattern = re.compile(rb"\b" + re.escape(needle) + rb"\s*\(")
-        out = []
-        for path, data in self._blobs or ():
+    def _index(self) -> None:
+        """Every called name of the project, with the files calling it (one pass; the raw bytes are then let go)."""
+        called: dict[bytes, list[int]] = {}
+        for i, (path, data) in enumerate(self._blobs or ()):
             if data is None:
                 try:
                     with open(path, "rb") as fh:
                         data = fh.read()
                 except OSError:
                     continue
-            if needle in data and pattern.search(data):
+            for name in set(_CALLED.findall(data)):
+                called.setdefault(name, []).append(i)
+        self._called = called
+        self._blobs = [(path, None) for path, _ in self._blobs or ()]
+
+    def _files_calling(self, name: str) -> list[str]:
+        """The files that call ``name`` (at most MAX_CALLER_FILES + 1 of them, in the project's file order)."""
+        needle = name.encode("ascii", "replace")
+        blobs = self._blobs or []
+        if self._called is None and self._searched >= INDEX_AFTER * max(self._blob_bytes, 1):
+            self._index()
+        if self._called is not None:
+            return [blobs[i][0] for i in self._called.get(needle, ())[: MAX_CALLER_FILES + 1]]
+        # The literal first: a pattern starting with ``\b`` is searched byte by byte, twenty times slower.
+        pattern = re.compile(re.escape(needle) + rb"\s*\(")
+        out = []
+        for path, data in blobs:
+            if data is None:
+                try:
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                except OSError:
+                    continue
+            self._searched += len(data)
+            if needle in data and any(m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES for m in pattern.finditer(data)):
                 out.append(path)
                 if len(out) > MAX_CALLER_FILES:
                     break
         return out
 
-    def calls_named(self, name: str) -> list[CallSite]:
-        """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``)."""
+    def calls_named(self, name: str, skip: Optional[str] = None) -> list[CallSite]:
+        """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``), except in
+        the file ``skip`` (the file asking, which reads its own calls: parsing it again to skip them would double
+        the work on every file)."""
         for seen in _RECORDING:
             seen.roots.add(self.root)
         self.files()
         if self._blobs is None:
             self._load()
-        if name not in self._callers:
-            sites: list[CallSite] = []
+        paths = self._callers.get(name)
+        if paths is None:
             paths = self._files_calling(name)
             if len(paths) > MAX_CALLER_FILES:
                 paths = []  # called all over the project: no single caller tells what it is (and reading them all costs)
-            for path in paths:
-                program = self.program(path)
-                if program is None:
-                    continue
-                for call in program.calls_to(name):
-                    sites.append(CallSite(program, call))
-            self._callers[name] = sites
-        return self._callers[name]
+            self._callers[name] = paths
+        skipped = os.path.normpath(os.path.abspath(skip)) if skip else None
+        sites: list[CallSite] = []
+        for path in paths:
+            if path == skipped:
+                continue
+            program = self.program(path)
+            if program is None:
+                continue
+            for call in program.calls_to(name):
+                sites.append(CallSite(program, call))
+        return sites
 
 
 def file_signature(path: str) -> Optional[list[int]]:
