@@ -208,3 +208,45 @@ def test_the_cache_rechecks_a_file_when_a_module_it_read_changes(tmp_path):
     assert not again.files[0].cached
     assert [f.rule for f in again.findings] == ["softmax-before-cross-entropy"]
     assert "model.py" in again.findings[0].message
+
+
+def test_reverse_lookups_by_search_and_by_index_agree(tmp_path, monkeypatch):
+    """A big project is indexed once the name-by-name searches have read it often enough: both ways find the
+    same callers (whole words followed by `(`, in file order, at most MAX_CALLER_FILES + 1)."""
+    from doctor.analysis import project as P
+    from doctor.analysis.program import Program
+
+    write(tmp_path, "a.py", "def fit(model):\n    step(model)\n\nclass T:\n    def run(self):\n        self.fit (1)\n")
+    write(tmp_path, "b.py", "from a import fit\nrefit(1)\nfit_all = 1\nx.fit(\n  2)\n# fit( in a comment\n")
+    write(tmp_path, "c.py", "prefit(2)\nstep (3)\n")
+    for i in range(12):
+        write(tmp_path, f"many_{i:02d}.py", "common()\n")
+    names = ["fit", "step", "refit", "prefit", "fit_all", "common", "run", "absent"]
+
+    def lookups():
+        project = Project(str(tmp_path), Program)
+        project.files()
+        project._load()
+        return {n: [os.path.basename(p) for p in project._files_calling(n)] for n in names}, project
+
+    searched, project = lookups()
+    assert project._called is None  # a few names: searched, never indexed
+    assert searched["fit"] == ["a.py", "b.py"] and searched["step"] == ["a.py", "c.py"]
+    assert searched["fit_all"] == [] and searched["absent"] == []
+    assert len(searched["common"]) == P.MAX_CALLER_FILES + 1
+    monkeypatch.setattr(P, "INDEX_AFTER", 0)
+    indexed, project = lookups()
+    assert project._called is not None and indexed == searched
+
+
+def test_reverse_lookups_skip_the_asking_file_and_keep_no_programs(tmp_path):
+    from doctor.analysis.program import Program
+
+    write(tmp_path, "a.py", "def fit(model):\n    pass\n\nfit(1)\n")
+    write(tmp_path, "b.py", "from a import fit\nfit(2)\n")
+    project = Project(str(tmp_path), Program)
+    sites = project.calls_named("fit", skip=str(tmp_path / "a.py"))
+    assert [os.path.basename(s.program.path) for s in sites] == ["b.py"]
+    assert str(tmp_path / "a.py") not in project._programs  # the asking file was not parsed again
+    assert all(isinstance(p, str) for p in project._callers["fit"])  # paths cached, programs stay bounded
+    assert [os.path.basename(s.program.path) for s in project.calls_named("fit")] == ["a.py", "b.py"]

@@ -288,6 +288,14 @@ class DataFlow:
         """Could ``expr`` be an iterable (streaming) dataset, or is it shuffled by the dataset itself?"""
         if expr is None or _depth > MAX_DEPTH:
             return False
+        if _depth == 0:  # asked again for every loop over the same loader: answered once per expression
+            memo = self.__dict__.setdefault("_streams_memo", {})
+            if id(expr) not in memo:
+                memo[id(expr)] = self._dataset_streams(expr, 0)
+            return memo[id(expr)]
+        return self._dataset_streams(expr, _depth)
+
+    def _dataset_streams(self, expr: ast.AST, _depth: int) -> bool:
         for node in ast.walk(expr):
             if isinstance(node, ast.Name) and _STREAMING.search(node.id):
                 return True
@@ -313,11 +321,18 @@ class DataFlow:
 
     def shuffled_elsewhere(self, key: str) -> bool:
         """``dataset.shuffle(...)`` or ``random.shuffle(dataset)`` somewhere in the file."""
-        for node in self.model.index.all():
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "shuffle":
-                if receiver_key(node.func.value) == key or any(receiver_key(a) == key for a in node.args):
-                    return True
-        return False
+        return key in self._shuffled_keys
+
+    @cached_property
+    def _shuffled_keys(self) -> set[str]:
+        """The keys of every ``x.shuffle(...)`` receiver and argument in the file (one scan, not one per question)."""
+        out: set[str] = set()
+        for node in self.model.index.of(ast.Call):
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "shuffle":
+                for k in (receiver_key(node.func.value), *(receiver_key(a) for a in node.args)):
+                    if k:
+                        out.add(k)
+        return out
 
     # -- samplers ------------------------------------------------------------------------------------
     def distributed_samplers(self) -> list[ast.Call]:

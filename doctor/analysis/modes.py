@@ -278,6 +278,12 @@ class Modes:
 
     def enables_grad(self, fn: ast.AST) -> bool:
         """The function deliberately records gradients (saliency, attacks, test-time adaptation)."""
+        memo = self.__dict__.setdefault("_enables_grad_memo", {})  # asked per stream and per function: walk each once
+        if id(fn) not in memo:
+            memo[id(fn)] = self._enables_grad(fn)
+        return memo[id(fn)]
+
+    def _enables_grad(self, fn: ast.AST) -> bool:
         for node in ast.walk(fn):
             if isinstance(node, ast.Call):
                 q = self.model.imports.qualify(node.func) or ""
