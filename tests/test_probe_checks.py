@@ -31,7 +31,7 @@ def test_every_check_module_is_documented():
     import importlib
 
     checks = load_checks()
-    assert len(checks) == 21
+    assert len(checks) == 24
     for check, _ in checks:
         module = importlib.import_module(f"doctor.rules.runtime.{check.name.replace('-', '_')}")
         # The page (doctor.core.page.Sections) says what to do; test_pages checks every section.
