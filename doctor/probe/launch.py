@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
 from doctor.probe.options import ProbeOptions
-from doctor.probe.process import OUTPUT_TAIL_LINES, check_can_run, child_env, kill_group, read_output
+from doctor.probe.process import OUTPUT_TAIL_LINES, ProbeUsageError, check_can_run, child_env, kill_group, read_output
 from doctor.probe.ranks import RankOutcome, merge_ranks, parse_stacks
 from doctor.probe.stream import SOCKET_ENV, STACKS_ENV, parse_line, stack_signal
 from doctor.probe.trace import ProbeRun
@@ -49,6 +49,8 @@ FAILURE_GRACE_S = 3.0
 TERM_GRACE_S = 1.5
 #: Seconds the ranks get to write their stacks after the signal.
 STACK_GRACE_S = 0.3
+#: Longest folder for the events socket (``sun_path`` holds about 100 characters on Linux and macOS).
+SOCKET_DIR_CHARS = 80
 #: What torchrun says of a failed worker: its exit code and pid (kept from its output to name a signal).
 _EXITCODE = [re.compile(r"exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)"),
              re.compile(r"exitcode:\s*(-?\d+)\)\s*local_rank:\s*\d+\s*\(pid:\s*(\d+)\)")]
@@ -98,7 +100,12 @@ def collect_ranks(
     """Run the script on ``options.nproc_per_node`` ranks of this node under torchrun; the merged ``ProbeRun``
     (rank 0's, with every rank's own run under ``ranks`` and the job under ``distributed``)."""
     check_can_run(script, options, python)
+    if not hasattr(socket, "AF_UNIX"):
+        raise ProbeUsageError("--nproc-per-node needs Unix domain sockets (Linux, macOS) for the ranks' events")
     tmp = tempfile.mkdtemp(prefix="doctor-probe-")
+    if len(tmp) > SOCKET_DIR_CHARS and os.path.isdir("/tmp"):  # a socket path has ~100 characters at most
+        os.rmdir(tmp)
+        tmp = tempfile.mkdtemp(prefix="doctor-", dir="/tmp")
     try:
         return _collect(script, args, options, echo, python, tmp)
     finally:

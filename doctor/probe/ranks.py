@@ -31,6 +31,10 @@ PEER_GONE = re.compile(
     r"Connection closed by peer|Connection reset by peer|Broken pipe|remote worker|DistBackendError|NCCL|"
     r"ProcessGroup|gloo|TCPStore|Socket Timeout", re.I)
 _SEVERITY = {FAIL: 3, WARN: 2, PASS: 1, SKIP: 0}
+#: A backend's source location in front of its message (gloo's ``[.../pair.cc:553] Connection closed by peer``).
+_BRACKETED = re.compile(r"^\[[^\]]*\]\s*")
+#: Characters of a collateral rank's own error kept in its "stopped after rank N failed (...)" message.
+DETAIL_CHARS = 120
 _THREAD = re.compile(r"^(Current thread|Thread) 0x[0-9a-fA-F]+")
 _FRAME = re.compile(r'^\s+File "(.+)", line (\d+) in (.+)$')
 
@@ -62,7 +66,9 @@ def parse_stacks(text: str, script: str) -> dict[str, Any]:
     real = os.path.realpath(script)
     main = next((t for t in threads if any(os.path.realpath(p) == real for p, _, _ in t)), threads[0] if threads else [])
     where = next(([p, ln] for p, ln, _ in main if os.path.realpath(p) == real), None)
-    stack = [f'File "{p}", line {ln} in {fn}' for p, ln, fn in main[:12]]
+    calls = list(reversed(main))  # as a traceback reads: the script's first frame first, the innermost last
+    first = next((i for i, (p, _, _) in enumerate(calls) if os.path.realpath(p) == real), 0)
+    stack = ["Stack (most recent call last):"] + [f'  File "{p}", line {ln}, in {fn}' for p, ln, fn in calls[first:]][-11:]
     # the innermost frame: in PyTorch (a collective, a device sync) the rank waits; in the script it is stuck itself
     in_torch = bool(main) and f"{os.sep}torch{os.sep}" in main[0][0]
     return {"where": where, "stack": stack, "in_torch": in_torch}
@@ -153,7 +159,8 @@ def merge_ranks(
             run = runs[r]
             if _tier(run) > _tier(runs[failed_rank]):
                 err = run.error
-                detail = f" ({err.type}: {err.message})" if err else ""
+                msg = _BRACKETED.sub("", err.message).split(". ")[0] if err else ""  # its first sentence
+                detail = f" ({err.type}: {msg[:DETAIL_CHARS]}{'...' if len(msg) > DETAIL_CHARS else ''})" if err else ""
                 run.rank_info["stopped_by"] = failed_rank
                 run.error = ScriptError(type=err.type if err else "Stopped", message=f"stopped after rank {failed_rank} "
                                         f"failed{detail}", path=err.path if err else None, line=err.line if err else None,
@@ -257,9 +264,11 @@ def focus_order(run: ProbeRun) -> list[int]:
     return ([lead] if lead in run.ranks else []) + rest
 
 
-def merge_results(check: RuntimeCheck, results: dict[int, CheckResult], order: list[int]) -> CheckResult:
+def merge_results(check: RuntimeCheck, results: dict[int, CheckResult], order: list[int],
+                  collateral: frozenset[int] = frozenset()) -> CheckResult:
     """One verdict from each rank's: the worst status, led by the first rank (in ``order``) that has it; the
-    summary names the rank and, when ranks disagree, every rank's status."""
+    summary names the rank and, when ranks disagree, every rank's status. Findings of ranks that only stopped
+    because another failed (``collateral``) are left out: they point at where those ranks happened to be."""
     ranks = [r for r in order if r in results]
     worst = max((results[r].status for r in ranks), key=lambda s: _SEVERITY[s])
     lead = next(r for r in ranks if results[r].status == worst)
@@ -280,6 +289,8 @@ def merge_results(check: RuntimeCheck, results: dict[int, CheckResult], order: l
     evidence["per_rank"] = {str(r): {"status": results[r].status, "summary": results[r].summary} for r in ranks}
     findings, seen = [], set()
     for r in ranks:
+        if r in collateral and r != lead:
+            continue
         for f in results[r].findings:
             key = (f.path, f.line, f.rule)
             if key not in seen:
@@ -297,6 +308,7 @@ def evaluate_ranks(run: ProbeRun) -> tuple[list[CheckResult], dict[int, list[Che
     per_rank: dict[int, list[CheckResult]] = {
         r: [evaluate_one(c, fn, rr) for c, fn in checks if not c.distributed] for r, rr in run.ranks.items()}
     order = focus_order(run)
+    collateral = frozenset(r for r, rr in run.ranks.items() if rr.rank_info.get("stopped_by") is not None)
     merged: list[CheckResult] = []
     i = 0
     for check, fn in checks:
@@ -304,7 +316,7 @@ def evaluate_ranks(run: ProbeRun) -> tuple[list[CheckResult], dict[int, list[Che
             merged.append(evaluate_one(check, fn, run))
             continue
         if per_rank:
-            merged.append(merge_results(check, {r: res[i] for r, res in per_rank.items()}, order))
+            merged.append(merge_results(check, {r: res[i] for r, res in per_rank.items()}, order, collateral))
         else:  # no rank started: judge the bare run (training-loop says why)
             merged.append(evaluate_one(check, fn, run))
         i += 1

@@ -105,6 +105,8 @@ def render_text(result: Any, colour: bool = False) -> str:
              f"in {run.wall_seconds:.1f} s on {dev}{ranks}"]
     if run.error:
         where = f" ({_rel(run.error.path)}:{run.error.line})" if run.error.path and run.error.line else ""
+        if where[2:-1] in run.error.message:
+            where = ""  # the message says where already (a distributed timeout names every rank's line)
         who = f" (rank {job['failed_rank']})" if job and job.get("failed_rank") is not None else ""
         lines.append(f"  error{who}: {run.error.type}: {run.error.message}{where}")
     lines.append("")
@@ -153,7 +155,9 @@ def render_text(result: Any, colour: bool = False) -> str:
     if notes:
         lines += [""] + [f"  note: {n}" for n in notes]
     if run.status in ("crashed", "timeout") and run.error and run.error.traceback:
-        lines += ["", "  traceback (from the script's first frame):"] + [f"    {ln}" for ln in "\n".join(run.error.traceback).splitlines()[-14:]]
+        lead = (job.get("failed_rank") if job.get("failed_rank") is not None else job.get("slowest_rank")) if job else None
+        whose = f" of rank {lead}" if lead is not None else ""
+        lines += ["", f"  traceback{whose} (from the script's first frame):"] + [f"    {ln}" for ln in "\n".join(run.error.traceback).splitlines()[-14:]]
     elif run.status in ("crashed", "timeout") and run.output_tail:
         lines += ["", "  last output of the script:"] + [f"    {ln}" for ln in run.output_tail[-8:]]
     verdict = "FAILED" if result.failed else "ok"
