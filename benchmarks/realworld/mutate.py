@@ -516,6 +516,11 @@ def accumulation_sites(prog: Program) -> list[Site]:
         accept |= {b.lineno for b in bwds if b.lineno >= stmt.lineno}
         if not bwds and func is not None:
             accept |= _where_returned_loss_goes(prog, func, stmt)
+            # The loss handed to a call that backpropagates it (`loss_scaler(loss, optimizer, ...)`).
+            names = {text(t) for t in getattr(stmt, "targets", [])} | {text(getattr(stmt, "target", ast.Pass()))} | {text(num)}
+            for n in walk_scope(func):
+                if isinstance(n, ast.Call) and n.lineno > stmt.end_lineno and any(text(a) in names for a in n.args):
+                    accept |= set(range(n.lineno, (n.end_lineno or n.lineno) + 1))
         site = Site(prog, "unscaled-accumulation-loss", stmt.lineno, stmt.end_lineno, new, accept,
                     f"drop `/ {text(den)}` from `{lines[stmt.lineno - 1].strip()}`")
         if ".detach()" in text(num) or ".item()" in text(num):

@@ -536,6 +536,8 @@ class StreamBuilder:
                 kinds.append("no_sync")
         elif q.endswith("dist_autograd.context") or q.endswith("distributed.autograd.context"):
             kinds.append("dist_autograd")
+        elif name == "catch_warnings":
+            kinds.append("catch_warnings")  # the author silences a warning here (PyTorch's scheduler-order one)
         return kinds
 
     # -- expressions ----------------------------------------------------------------------------------
@@ -742,10 +744,11 @@ class StreamBuilder:
                         self._inline(option, call, list(call.args), option_state, keywords=call.keywords)
                 return
             if target is None and func.id not in here.classes:
-                found = here.resolve_name(func.id) if func.id in here.imports.sources else None
+                imported = func.id in here.imports.sources
+                found = here.resolve_name(func.id) if imported and here.module_may_train(func.id) else None
                 if found is not None and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef)):
                     where, target = found
-                elif found is None:
+                elif found is None and not imported:
                     # `loss_scaler(loss, optimizer, ...)`: an object whose class (with `__call__`) we can read.
                     owner = here.class_of_receiver(func, call)
                     if owner is not None:

@@ -224,8 +224,19 @@ class TrainingModel(Program):
         info = self.info(sched.target, at=sched.node)
         if info is not None and (info.is_plateau or info.custom_scheduler):
             return True
+        if "catch_warnings" in sched.contexts or self._positioned(sched.target):
+            return True  # the order is deliberate: PyTorch's warning is silenced, or `last_epoch` is set by hand
         # `scheduler.step(val_loss)` / `scheduler.step(epoch)`: metric-driven or explicitly positioned.
         return sched.arg is not None or bool(getattr(sched.node, "keywords", None))
+
+    def _positioned(self, key: Optional[str]) -> bool:
+        """``key.last_epoch = ...`` somewhere in the file: the schedule's position is managed by hand."""
+        if not key:
+            return False
+        return any(
+            isinstance(t, ast.Attribute) and t.attr == "last_epoch" and receiver_key(t.value) == key
+            for node in self.index.of(ast.Assign) for t in node.targets
+        )
 
     # -- accumulation -------------------------------------------------------------------------------------
     def accumulation_of(self, step: Event, events: list[Event]) -> Optional[Accumulation]:
@@ -494,7 +505,7 @@ def _element_of(ev: Event, key: Optional[str]) -> bool:
     opt.step()`` steps ``optimizers[1]`` too."""
     base = (key or "").split("[", 1)[0]
     for loop in ev.loops:
-        names = {n.id for n in ast.walk(loop.target)} if loop.target is not None else set()
+        names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)} if loop.target is not None else set()
         if ev.target in names and loop.iter is not None and any(receiver_key(n) == base for n in ast.walk(loop.iter) if isinstance(n, (ast.Name, ast.Attribute))):
             return True
     return False

@@ -55,6 +55,8 @@ LOSS_FUNCTIONS = {
 }
 
 
+#: Names of constructors or factories that may build an object of a project class (not `x = self.layer(x)`).
+_MAYBE_PROJECT_CTOR = re.compile(r"^[A-Z]|^_*(create|build|make|get|init|setup|new)_")
 #: Top-level packages whose classes and factories we know by name: their objects need no reading of a definition.
 LIBRARIES = frozenset({
     "torch", "transformers", "timm", "lightning", "pytorch_lightning", "accelerate", "deepspeed", "diffusers",
@@ -302,9 +304,12 @@ def _record(table: ObjectTable, target: ast.AST, value: ast.AST, imports: Import
         q = imports.qualify(value.func) or ""
         if q.endswith(("parse_args", "ArgumentParser", "Namespace", "load", "safe_load", "OmegaConf.create")):
             table.set(key, ObjectInfo(OTHER, ctor=q))
-        elif q and isinstance(unwrap_moves(value), ast.Call) and isinstance(unwrap_moves(value).func, (ast.Name, ast.Attribute)):  # type: ignore[attr-defined]
-            # Maybe a class or factory of the project (`Net(...)`, `build_model(cfg)`): decided on demand.
-            table.set(key, ObjectInfo(PENDING, ctor=q, node=unwrap_moves(value), unverified=True))
+        else:
+            inner = unwrap_moves(value)
+            q = imports.qualify(inner.func) or "" if isinstance(inner, ast.Call) else ""  # type: ignore[attr-defined]
+            if q and _MAYBE_PROJECT_CTOR.match(q.rsplit(".", 1)[-1]) and q.split(".")[0] not in LIBRARIES:
+                # Maybe a class or factory of the project (`Net(...)`, `build_model(cfg)`): decided on demand.
+                table.set(key, ObjectInfo(PENDING, ctor=q, node=inner, unverified=True))
 
 
 _MOVES = {"to", "cuda", "cpu", "half", "float", "double", "bfloat16", "train", "eval", "requires_grad_", "to_empty", "share_memory"}

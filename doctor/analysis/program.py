@@ -171,6 +171,16 @@ class Program:
         self._resolved[name] = found
         return found
 
+    def module_may_train(self, name: str) -> bool:
+        """Could the local module an imported name comes from do training work (read its bytes, not its tree)?"""
+        source = self.imports.sources.get(name)
+        project = self.project
+        if source is None or project is None or not self.path:
+            return False
+        module, level, _ = source
+        path = project.module_file(self.path, module, level)
+        return path is not None and project.may_train(path)
+
     def _module(self, module: str, level: int) -> Optional["Program"]:
         project = self.project
         if project is None or not self.path:
@@ -272,7 +282,7 @@ class Program:
                         if any(o is not fn and self.is_relevant(o, _depth + 1) for o in options):
                             result = True
                             break
-                    if callee is None and f.id in self.imports.sources:
+                    if callee is None and f.id in self.imports.sources and self.module_may_train(f.id):
                         found = self.resolve_name(f.id)  # a function of a local module
                         if found is not None and not isinstance(found[1], ast.ClassDef):
                             owner, callee = found
@@ -466,7 +476,11 @@ class Program:
                 found = cls
             return found
         ctor = self.constructor_of(key, at)
-        return self.resolve_class(ctor.func) if ctor is not None else None
+        if ctor is None:
+            return None
+        if isinstance(ctor.func, ast.Name) and ctor.func.id in self.imports.sources and not self.module_may_train(ctor.func.id):
+            return None  # a class of a module that never trains: nothing of it would be followed anyway
+        return self.resolve_class(ctor.func)
 
     def constructor_of(self, key: str, at: Optional[ast.AST] = None) -> Optional[ast.Call]:
         """The call that built the object ``key`` holds (the binding in ``at``'s function first)."""

@@ -40,10 +40,13 @@ _SKIP_DIRS = {
 MAX_FILES = 5000
 MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
-MAX_PROGRAMS = 256
-_CALLED = re.compile(rb"\b([A-Za-z_]\w*)\s*\(")
+MAX_PROGRAMS = 32
+#: Raw bytes of project files kept for reverse look-ups (a bigger project is searched by reading files again).
+MAX_INDEX_BYTES = 64 * 1024 * 1024
 #: A name called from more files than this is not followed to its callers.
-MAX_CALLER_FILES = 24
+MAX_CALLER_FILES = 8
+#: Bytes that any file doing training work contains (a backward, a step, a clearing...).
+_TRAINS = re.compile(rb"\.(backward|step|zero_grad|manual_backward|clip_grad_norm_|clip_grad_value_|unscale_)\s*\(|\.grad\b")
 
 
 @dataclass
@@ -98,7 +101,9 @@ class Project:
         self._programs: "OrderedDict[str, tuple[Optional[tuple[int, int]], Optional[Program]]]" = OrderedDict()
         self._files: Optional[tuple[Optional[tuple[int, int]], list[str]]] = None
         #: name -> files that call something of that name / define a function or method of that name.
-        self._called: Optional[dict[str, list[str]]] = None
+        self._blobs: Optional[list[tuple[str, Optional[bytes]]]] = None
+        self._modules: dict[tuple[str, str, int], Optional[str]] = {}
+        self._trains: dict[str, tuple[Optional[tuple[int, int]], bool]] = {}
         self._callers: dict[str, list[CallSite]] = {}
 
     # -- where a file belongs ---------------------------------------------------------------------------
@@ -120,6 +125,12 @@ class Project:
     def module_file(self, importer: str, module: str, level: int = 0) -> Optional[str]:
         """The local file that ``import module`` (``level`` dots) names from ``importer``, or None."""
         here = os.path.dirname(os.path.abspath(importer))
+        key = (here, module, level)
+        if key not in self._modules:
+            self._modules[key] = self._module_file(here, module, level)
+        return self._modules[key]
+
+    def _module_file(self, here: str, module: str, level: int) -> Optional[str]:
         if level:
             base = here
             for _ in range(level - 1):
@@ -172,6 +183,13 @@ class Project:
             self._programs.popitem(last=False)
         return program
 
+    def consult(self, path: str) -> Optional[str]:
+        """The text of a project file, recorded as consulted (a finding may depend on what it says)."""
+        path = os.path.normpath(os.path.abspath(path))
+        for seen in _RECORDING:
+            seen.files.add(path)
+        return self.text(path)
+
     def text(self, path: str) -> Optional[str]:
         sig = _signature(path)
         if sig is None or sig[0] > MAX_FILE_BYTES:
@@ -195,36 +213,76 @@ class Project:
                     break
             self._files = (sig, out[:MAX_FILES])
             self._callers.clear()
-            self._called = None
+            self._blobs = None
+            self._modules.clear()
         return self._files[1]
 
-    def _index(self) -> None:
-        """One pass over the raw bytes of the project's files: which names each one calls."""
-        called: dict[str, list[str]] = {}
+    def may_train(self, path: str) -> bool:
+        """Could code in ``path`` do training work (it mentions a backward, a step, a clearing)? A cheap byte scan,
+        cached, that spares parsing modules that only hold utilities."""
+        path = os.path.normpath(os.path.abspath(path))
+        sig = _signature(path)
+        cached = self._trains.get(path)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        try:
+            with open(path, "rb") as fh:
+                found = _TRAINS.search(fh.read()) is not None
+        except OSError:
+            found = False
+        self._trains[path] = (sig, found)
+        return found
+
+    def _load(self) -> None:
+        """The raw bytes of the project's files, read once (up to MAX_INDEX_BYTES in all; the rest are read again
+        for each search): reverse look-ups search them with ``bytes.find`` before parsing anything."""
+        blobs: list[tuple[str, Optional[bytes]]] = []
+        total = 0
         for path in self.files():
             try:
-                if os.path.getsize(path) > MAX_FILE_BYTES:
+                size = os.path.getsize(path)
+                if size > MAX_FILE_BYTES:
+                    continue
+                if total + size > MAX_INDEX_BYTES:
+                    blobs.append((path, None))
                     continue
                 with open(path, "rb") as fh:
                     data = fh.read()
             except OSError:
                 continue
-            for name in set(_CALLED.findall(data)):
-                called.setdefault(name.decode("ascii", "replace"), []).append(path)
-        self._called = called
+            total += len(data)
+            blobs.append((path, data))
+        self._blobs = blobs
+
+    def _files_calling(self, name: str) -> list[str]:
+        needle = name.encode("ascii", "replace")
+        pattern = re.compile(rb"\b" + re.escape(needle) + rb"\s*\(")
+        out = []
+        for path, data in self._blobs or ():
+            if data is None:
+                try:
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                except OSError:
+                    continue
+            if needle in data and pattern.search(data):
+                out.append(path)
+                if len(out) > MAX_CALLER_FILES:
+                    break
+        return out
 
     def calls_named(self, name: str) -> list[CallSite]:
         """Every call in the project whose callee is named ``name`` (``name(...)`` or ``x.name(...)``)."""
         for seen in _RECORDING:
             seen.roots.add(self.root)
         self.files()
-        if self._called is None:
-            self._index()
+        if self._blobs is None:
+            self._load()
         if name not in self._callers:
             sites: list[CallSite] = []
-            paths = (self._called or {}).get(name, ())
+            paths = self._files_calling(name)
             if len(paths) > MAX_CALLER_FILES:
-                paths = ()  # called all over the project: no single caller tells what it is (and reading them all costs)
+                paths = []  # called all over the project: no single caller tells what it is (and reading them all costs)
             for path in paths:
                 program = self.program(path)
                 if program is None:
