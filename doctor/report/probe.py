@@ -21,6 +21,32 @@ def render_json(result: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- text
+TRACEBACK_LINES = 14
+
+
+def traceback_lines(entries: list[str], limit: int = TRACEBACK_LINES) -> list[str]:
+    """A traceback cut to about ``limit`` lines for the terminal: Python's ``^^^`` markers go first, then the
+    frames between the script's first frame and the innermost ones (deep library stacks), so that the line of
+    the script and the exception both stay."""
+    lines = "\n".join(entries).splitlines()
+    if len(lines) <= limit:
+        return lines
+    lines = [ln for ln in lines if ln.strip(" ^~")]
+    if len(lines) <= limit:
+        return lines
+
+    def is_frame(ln: str) -> bool:
+        return ln.lstrip().startswith('File "')
+
+    first = next((i for i, ln in enumerate(lines[:2]) if is_frame(ln)), None)  # after "Traceback (most recent ...":
+    head = lines[: first + 2] if first is not None else []
+    tail = lines[len(lines) - (limit - len(head) - 1):]
+    start = next((i for i, ln in enumerate(tail) if is_frame(ln)), 0)  # begin the tail at a frame, not mid-frame
+    tail = tail[start:]
+    left_out = len(lines) - len(head) - len(tail)
+    return head + [f"  ... {left_out} line(s) left out ..."] + tail
+
+
 def sparkline(values: list[Optional[float]]) -> str:
     """One character per value; non-finite values show as ``×``, missing ones as a space."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -157,7 +183,7 @@ def render_text(result: Any, colour: bool = False) -> str:
     if run.status in ("crashed", "timeout") and run.error and run.error.traceback:
         lead = (job.get("failed_rank") if job.get("failed_rank") is not None else job.get("slowest_rank")) if job else None
         whose = f" of rank {lead}" if lead is not None else ""
-        lines += ["", f"  traceback{whose} (from the script's first frame):"] + [f"    {ln}" for ln in "\n".join(run.error.traceback).splitlines()[-14:]]
+        lines += ["", f"  traceback{whose} (from the script's first frame):"] + [f"    {ln}" for ln in traceback_lines(run.error.traceback)]
     elif run.status in ("crashed", "timeout") and run.output_tail:
         lines += ["", "  last output of the script:"] + [f"    {ln}" for ln in run.output_tail[-8:]]
     verdict = "FAILED" if result.failed else "ok"
