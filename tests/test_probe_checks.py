@@ -31,7 +31,7 @@ def test_every_check_module_is_documented():
     import importlib
 
     checks = load_checks()
-    assert len(checks) == 21
+    assert len(checks) == 24
     for check, _ in checks:
         module = importlib.import_module(f"doctor.rules.runtime.{check.name.replace('-', '_')}")
         # The page (doctor.core.page.Sections) says what to do; test_pages checks every section.
@@ -335,3 +335,21 @@ def test_probe_options_travel_in_one_piece():
         parse_recipe("overfit")
     with pytest.raises(OptionsError):
         ProbeOptions(steps=0).validate()
+
+
+def test_long_traceback_keeps_the_script_line_and_the_exception():
+    from doctor.report.probe import traceback_lines
+
+    lib = '  File "/venv/site-packages/torch/nn/modules/module.py", line {}, in _call_impl\n    return forward_call(*args)\n           ^^^^^^^^^^^^^^^^^^^'
+    entries = ['  File "/tmp/train.py", line 46, in <module>\n    loss = loss_fn(model(x), y)\n                   ^^^^^^^^']
+    entries += [lib.format(i) for i in range(12)] + ["RuntimeError: mat1 and mat2 shapes cannot be multiplied"]
+    out = traceback_lines(entries)
+    assert len(out) <= 14
+    assert out[0] == '  File "/tmp/train.py", line 46, in <module>' and out[1].strip() == "loss = loss_fn(model(x), y)"
+    assert "line(s) left out" in out[2] and out[3].lstrip().startswith('File "')
+    assert out[-1] == "RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+    assert not any(ln.strip(" ^") == "" for ln in out)
+    titled = traceback_lines(["Traceback (most recent call last):"] + entries)
+    assert titled[:3] == ["Traceback (most recent call last):"] + out[:2] and titled[-1] == out[-1] and len(titled) <= 14
+    short = ['  File "/tmp/train.py", line 3, in <module>\n    f()\n    ^^^', "ValueError: x"]
+    assert traceback_lines(short) == "\n".join(short).splitlines()  # short ones are shown whole, markers included

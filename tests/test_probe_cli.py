@@ -66,7 +66,7 @@ def test_rules_and_explain_know_the_runtime_checks():
     proc = _doctor("rules", "--all", "--format", "json")
     assert proc.returncode == 0
     runtime = [r for r in json.loads(proc.stdout) if r["kind"] == "runtime"]
-    assert [r["code"] for r in runtime] == [f"DP1{i:02d}" for i in range(1, 22)]
+    assert [r["code"] for r in runtime] == [f"DP1{i:02d}" for i in range(1, 25)]
     proc = _doctor("explain", "update-ratio")
     # The page shows the thresholds' values, not the names of the constants holding them.
     text = " ".join(proc.stdout.split())

@@ -171,19 +171,35 @@ shape("ms_method_through_instance", "DR102", "report", """
         agent.finish_episode(torch.randn(4, 2), torch.randn(4, 2))
 """)
 
+# BasicSR: the model's optimize_parameters() is one iteration, called by the training loop through an object
+# built by a registry (`build_model(opt)`); the caller's loop is in the snippet (in BasicSR it is in train.py).
 shape("ms_framework_method_optimize_parameters", "DR102", "report", """
     import torch
-    from .base_model import BaseModel
+    from basicsr.models import build_model
 
-    class SRModel(BaseModel):
-        def init_training_settings(self):
+    class SRModel:
+        def __init__(self, opt):
+            self.net_g = build_network(opt["network_g"])
+            self.cri_pix = torch.nn.L1Loss()
             self.optimizer_g = torch.optim.Adam(self.net_g.parameters(), lr=1e-4)
+        def feed_data(self, data):
+            self.lq, self.gt = data["lq"], data["gt"]
         def optimize_parameters(self, current_iter):
             self.output = self.net_g(self.lq)
             l_total = self.cri_pix(self.output, self.gt)
             l_total.backward()
             self.optimizer_g.step()
+
+    def train_pipeline(opt, train_loader, total_iters):
+        model = build_model(opt)
+        current_iter = 0
+        while current_iter <= total_iters:
+            for train_data in train_loader:
+                current_iter += 1
+                model.feed_data(train_data)
+                model.optimize_parameters(current_iter)
 """)
+
 
 shape("ms_clear_on_one_branch_only", "DR102", "report", """
     import torch
@@ -262,16 +278,19 @@ shape("ms_ignite_engine_accumulation", "DR201", "report", """
     trainer = Engine(training_step)
 """)
 
+# trl: the trainer switches the Trainer's own division off (`compute_loss_func=`) and the returned loss is not
+# divided. (With only `model_accepts_loss_kwargs = False` the Trainer still divides: no bug.) The file imports no
+# torch, only transformers.
 shape("ms_loss_returned_to_hf_trainer", "DR201", "report", """
     from transformers import Trainer
 
     class MyTrainer(Trainer):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.model_accepts_loss_kwargs = False
+            super().__init__(*args, compute_loss_func="normalised in compute_loss", **kwargs)
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = model(**inputs).loss.sum() / inputs["n_tokens"]
-            return loss      # was: loss / self.current_gradient_accumulation_steps
+            outputs = model(**inputs)
+            loss = outputs.loss
+            return (loss, outputs) if return_outputs else loss   # was: loss / self.current_gradient_accumulation_steps
 """)
 
 

@@ -224,23 +224,13 @@ class TrainingModel(Program):
         info = self.info(sched.target, at=sched.node)
         if info is not None and (info.is_plateau or info.custom_scheduler):
             return True
-        if "catch_warnings" in sched.contexts or self._positioned(sched.target):
-            return True  # the order is deliberate: PyTorch's warning is silenced, or `last_epoch` is set by hand
+        if "catch_warnings" in sched.contexts:
+            # The order is deliberate: PyTorch's order warning is silenced around the step (ultralytics steps at
+            # the start of each epoch after setting `last_epoch` back by one). Setting `last_epoch` alone is only
+            # a resume (yolov7 does it and steps after the batch loop), so it does not count.
+            return True
         # `scheduler.step(val_loss)` / `scheduler.step(epoch)`: metric-driven or explicitly positioned.
         return sched.arg is not None or bool(getattr(sched.node, "keywords", None))
-
-    def _positioned(self, key: Optional[str]) -> bool:
-        """``key.last_epoch = ...`` somewhere in the file: the schedule's position is managed by hand."""
-        return bool(key) and key in self._positioned_keys
-
-    @cached_property
-    def _positioned_keys(self) -> frozenset[str]:
-        """Every ``key`` of a ``key.last_epoch = ...`` in the file (one scan, not one per scheduler step)."""
-        return frozenset(
-            receiver_key(t.value) or ""
-            for node in self.index.of(ast.Assign) for t in node.targets
-            if isinstance(t, ast.Attribute) and t.attr == "last_epoch"
-        )
 
     # -- accumulation -------------------------------------------------------------------------------------
     def accumulation_of(self, step: Event, events: list[Event]) -> Optional[Accumulation]:

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Callable, Optional
 
 from doctor.analysis.events import BACKWARD, EVAL, FORWARD, STEP, TRAIN, BuildState, Event, Stream, StreamBuilder
+from doctor.analysis.modules import ModuleTables
 from doctor.analysis.names import receiver_key
 
 from doctor.analysis.program import Program
@@ -164,6 +165,10 @@ class Modes:
         in the function around ``at`` before it: the model's forward then records no graph of its own."""
         if not key:
             return False
+        ctor = self.model.constructor_of(key, at)
+        found = self.model.resolve_class(ctor.func) if ctor is not None else None
+        if found is not None and ModuleTables(self.model).trains_nothing(*found):
+            return True  # a module class with no trainable parameter (frozen lookup tables, buffers)
         fn = self.model.enclosing_function(at)
         line = getattr(at, "lineno", 0)
         for call in self.model.index.within(fn, ast.Call):

@@ -309,6 +309,18 @@ class ModuleTables:
             return True
         return not all(_plain_module(p, k) for p, k in program.class_bases(cls))
 
+    def trains_nothing(self, program: Program, cls: ast.ClassDef) -> bool:
+        """Does ``cls`` hold no trainable parameter? Every attribute holds none, or a frozen pretrained table
+        (``nn.Embedding.from_pretrained(t)``, frozen by default), and it subclasses only ``nn.Module`` and project
+        classes. Its forward records no graph of its own."""
+        tables = self if program is self.program else ModuleTables(program)
+        for attr in tables.submodules(cls).values():
+            if attr.holds == NONE:
+                continue
+            if not all(_frozen_table(program, n) or _a_number(n) for n in (attr.nodes or [attr.node])):
+                return False
+        return all(_plain_module(p, k) for p, k in program.class_bases(cls))
+
     # -- attributes of a class -----------------------------------------------------------------------------
     def submodules(self, cls: ast.ClassDef, depth: int = 0) -> dict[str, Attribute]:
         """``self.X`` attributes assigned in the methods of ``cls`` and of its readable bases (nearest first)."""
@@ -537,3 +549,27 @@ __all__ = [
     "Attribute", "CONTAINER", "CONTAINERS", "LAYER", "ModuleTables", "NONE", "PARAMETER", "PARAMETERLESS", "PASSED",
     "OptimizerBuild", "PLAIN", "UNKNOWN", "frozen_keys", "is_frozen", "optimizer_builds", "parameter_roots",
 ]
+
+
+def _frozen_table(program: Program, node: ast.AST) -> bool:
+    """``self.x = nn.Embedding.from_pretrained(t[, freeze=True])``: a lookup table that is not trained."""
+    value = getattr(node, "value", None)
+    value = K.unwrap_moves(value) if value is not None else None
+    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "from_pretrained"):
+        return False
+    q = program.imports.qualify(value.func) or ""
+    if not q.rsplit(".", 2)[-2:][0] in ("Embedding", "EmbeddingBag") or not q.startswith(("torch.nn.", "nn.")):
+        return False
+    freeze = next((kw.value for kw in value.keywords if kw.arg == "freeze"), value.args[1] if len(value.args) > 1 else None)
+    return freeze is None or (isinstance(freeze, ast.Constant) and freeze.value is True)
+
+
+def _a_number(node: ast.AST) -> bool:
+    """``self.n = self.table.weight.numel()``, ``len(x)``, ``int(...)``: a number, never a parameter."""
+    value = getattr(node, "value", None)
+    if not isinstance(value, ast.Call):
+        return False
+    f = value.func
+    return (isinstance(f, ast.Attribute) and f.attr in ("numel", "size", "item", "dim", "nelement")) or (
+        isinstance(f, ast.Name) and f.id in ("len", "int", "float", "round", "max", "min")
+    )

@@ -366,6 +366,10 @@ def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_cla
             if name in ("lr_schedulers",) and q.startswith("self."):
                 return ObjectInfo(SCHEDULER, ctor="lightning.lr_schedulers", node=value)
             kind = classify_ctor(q, local_classes)
+            if kind == SCHEDULER and name not in local_classes and q.split(".")[0] != "torch" and not _drives_something(value):
+                # `create_named_schedule_sampler("uniform", diffusion)`: "schedule" in a name, but an LR scheduler
+                # is built on an optimizer, and none is handed over.
+                kind = None
             if kind is not None:
                 info = ObjectInfo(kind, ctor=q, node=value, torch_subclass=name in local_classes, unverified=q.split(".")[0] not in LIBRARIES)
                 if kind == OPTIMIZER:
@@ -380,6 +384,21 @@ def _info_of(value: ast.AST, table: ObjectTable, imports: ImportTable, local_cla
         src = table.objects[key]
         return ObjectInfo(src.kind, ctor=src.ctor, node=src.node, optimizer=src.optimizer, param_roots=src.param_roots, from_name_only=src.from_name_only)
     return None
+
+
+def _drives_something(call: ast.Call) -> bool:
+    """Could this call hand an optimizer to what it builds? An argument that names one (``optimizer``,
+    ``self.opt``, ``optimizers[0]``), a call or an unpacked ``*args``/``**kwargs`` (we cannot see inside)."""
+    values = list(call.args) + [k.value for k in call.keywords]
+    if any(k.arg is None for k in call.keywords) or any(isinstance(a, ast.Starred) for a in call.args):
+        return True
+    for v in values:
+        if isinstance(v, ast.Call):
+            return True
+        key = receiver_key(v) or ""
+        if re.search(r"opt", key, re.I) or (isinstance(v, ast.Subscript) and re.search(r"opt", ast.unparse(v), re.I)):
+            return True
+    return False
 
 
 def info_of(value: ast.AST, table: ObjectTable, imports: ImportTable) -> Optional[ObjectInfo]:

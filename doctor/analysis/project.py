@@ -44,6 +44,8 @@ MAX_FILES = 5000
 MAX_FILE_BYTES = 1024 * 1024
 #: Programs of other files kept in memory per process (parsed trees are large; re-parsing is cheap).
 MAX_PROGRAMS = 32
+#: Projects kept in memory at once (each with up to MAX_INDEX_BYTES of raw source and MAX_PROGRAMS tables).
+MAX_PROJECTS = 2
 #: Raw bytes of project files kept for reverse look-ups (a bigger project is searched by reading files again).
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 #: A name called from more files than this is not followed to its callers.
@@ -102,7 +104,8 @@ class CallSite:
 class Project:
     """The local modules of one project, read lazily and cached per process."""
 
-    _cache: dict[str, "Project"] = {}
+    #: The most recently used projects (files are checked folder by folder, so a run rarely returns to one).
+    _cache: "OrderedDict[str, Project]" = OrderedDict()
 
     def __init__(self, root: str, factory: Callable[..., Program]) -> None:
         self.root = root
@@ -130,6 +133,10 @@ class Project:
         project = cls._cache.get(root)
         if project is None:
             project = cls._cache[root] = Project(root, factory)
+            while len(cls._cache) > MAX_PROJECTS:
+                cls._cache.popitem(last=False)  # its raw bytes and tables go with it
+        else:
+            cls._cache.move_to_end(root)
         return project
 
     @classmethod

@@ -41,14 +41,28 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
               help="Full statistics on steps 0, 1, 2 and every N-th step.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not pass the script's own output through (to stderr).")
 @click.option("--color/--no-color", default=None, help="Colour text output (default: on a terminal).")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Distributed mode: run the script on N ranks of this node under torch.distributed.run (torchrun), "
+                   "the probe in every rank, and add the cross-rank checks.")
+@click.option("--nnodes", default=None, metavar="N|MIN:MAX", help="torchrun --nnodes (multi-node; with --nproc-per-node).")
+@click.option("--node-rank", type=click.IntRange(min=0), default=None, help="torchrun --node-rank (static rendezvous).")
+@click.option("--rdzv-backend", default=None, help="torchrun --rdzv-backend (e.g. c10d).")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="torchrun --rdzv-endpoint.")
+@click.option("--master-addr", default=None, help="torchrun --master-addr (static rendezvous).")
+@click.option("--master-port", type=click.IntRange(min=1, max=65535), default=None, help="torchrun --master-port.")
 def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, timeout: float, recipe: Optional[str],
           recipe_steps: int, fmt: str, with_static: bool, output: Optional[str], sample_every: int, quiet: bool,
-          color: Optional[bool]) -> None:
+          color: Optional[bool], nproc_per_node: Optional[int], nnodes: Optional[str], node_rank: Optional[int],
+          rdzv_backend: Optional[str], rdzv_endpoint: Optional[str], master_addr: Optional[str],
+          master_port: Optional[int]) -> None:
     """Run SCRIPT for a few optimizer steps and check what only a run shows.
 
     The script runs unmodified as __main__ in a child process, with SCRIPT_ARGS (put them after `--`).
     Its output goes to stderr; the report to stdout (or --output). Exit 0 when no check fails, 1 when one
     does or the script crashed, timed out or never trained, 2 on usage errors.
+
+    With --nproc-per-node N the script runs under torch.distributed.run, one probed child per rank, and the
+    report merges the ranks and adds rank-sync, data-sharding and rank-skew.
     """
     from doctor.report import probe as report
     from doctor.probe.runner import ProbeUsageError, run_probe
@@ -58,7 +72,9 @@ def probe(script: str, script_args: tuple[str, ...], steps: int, device: str, ti
         sys.exit(EXIT_USAGE)
     try:
         options = ProbeOptions(steps=steps, device=device, timeout=timeout, sample_every=sample_every,
-                               recipe=parse_recipe(recipe), recipe_steps=recipe_steps).validate()
+                               recipe=parse_recipe(recipe), recipe_steps=recipe_steps, nproc_per_node=nproc_per_node,
+                               nnodes=nnodes, node_rank=node_rank, rdzv_backend=rdzv_backend,
+                               rdzv_endpoint=rdzv_endpoint, master_addr=master_addr, master_port=master_port).validate()
     except OptionsError as exc:
         click.echo(f"doctor: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

@@ -15,7 +15,7 @@ from doctor.core.ipython import cell_to_python
 # Files that mention none of these cannot hold a training loop, an init or a loss we care about.
 # Checking raw bytes before decoding and parsing is the cheapest speed-up there is (torchfix does it too).
 _PREFILTER = re.compile(
-    rb"torch|backward|zero_grad|optim|\.step\(|nn\.|lightning|accelerat|deepspeed|init\.|DataLoader|forward"
+    rb"torch|backward|zero_grad|optim|\.step\(|nn\.|lightning|accelerat|deepspeed|init\.|DataLoader|forward|compute_loss"
 )
 
 

@@ -3,8 +3,9 @@
 Each check is one module in ``rules/runtime/`` (installed as ``doctor.rules.runtime``) with a module-level
 ``CHECK = RuntimeCheck(...)`` and ``evaluate(run: ProbeRun) -> CheckResult``. The common skips live here, not
 in every check: a check that needs optimizer steps (``needs_steps``, the default) is skipped with the reason
-when none was observed, a recipe check (``recipe=True``) is only evaluated when ``--recipe`` asked for it, and
-a check raises ``Skip(reason)`` (or calls ``require``) when it has nothing to judge.
+when none was observed, a recipe check (``recipe=True``) is only evaluated when ``--recipe`` asked for it, a
+cross-rank check (``distributed=True``) only on a ``--nproc-per-node`` run, and a check raises
+``Skip(reason)`` (or calls ``require``) when it has nothing to judge.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class RuntimeCheck:
     needs_steps: bool = True
     #: A step of Karpathy's recipe: evaluated only when ``--recipe`` names it.
     recipe: bool = False
+    #: A cross-rank check: evaluated once on the merged run of ``--nproc-per-node`` (``run.ranks``), never on
+    #: a single-process run. The other checks are evaluated on each rank and merged (``doctor.probe.ranks``).
+    distributed: bool = False
 
     def result(self, status: str, summary: str, evidence: Optional[dict[str, Any]] = None, advice: str = "",
                findings: Optional[list[Finding]] = None) -> "CheckResult":
@@ -134,10 +138,10 @@ def evaluate_one(check: RuntimeCheck, evaluate: Callable[[ProbeRun], CheckResult
 
 
 def evaluate_all(run: ProbeRun) -> list[CheckResult]:
-    """Every check that applies to ``run`` (recipe checks only when requested), in code order."""
+    """Every check that applies to a single-process ``run`` (recipe checks only when requested), in code order."""
     wanted = set(run.recipe_requested)
     return [evaluate_one(check, evaluate, run) for check, evaluate in load_checks()
-            if not check.recipe or check.name in wanted]
+            if (not check.recipe or check.name in wanted) and not check.distributed]
 
 
 def median(values: list[float]) -> Optional[float]:

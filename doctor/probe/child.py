@@ -19,10 +19,14 @@ from typing import Any, Optional
 T0 = time.perf_counter()
 
 from doctor.probe.options import ProbeOptions  # noqa: E402  (timing starts before imports)
-from doctor.probe.stream import FD_ENV, Emitter  # noqa: E402
+from doctor.probe.stream import FD_ENV, SOCKET_ENV, STACKS_ENV, Emitter, stack_signal  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 3
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: What torchrun tells each worker about its place in the job.
+RANK_VARS = {"RANK": "rank", "LOCAL_RANK": "local_rank", "WORLD_SIZE": "world_size",
+             "LOCAL_WORLD_SIZE": "local_world_size", "GROUP_RANK": "node_rank"}
+_KEEP: list[Any] = []  # the rank's socket and stack file: open for the life of the process
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -65,8 +69,7 @@ def _error(exc: BaseException, script_path: str) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> int:
     opts = _parse(sys.argv[1:] if argv is None else argv)
     options = ProbeOptions.from_json(opts.options)
-    fd = int(os.environ.get(FD_ENV, "-1"))
-    emitter = Emitter(fd) if fd >= 0 else Emitter(os.open(os.devnull, os.O_WRONLY))
+    emitter = _channel()
     script = os.path.abspath(opts.script)
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
 
@@ -90,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     probe = Probe(emitter, script, options)
     _capture_warnings(emitter)
-    _flush_on_sigterm(probe, emitter)
+    _flush_on_sigterm(probe, emitter, script)
     probe.install()
     emitter.emit("start", pid=os.getpid(), device=device, startup_s=time.perf_counter() - T0, python=sys.version.split()[0])
 
@@ -149,14 +152,75 @@ def _torch_problem() -> Optional[str]:
     return None
 
 
-def _flush_on_sigterm(probe: Any, emitter: Emitter) -> None:
-    """On the parent's timeout SIGTERM, send the steps not flushed yet, then leave at once (the script may be stuck)."""
+def _channel() -> Emitter:
+    """The event channel to the parent: the descriptor it passed (one process), or, under torchrun, its Unix
+    socket, which every rank connects to and introduces itself on (rank, local rank, world size, pid)."""
+    path = os.environ.pop(SOCKET_ENV, None)
+    if not path:
+        fd = int(os.environ.get(FD_ENV, "-1"))
+        return Emitter(fd) if fd >= 0 else Emitter(os.open(os.devnull, os.O_WRONLY))
+    import socket
+
+    _die_with_parent()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    _KEEP.append(sock)
+    emitter = Emitter(sock.fileno())
+    info: dict[str, Any] = {"pid": os.getpid()}
+    for var, key in RANK_VARS.items():
+        value = os.environ.get(var, "")
+        info[key] = int(value) if value.lstrip("-").isdigit() else None
+    stacks = os.environ.pop(STACKS_ENV, None)
+    if stacks and info["rank"] is not None:
+        import faulthandler
+
+        fh = open(os.path.join(stacks, f"rank-{info['rank']}.txt"), "w")  # noqa: SIM115 - kept open on purpose
+        _KEEP.append(fh)
+        faulthandler.register(stack_signal(), file=fh, all_threads=True, chain=False)
+        info["stack_signal"] = stack_signal()
+    emitter.emit("rank", **info)
+    return emitter
+
+
+def _die_with_parent() -> None:
+    """A rank dies with the launcher that started it (Linux): nothing of the run outlives a killed probe."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the launcher died before prctl: nothing to report to
+            os._exit(EXIT_FAILED)
+    except (OSError, AttributeError):
+        pass
+
+
+def _flush_on_sigterm(probe: Any, emitter: Emitter, script: str) -> None:
+    """On SIGTERM (the parent's timeout, or torchrun stopping the other ranks after one failed), send the steps
+    not flushed yet and where the script was, then leave at once (the script may be stuck)."""
     import signal
 
     def handler(signum: int, frame: Any) -> None:
         try:
             probe.finish()
-            emitter.emit("exit", kind="timeout", code=124)
+            error: dict[str, Any] = {"type": "SIGTERM", "message": "the script was stopped by SIGTERM", "path": None,
+                                     "line": None, "oom": False, "traceback": []}
+            try:
+                from doctor.probe.hooks import user_site
+
+                stack = list(traceback.extract_stack(frame)) if frame is not None else []
+                site = user_site(script, stack)
+                first = next((i for i, fr in enumerate(stack) if os.path.realpath(fr.filename) == os.path.realpath(script)), 0)
+                stack = stack[first:]  # from the script's first frame, as a crash's traceback is shown
+                if site:
+                    error["path"], error["line"] = site
+                error["traceback"] = ["Stack (most recent call last):"] + [ln.rstrip("\n") for ln in traceback.format_list(stack)][-11:]
+            except Exception:
+                pass
+            emitter.emit("exit", kind="terminated", code=124, error=error)
         finally:
             os._exit(124)
 

@@ -36,6 +36,7 @@ from torch.nn.modules import module as module_mod
 from doctor.probe.experiments import clone_args, first_tensor, run as run_experiments
 from doctor.probe.options import LR_RANGE, OVERFIT, ProbeOptions
 from doctor.probe.stream import Emitter
+from doctor.probe.trace import FINGERPRINT_ELEMENTS, FINGERPRINT_TENSORS
 
 #: Elements per tensor read for activation/output statistics: enough for stable fractions, small enough to be free.
 SAMPLE_ELEMENTS = 4096
@@ -53,6 +54,9 @@ MANUAL_PROBE_BACKWARDS = 64
 #: An LR range run stops once the loss exceeds this many times its best value and is back above its first
 #: value (or is not finite): the sweep has diverged.
 LR_RANGE_DIVERGED = 4.0
+
+#: Iterations of each DistributedSampler recorded (its epoch at each): enough to see whether it changes.
+SAMPLER_ITERATIONS = 8
 
 #: What a CUDA context takes outside PyTorch's allocator (driver, cuBLAS/cuDNN workspaces): roughly 0.5 GiB.
 CUDA_CONTEXT_BYTES = 512 * 2**20
@@ -215,6 +219,12 @@ class Probe:
         self.lr_first: Optional[float] = None
         self.cuda = False
         self.nvml: Any = None
+        # distributed mode (one child per rank under torchrun): fingerprints on sampled steps, for cross-rank checks
+        self.cross_rank = options.distributed
+        self.batch_fp_step = -1
+        self.input_fp_step = -1
+        self.sharded = ""
+        self.samplers: "weakref.WeakKeyDictionary[Any, list[int]]" = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ install / uninstall
     def install(self) -> None:
@@ -245,6 +255,12 @@ class Probe:
         from torch.utils.data import dataloader
 
         self._patch(dataloader._BaseDataLoaderIter, "__next__", self._wrap_next(dataloader._BaseDataLoaderIter.__next__))
+        try:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self._patch(DistributedSampler, "__iter__", self._wrap_sampler_iter(DistributedSampler.__iter__))
+        except ImportError:
+            pass
         self._set_forward_hooks(True)
 
     def _patch(self, owner: Any, name: str, new: Any) -> None:
@@ -415,12 +431,111 @@ class Probe:
         def __next__(it: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return fn(it)
+                batch = fn(it)
             finally:
                 probe.data_wait += time.perf_counter() - t0
                 probe.batches += 1
+            if probe.cross_rank and probe.sampling and probe.batch_fp_step != probe.step and not probe.experimenting:
+                probe.batch_fp_step = probe.step  # the step's first batch
+                try:
+                    probe._fingerprint_into(batch, "batch_fp")
+                except Exception as exc:  # instrumentation must never break the user's run
+                    probe._internal(exc)
+            return batch
 
         return __next__
+
+    def _wrap_sampler_iter(self, fn: Callable) -> Callable:
+        probe = self
+
+        def __iter__(sampler: Any) -> Any:
+            try:
+                probe._sampler_iterated(sampler)
+            except Exception as exc:  # instrumentation must never break the user's run
+                probe._internal(exc)
+            return fn(sampler)
+
+        __iter__.__wrapped__ = fn  # type: ignore[attr-defined]
+        return __iter__
+
+    # ------------------------------------------------------------------ distributed: what the cross-rank checks compare
+    def _sampler_iterated(self, sampler: Any) -> None:
+        """A DistributedSampler starts an epoch: its epoch (set_epoch), shuffle flag and place in the job."""
+        seen = self.samplers.get(sampler)
+        if seen is None:
+            seen = self.samplers[sampler] = [len(self.samplers), 0]
+        seen[1] += 1
+        if seen[1] > SAMPLER_ITERATIONS:
+            return
+        self.emitter.emit("sampler", index=seen[0], iteration=seen[1], cls=type(sampler).__name__,
+                          epoch=_int(getattr(sampler, "epoch", None)), shuffle=bool(getattr(sampler, "shuffle", True)),
+                          num_replicas=_int(getattr(sampler, "num_replicas", None)), rank=_int(getattr(sampler, "rank", None)),
+                          seed=_int(getattr(sampler, "seed", None)), samples=_int(getattr(sampler, "num_samples", None)),
+                          step=self.step)
+
+    def _fingerprint_into(self, value: Any, key: str) -> None:
+        """Sum and sum of squares of a strided subset of each tensor in ``value`` (a batch: tensors, tuples,
+        lists, dicts), reduced where the tensor lives and read back with the step's flush."""
+        leaves = _tensor_leaves(value, FINGERPRINT_TENSORS)
+        if not leaves:
+            return
+        parts = []
+        for t in leaves:
+            flat = _local(t.detach()).reshape(-1)
+            if flat.numel() == 0:
+                continue
+            sub = flat[:: max(1, flat.numel() // FINGERPRINT_ELEMENTS)][:FINGERPRINT_ELEMENTS]
+            sub = sub.double() if sub.device.type in ("cpu", "cuda") else sub.float()
+            parts.append(torch.stack([sub.sum(), sub.pow(2).sum(), sub.new_full((), float(flat.numel()))]).float())
+        if not parts:
+            return
+        rec = self.records.setdefault(self.step, {})
+        # per device: a batch still on the CPU is read without touching the GPU
+        for i, part in enumerate(parts):
+            self.pending.add(part, lambda v, rec=rec, i=i, n=len(parts): _put_fp(rec, key, i, n, v))
+
+    def _param_fingerprint(self, params: list[Any], rec: dict, key: str) -> None:
+        """Per parameter of the primary optimizer: its L2 and L1 norms (two fused kernels), read back with the step's
+        flush. Equal on every rank of a data-parallel job after each step; no collective, only the parent compares."""
+        tensors = [_local(p.detach()) for p in params]
+        if not tensors or self.sharded:
+            return
+        names = [self.names.get(id(p), "?") for p in params]
+
+        def setter(v: list[float]) -> None:
+            n = len(names)
+            rec[key] = {nm: [a, b] for nm, a, b in zip(names, v[:n], v[n:])}
+
+        self.pending.add(torch.cat([_stack_norms(tensors), _stack_norms(tensors, 1)]), setter)
+
+    def _dist_info(self, opt: Any) -> None:
+        """Once, at the first step: the process group, the data-parallel wrapper and whether parameters are sharded.
+        Only local queries (no collective)."""
+        info: dict[str, Any] = {"initialized": False}
+        dist = getattr(torch, "distributed", None)
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            info.update(initialized=True, backend=str(dist.get_backend()), rank=dist.get_rank(),
+                        world_size=dist.get_world_size())
+        tops = [ref() for ref in self.top_models.values()]
+        tops = [m for m in tops if m is not None]
+        info["wrappers"] = sorted({type(m).__name__ for m in tops})
+        ddp = [m for m in tops if isinstance(m, torch.nn.parallel.DistributedDataParallel)]
+        info["ddp"] = bool(ddp)
+        if ddp and info["initialized"]:
+            try:
+                info["ddp_ranks"] = [int(r) for r in dist.get_process_group_ranks(ddp[0].process_group)]
+            except Exception:
+                pass
+        params = [p for g in getattr(opt, "param_groups", []) for p in g["params"]] if opt is not None else []
+        kinds = {type(p).__name__ for p in params}
+        if "DTensor" in kinds:
+            self.sharded = "parameters are DTensors (FSDP2 / tensor parallel): each rank holds a shard"
+        elif "FlatParameter" in kinds or any(type(m).__name__ == "FullyShardedDataParallel" for m in tops):
+            self.sharded = "FullyShardedDataParallel: each rank holds a shard of the flattened parameters"
+        elif params and all(p.numel() == 0 for p in params):
+            self.sharded = "every parameter is empty on this rank (partitioned, e.g. DeepSpeed ZeRO-3)"
+        info["sharded"] = self.sharded
+        self.emitter.emit("dist", **info)
 
     # ------------------------------------------------------------------ backward
     def _before_backward(self, tensors: Any) -> None:
@@ -676,6 +791,12 @@ class Probe:
         self.top_models.setdefault(id(module), weakref.ref(module))
         if self.batch_size is None and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
             self.batch_size = int(args[0].shape[0])
+        if self.cross_rank and self.sampling and self.input_fp_step != self.step and args:
+            self.input_fp_step = self.step
+            try:
+                self._fingerprint_into(args, "input_fp")
+            except Exception as exc:  # instrumentation must never break the user's run
+                self._internal(exc)
         if not torch.is_grad_enabled():
             return None
         try:
@@ -800,6 +921,11 @@ class Probe:
             if self.manual:  # an optimizer after all: it owns the steps from now on
                 self.manual = False
             self._send_params(opt)
+            if self.cross_rank:
+                try:
+                    self._dist_info(opt)
+                except Exception as exc:
+                    self._internal(exc)
         if self.primary() is not opt:
             return
         # the hook gets the step's own arguments, the optimizer first: step(closure) has it second
@@ -818,6 +944,8 @@ class Probe:
                     self._unheld_grads()
                 params = [p for g in opt.param_groups for p in g["params"]]
                 self.prev_params = torch._foreach_mul([p.detach() for p in params], 1.0) if params else []
+                if self.cross_rank and self.step == 0:  # the weights each rank starts from
+                    self._param_fingerprint(params, self.records.setdefault(0, {}), "param_fp_init")
         except ProbeStop:
             raise
         except Exception as exc:
@@ -866,6 +994,8 @@ class Probe:
                 rec["memory"] = self._cuda_memory()
             if self.sampling and self.prev_params is not None:
                 self._update_ratio(opt, params, rec)
+            if self.sampling and self.cross_rank and params:
+                self._param_fingerprint(params, rec, "param_fp")
         except Exception as exc:
             self._internal(exc)
         self.unsent.append(step)
@@ -1265,12 +1395,51 @@ def _units_fired(x: torch.Tensor) -> torch.Tensor:
     return (rows[::rstride][:UNIT_ROWS] > 0).any(dim=0)
 
 
-def _stack_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per-tensor L2 norms as one 1-D float tensor, in one fused kernel where the platform has it."""
+def _stack_norms(tensors: list[torch.Tensor], ord: int = 2) -> torch.Tensor:
+    """Per-tensor L2 (or L1) norms as one 1-D float tensor, in one fused kernel where the platform has it."""
     try:
-        return torch.stack([n.float() for n in torch._foreach_norm(tensors)])
-    except (AttributeError, RuntimeError):
-        return torch.stack([t.float().norm() for t in tensors])
+        return torch.stack([n.float() for n in torch._foreach_norm(tensors, ord)])
+    except (AttributeError, RuntimeError, TypeError):
+        return torch.stack([t.float().norm(p=ord) for t in tensors])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (reading it whole would be a collective); any other tensor as it is."""
+    local = getattr(t, "_local_tensor", None)
+    return local if isinstance(local, torch.Tensor) else t
+
+
+def _tensor_leaves(value: Any, limit: int) -> list[torch.Tensor]:
+    """The first ``limit`` tensors in a batch (tensors, tuples, lists, dicts, in order), depth-first."""
+    out: list[torch.Tensor] = []
+    stack = [value]
+    while stack and len(out) < limit:
+        v = stack.pop(0)
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, dict):
+            stack[:0] = list(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack[:0] = list(v)
+        elif hasattr(v, "__dict__") and hasattr(v, "keys") and hasattr(v, "values"):  # Mapping-like batches
+            stack[:0] = list(v.values())
+    return out
+
+
+def _put_fp(rec: dict, key: str, index: int, count: int, values: list[float]) -> None:
+    """Assemble a fingerprint from the per-tensor parts as they are read back."""
+    parts = rec.setdefault(f"_{key}_parts", [None] * count)
+    parts[index] = values
+    if all(p is not None for p in parts):
+        rec[key] = [x for p in parts for x in p]
+        del rec[f"_{key}_parts"]
+
+
+def _int(v: Any) -> Optional[int]:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _float(v: Any) -> Optional[float]:

@@ -8,8 +8,9 @@ hands it to each child process as one JSON string (``--options``); the child rea
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Optional
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -25,6 +26,8 @@ OWN_RUN_RECIPES = ("overfit-batch", "lr-range")
 #: Run modes of one child process.
 NORMAL, OVERFIT, LR_RANGE = "normal", "overfit-batch", "lr-range"
 MODES = (NORMAL, OVERFIT, LR_RANGE)
+
+_NNODES = re.compile(r"[1-9][0-9]*(:[1-9][0-9]*)?")
 
 
 class OptionsError(ValueError):
@@ -67,6 +70,16 @@ class ProbeOptions:
     mode: str = NORMAL
     #: Experiments on the first batch to run inside this child (the in-run recipe checks requested).
     experiments: tuple[str, ...] = field(default=())
+    #: Distributed mode: processes per node, started by ``torch.distributed.run`` (None: one plain child).
+    nproc_per_node: Optional[int] = None
+    #: torchrun's own multi-node options, passed through (None: torchrun's default; a single node runs
+    #: ``--standalone`` on a free port unless a rendezvous or master port is given).
+    nnodes: Optional[str] = None
+    node_rank: Optional[int] = None
+    rdzv_backend: Optional[str] = None
+    rdzv_endpoint: Optional[str] = None
+    master_addr: Optional[str] = None
+    master_port: Optional[int] = None
 
     def validate(self) -> "ProbeOptions":
         if self.steps < 1:
@@ -86,7 +99,54 @@ class ProbeOptions:
             raise OptionsError("--recipe-steps must be at least 4")
         if not 0 < self.lr_min < self.lr_max:
             raise OptionsError("the LR range must satisfy 0 < lr_min < lr_max")
+        self._validate_launch()
         return self
+
+    def _validate_launch(self) -> None:
+        launch = {"--nnodes": self.nnodes, "--node-rank": self.node_rank, "--rdzv-backend": self.rdzv_backend,
+                  "--rdzv-endpoint": self.rdzv_endpoint, "--master-addr": self.master_addr,
+                  "--master-port": self.master_port}
+        if self.nproc_per_node is None:
+            given = [k for k, v in launch.items() if v is not None]
+            if given:
+                raise OptionsError(f"{', '.join(given)} need --nproc-per-node (the distributed mode)")
+            return
+        if self.nproc_per_node < 1:
+            raise OptionsError("--nproc-per-node must be at least 1")
+        if self.recipe:
+            raise OptionsError("--recipe is not supported with --nproc-per-node: probe the script as one process "
+                               "for Karpathy's recipe")
+        if self.node_rank is not None and self.node_rank < 0:
+            raise OptionsError("--node-rank must be at least 0")
+        if self.nnodes is not None and not _NNODES.fullmatch(self.nnodes):
+            raise OptionsError("--nnodes must be a number of nodes or a range MIN:MAX")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise OptionsError("--master-port must be a port number (1-65535)")
+
+    @property
+    def distributed(self) -> bool:
+        """Launched through ``torch.distributed.run`` (one child per rank)."""
+        return self.nproc_per_node is not None
+
+    def torchrun_args(self) -> list[str]:
+        """The launcher's own arguments (before the module it starts in every rank).
+
+        A single node without a rendezvous or master port of the user's runs ``--standalone`` (a local
+        rendezvous on a free port), so two probes on one machine never collide on torchrun's default port.
+        No restarts: a failed rank is the report, not something to retry.
+        """
+        assert self.nproc_per_node is not None
+        args = ["--nproc-per-node", str(self.nproc_per_node), "--max-restarts", "0", "--monitor-interval", "0.1"]
+        single = self.nnodes in (None, "1", "1:1")
+        if single and self.rdzv_endpoint is None and self.rdzv_backend is None and self.master_port is None \
+                and self.master_addr is None:
+            return args + ["--standalone"]
+        for flag, value in (("--nnodes", self.nnodes), ("--node-rank", self.node_rank),
+                            ("--rdzv-backend", self.rdzv_backend), ("--rdzv-endpoint", self.rdzv_endpoint),
+                            ("--master-addr", self.master_addr), ("--master-port", self.master_port)):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
 
     # ------------------------------------------------------------------ runs
     def normal_run(self) -> "ProbeOptions":

@@ -53,6 +53,31 @@ def recipe_run(run: Any) -> dict[str, Any]:
     }
 
 
+def rank_entry(rank: int, run: Any, checks: list[Any]) -> dict[str, Any]:
+    """One rank of a distributed run: who it is, how it ended, its own check verdicts, its per-step series."""
+    info = run.rank_info
+    return {
+        "rank": rank,
+        "local_rank": info.get("local_rank"),
+        "node_rank": info.get("node_rank"),
+        "pid": info.get("pid"),
+        "status": run.status,
+        "steps_observed": run.steps_observed,
+        "wall_seconds": run.wall_seconds,
+        "exit_code": run.exit_code,
+        "error": run.error.to_dict() if run.error else None,
+        "stopped_by_rank": info.get("stopped_by"),
+        "where": info.get("where"),
+        "stack": info.get("stack") or [],
+        "device": run.device,
+        "dist": run.dist,
+        "samplers": run.samplers,
+        "checks": [{"name": c.name, "code": c.code, "status": c.status, "summary": c.summary} for c in checks],
+        "series": {"step": [s.step for s in run.steps], "loss": [s.loss for s in run.steps],
+                   "step_seconds": [s.wall_s for s in run.steps], "data_wait_seconds": [s.data_wait_s for s in run.steps]},
+    }
+
+
 def result_to_dict(result: Any) -> dict[str, Any]:
     """The JSON contract of ``doctor probe --format json``."""
     run = result.run
@@ -85,5 +110,11 @@ def result_to_dict(result: Any) -> dict[str, Any]:
         "probe": {"startup_seconds": run.startup_seconds, "internal_errors": run.internal_errors,
                   "manual_updates": run.manual_updates, "compiled": run.compiled, "models": run.models,
                   "summary": run.summary},
+        "samplers": run.samplers,
     }
+    if run.distributed:
+        # The top-level fields are rank 0's run (its series feed the charts) with the job's status and error.
+        data["distributed"] = {**run.distributed,
+                               "ranks": [rank_entry(r, rr, getattr(result, "rank_checks", {}).get(r, []))
+                                         for r, rr in sorted(run.ranks.items())]}
     return json_safe(data)

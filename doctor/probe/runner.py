@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, Optional
 
-from doctor.probe.options import OptionsError, ProbeOptions
+from doctor.probe.options import ProbeOptions
+from doctor.probe.process import OUTPUT_TAIL_LINES, ProbeUsageError, check_can_run, child_env, read_output
 from doctor.probe.stream import FD_ENV, parse_line
 from doctor.probe.trace import COMPLETED, CRASHED, STOPPED, TIMEOUT, ProbeRun, ScriptError
 
@@ -26,12 +27,6 @@ from doctor.probe.trace import COMPLETED, CRASHED, STOPPED, TIMEOUT, ProbeRun, S
 STOP_GRACE_S = 1.0
 #: Seconds a timed-out child gets to flush after SIGTERM before the group is killed.
 TERM_GRACE_S = 1.0
-#: Lines of the script's own output kept for the report.
-OUTPUT_TAIL_LINES = 40
-
-
-class ProbeUsageError(Exception):
-    """The probe cannot run as asked (missing script, bad option, no CUDA for --device cuda): exit 2."""
 
 
 @dataclass
@@ -40,6 +35,8 @@ class ProbeResult:
 
     run: ProbeRun
     checks: list[Any] = field(default_factory=list)  # list[doctor.probe.checks.CheckResult]
+    #: Distributed mode: each rank's own check results, by rank (``checks`` holds them merged).
+    rank_checks: dict[int, list[Any]] = field(default_factory=dict)
 
     @property
     def findings(self) -> list[Any]:
@@ -75,13 +72,22 @@ def run_probe(
 
     ``options``: a ``ProbeOptions`` (defaults otherwise); keyword ``overrides`` replace its fields
     (``run_probe(path, steps=8, device="cpu")``). With ``options.recipe``, the recipe runs of their own
-    (``overfit-batch``, ``lr-range``) follow the normal run, one child process each.
+    (``overfit-batch``, ``lr-range``) follow the normal run, one child process each. With
+    ``options.nproc_per_node`` the script runs under torchrun, one child per rank (``doctor.probe.launch``), and
+    the result holds the merged run and checks (``doctor.probe.ranks``).
     ``echo``: a text stream the script's stdout/stderr are copied to as they come (None: keep only the tail).
     Raises ``ProbeUsageError`` for a missing script, a bad option, or ``device="cuda"`` without a GPU.
     """
     from doctor.probe.checks import evaluate_all
 
     opts = replace(options or ProbeOptions(), **overrides)
+    if opts.distributed:
+        from doctor.probe.launch import collect_ranks
+        from doctor.probe.ranks import evaluate_ranks
+
+        run = collect_ranks(script, args or [], opts.normal_run(), echo=echo, python=python)
+        checks, per_rank = evaluate_ranks(run)
+        return ProbeResult(run=run, checks=checks, rank_checks=per_rank)
     run = collect(script, args or [], opts.normal_run(), echo=echo, python=python)
     for recipe_opts in opts.recipe_runs():
         if run.steps_observed == 0:
@@ -99,29 +105,9 @@ def collect(
 ) -> ProbeRun:
     """Spawn one child, stream its events until it ends or is stopped, and fold them into a ``ProbeRun``."""
     options = options or ProbeOptions()
-    if not os.path.isfile(script):
-        raise ProbeUsageError(f"no such script: {script}")
-    try:
-        options.validate()
-    except OptionsError as exc:
-        raise ProbeUsageError(str(exc)) from None
-    steps, device, timeout = options.steps, options.device, options.timeout
-    if python is None:
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            # The linter is installed without torch (pre-commit, CI); the probe needs it to run the script.
-            raise ProbeUsageError(
-                "the probe needs PyTorch in this environment: install it (e.g. pip install 'torch-doctor[probe]')"
-            )
-
-    env = dict(os.environ)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # hide GPUs: the script's own `cuda.is_available()` then says no
-    env["PYTHONUNBUFFERED"] = "1"  # the output tail should hold the last lines before a crash
-    # The child must import this very doctor, wherever the parent was imported from.
-    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+    check_can_run(script, options, python)
+    steps, timeout = options.steps, options.timeout
+    env = child_env(options)
 
     ev_r, ev_w = os.pipe()
     env[FD_ENV] = str(ev_w)
@@ -150,21 +136,9 @@ def collect(
                 if ev.get("ev") == "done" and not done_at:
                     done_at.append(time.monotonic())
 
-    def read_output() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            text = raw.decode("utf-8", "replace")
-            tail.append(text.rstrip("\n"))
-            if echo is not None:
-                try:
-                    echo.write(text)
-                    echo.flush()
-                except (OSError, ValueError):
-                    pass
-
-    readers = [threading.Thread(target=read_events, daemon=True), threading.Thread(target=read_output, daemon=True)]
-    for t in readers:
-        t.start()
+    readers = [threading.Thread(target=read_events, daemon=True)]
+    readers[0].start()
+    readers.append(read_output(proc, tail, echo))
 
     timed_out = stopped_by_us = False
     try:
@@ -208,8 +182,11 @@ def _set_status(run: ProbeRun, events: list[dict[str, Any]], code: int, timed_ou
         run.status = STOPPED
     elif timed_out:
         run.status = TIMEOUT
+        where = run.error if run.error is not None and run.error.type == "SIGTERM" else None  # where it was stopped
         run.error = ScriptError(type="Timeout", message=f"the script was stopped after the {timeout:g} s timeout "
-                                f"with {run.steps_observed} optimizer step(s) observed (hang, or too slow for --steps)")
+                                f"with {run.steps_observed} optimizer step(s) observed (hang, or too slow for --steps)",
+                                path=where.path if where else None, line=where.line if where else None,
+                                traceback=where.traceback if where else [])
     elif exit_ev is not None and exit_ev.get("kind") == "completed":
         run.status = COMPLETED
     elif exit_ev is not None:

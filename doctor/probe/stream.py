@@ -13,6 +13,20 @@ from typing import Any
 
 #: Environment variable through which the parent tells the child which descriptor to write to.
 FD_ENV = "DOCTOR_PROBE_FD"
+#: Distributed mode: the parent's Unix socket that every rank connects to (torchrun does not pass descriptors
+#: on to its workers), and the folder where each rank's stacks are dumped when the parent asks (a hang).
+SOCKET_ENV = "DOCTOR_PROBE_SOCKET"
+STACKS_ENV = "DOCTOR_PROBE_STACKS"
+
+
+def stack_signal() -> int:
+    """The signal on which a rank dumps the Python stacks of all its threads (``faulthandler``, which works even
+    while the rank is blocked inside a C call such as a collective): a real-time signal where there are some,
+    since scripts and cluster schedulers use SIGUSR1/SIGUSR2 for their own purposes."""
+    import signal
+
+    rtmin = getattr(signal, "SIGRTMIN", None)
+    return int(rtmin) + 4 if rtmin is not None else int(signal.SIGUSR2)
 
 
 def _clean(value: Any) -> Any:

@@ -12,6 +12,10 @@ from typing import Any, Optional
 
 #: Script outcomes, as the JSON report names them.
 COMPLETED, STOPPED, CRASHED, TIMEOUT = "completed", "stopped", "crashed", "timeout"
+#: Distributed mode: elements of a batch (or model input) tensor read for its fingerprint, and tensors per batch.
+#: Identical batches give identical fingerprints; different ones differ in a strided subset this size.
+FINGERPRINT_ELEMENTS = 65536
+FINGERPRINT_TENSORS = 4
 
 
 @dataclass
@@ -53,6 +57,13 @@ class StepRecord:
     #: What each logits/log-prob loss received: min, max, row sums, row logsumexp.
     loss_inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     closure_evaluations: Optional[int] = None
+    #: Distributed mode, sampled steps: per parameter of the primary optimizer its [L2, L1] norm after the step
+    #: (``param_fp``) and, at step 0, before the first update (``param_fp_init``); [sum, sum of squares, size] per
+    #: tensor of the step's first DataLoader batch (``batch_fp``) and of the first model call's inputs (``input_fp``).
+    param_fp: dict[str, list[float]] = field(default_factory=dict)
+    param_fp_init: dict[str, list[float]] = field(default_factory=dict)
+    batch_fp: Optional[list[float]] = None
+    input_fp: Optional[list[float]] = None
 
     @classmethod
     def from_event(cls, ev: dict[str, Any]) -> "StepRecord":
@@ -139,6 +150,16 @@ class ProbeRun:
     lr_range: dict[str, Any] = field(default_factory=dict)
     #: The recipe runs of their own (overfit-batch, lr-range), by name: each a full ProbeRun.
     recipe_runs: dict[str, "ProbeRun"] = field(default_factory=dict)
+    #: Each DistributedSampler iteration (an epoch): the sampler's epoch, shuffle flag, num_replicas, rank.
+    samplers: list[dict[str, Any]] = field(default_factory=list)
+    #: Distributed mode, one rank's run: who it is (``rank``, ``local_rank``, ``world_size``, ``pid``...) and what it
+    #: saw of the job at its first step (``dist``: backend, DDP wrapper and its ranks, sharded parameters).
+    rank_info: dict[str, Any] = field(default_factory=dict)
+    dist: dict[str, Any] = field(default_factory=dict)
+    #: Distributed mode, the merged run: every rank's own run, by global rank, and the job (launcher, world size,
+    #: which rank failed first and why the others stopped). Empty for a single-process run.
+    ranks: dict[int, "ProbeRun"] = field(default_factory=dict)
+    distributed: dict[str, Any] = field(default_factory=dict)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -176,6 +197,15 @@ class ProbeRun:
     @property
     def mode(self) -> str:
         return str(self.options.get("mode") or "normal")
+
+    @property
+    def is_distributed(self) -> bool:
+        """The merged run of a ``--nproc-per-node`` probe (cross-rank checks apply)."""
+        return bool(self.distributed)
+
+    @property
+    def rank(self) -> Optional[int]:
+        return self.rank_info.get("rank")
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
@@ -228,5 +258,11 @@ class ProbeRun:
                 run.internal_errors.append(str(ev.get("error")))
             elif kind == "exit" and ev.get("error"):
                 run.error = ScriptError(**ev["error"])
+            elif kind == "rank":
+                run.rank_info = {k: v for k, v in ev.items() if k != "ev"}
+            elif kind == "dist":
+                run.dist = {k: v for k, v in ev.items() if k != "ev"}
+            elif kind == "sampler":
+                run.samplers.append({k: v for k, v in ev.items() if k != "ev"})
         run.steps = [StepRecord.from_event(by_step[k]) for k in sorted(by_step)]
         return run

@@ -202,6 +202,64 @@ def _flow(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
     return Link(f, NOT_OBSERVED, f"gradient-flow: {check.get('summary', '')}", ["gradient-flow"], {})
 
 
+def _sampler_runs(probe: dict[str, Any]) -> dict[tuple[Any, Any], list[dict[str, Any]]]:
+    """Every DistributedSampler's epochs as it started them, per (rank, sampler): from each rank of a distributed
+    run, else from the one process."""
+    ranks = (probe.get("distributed") or {}).get("ranks")
+    sources = [(r.get("rank"), r.get("samplers") or []) for r in ranks] if ranks else [(None, probe.get("samplers") or [])]
+    out: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for rank, events in sources:
+        for ev in events:
+            out.setdefault((rank, ev.get("index")), []).append(ev)
+    return out
+
+
+@linker("sampler-missing-set-epoch")
+def _sampler_epoch(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    runs = _sampler_runs(probe)
+    if not runs:
+        if _trained(probe):
+            return Link(f, NOT_OBSERVED, "no DistributedSampler was iterated in the probed steps", ["data-sharding"], {})
+        return None
+    stuck = {k: v for k, v in runs.items() if len(v) >= 2 and v[0].get("shuffle") and len({e.get("epoch") for e in v}) == 1}
+    moved = {k: v for k, v in runs.items() if len({e.get("epoch") for e in v}) > 1}
+    evidence = {"samplers": [{"rank": k[0], "epochs": [e.get("epoch") for e in v]} for k, v in runs.items()]}
+    if stuck:
+        (rank, _), evs = next(iter(stuck.items()))
+        who = f" on rank {rank}" if rank is not None else ""
+        return Link(f, CONFIRMED, f"confirmed at runtime (data-sharding): the {evs[0].get('cls')} started {len(evs)} epochs "
+                    f"with epoch={evs[0].get('epoch')} each time{who}, so every epoch repeats one order", ["data-sharding"], evidence)
+    if moved and len({k[1] for k in runs}) == 1:
+        evs = next(iter(moved.values()))
+        return Link(f, CONTRADICTED, "the run contradicts it: the sampler's epoch changed between epochs "
+                    f"({' -> '.join(str(e.get('epoch')) for e in evs)}), so set_epoch() is called somewhere the static "
+                    "analysis did not see", ["data-sharding"], evidence)
+    return Link(f, NOT_OBSERVED, "the probed steps held one epoch of the sampler: probe more --steps (or a shorter "
+                "epoch) to see whether the next one reshuffles", ["data-sharding"], evidence)
+
+
+@linker("train-loader-not-shuffled")
+def _unsharded_loader(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    """Distributed runs only: a loader without a sampler gives every rank the same batches."""
+    check = _check(probe, "data-sharding")
+    if check is None or check.get("status") != "fail" or "no DistributedSampler" not in str(check.get("summary", "")):
+        return None
+    return Link(f, CONFIRMED, f"confirmed at runtime (data-sharding): {check.get('summary')}", ["data-sharding"],
+                check.get("evidence") or {})
+
+
+@linker("missing-seed")
+def _unseeded_ranks(f: Finding, probe: dict[str, Any]) -> Optional[Link]:
+    """Distributed runs only: unseeded ranks without a DDP broadcast start from different weights."""
+    check = _check(probe, "rank-sync")
+    ev = (check or {}).get("evidence") or {}
+    init = ev.get("init_rel_diff")
+    if check is None or init is None or init <= ev.get("tolerance", 0.0):
+        return None
+    return Link(f, CONFIRMED, f"confirmed at runtime (rank-sync): the ranks started from different weights (their "
+                f"norms differ by up to {init:.2%} before the first update)", ["rank-sync"], ev)
+
+
 def link_findings(findings: list[Finding], probe: dict[str, Any]) -> list[Link]:
     """Links for the findings whose rule has runtime evidence in ``probe`` (the probe's JSON payload)."""
     out = []

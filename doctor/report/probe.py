@@ -21,6 +21,32 @@ def render_json(result: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- text
+TRACEBACK_LINES = 14
+
+
+def traceback_lines(entries: list[str], limit: int = TRACEBACK_LINES) -> list[str]:
+    """A traceback cut to about ``limit`` lines for the terminal: Python's ``^^^`` markers go first, then the
+    frames between the script's first frame and the innermost ones (deep library stacks), so that the line of
+    the script and the exception both stay."""
+    lines = "\n".join(entries).splitlines()
+    if len(lines) <= limit:
+        return lines
+    lines = [ln for ln in lines if ln.strip(" ^~")]
+    if len(lines) <= limit:
+        return lines
+
+    def is_frame(ln: str) -> bool:
+        return ln.lstrip().startswith('File "')
+
+    first = next((i for i, ln in enumerate(lines[:2]) if is_frame(ln)), None)  # after "Traceback (most recent ...":
+    head = lines[: first + 2] if first is not None else []
+    tail = lines[len(lines) - (limit - len(head) - 1):]
+    start = next((i for i, ln in enumerate(tail) if is_frame(ln)), 0)  # begin the tail at a frame, not mid-frame
+    tail = tail[start:]
+    left_out = len(lines) - len(head) - len(tail)
+    return head + [f"  ... {left_out} line(s) left out ..."] + tail
+
+
 def sparkline(values: list[Optional[float]]) -> str:
     """One character per value; non-finite values show as ``×``, missing ones as a space."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -65,21 +91,57 @@ def _colour(text: str, status: str, colour: bool) -> str:
     return f"\033[{COLOURS[status]}m{text}\033[0m" if colour else text
 
 
+def _rel(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _ranks_block(run: Any) -> list[str]:
+    """One line per rank of a distributed run: how it ended, its pace, and where it was when it did not finish."""
+    job = run.distributed
+    backend = f", {job['backend']}" if job.get("backend") else ""
+    world = f", world size {job['world_size']}" if job.get("world_size") else ""
+    node = f" on node {job['node_rank']}" if str(job.get("nnodes") or "1") not in ("1", "1:1") else ""
+    lines = [f"  ranks (torch.distributed.run{backend}{world}; {job.get('nproc_per_node')} per node{node}):"]
+    for r, rr in sorted(run.ranks.items()):
+        walls = sorted(s.wall_s for s in rr.steps[1:] if s.wall_s)
+        pace = f"  {walls[len(walls) // 2] * 1000:.1f} ms/step" if walls else ""
+        wall = sum(s.wall_s or 0.0 for s in rr.steps[1:])
+        wait = f"  data wait {sum(s.data_wait_s for s in rr.steps[1:]) / wall:.0%}" if wall and any(s.batches for s in rr.steps) else ""
+        line = f"    rank {r:<3} {rr.status:<9} {rr.steps_observed:>3} step(s){pace}{wait}"
+        if rr.rank_info.get("stopped_waiting"):
+            line += "  (stopped by the probe: the other ranks had their steps and it made no progress)"
+        if rr.error is not None and rr.status != "stopped":
+            where = f" ({_rel(rr.error.path)}:{rr.error.line})" if rr.error.path and rr.error.line else ""
+            line += f"  {rr.error.type}: {rr.error.message[:160]}{where}"
+        lines.append(line)
+    if job.get("missing_local_ranks"):
+        lines.append(f"    local rank(s) {', '.join(map(str, job['missing_local_ranks']))} never started the probe")
+    return lines
+
+
 def render_text(result: Any, colour: bool = False) -> str:
     """A report a person reads in ten seconds: outcome, check table, loss sparkline, grad bars, memory."""
     run = result.run
     script = os.path.relpath(run.script) if not os.path.relpath(run.script).startswith("..") else run.script
     dev = run.device.get("name") or run.device.get("type", "unknown")
+    job = run.distributed
+    ranks = f", {len(run.ranks)} rank(s) under torchrun" if job else ""
     lines = [f"doctor probe {script}: {run.status} after {run.steps_observed}/{run.steps_requested} step(s) "
-             f"in {run.wall_seconds:.1f} s on {dev}"]
+             f"in {run.wall_seconds:.1f} s on {dev}{ranks}"]
     if run.error:
-        where = f" ({os.path.relpath(run.error.path)}:{run.error.line})" if run.error.path and run.error.line else ""
-        lines.append(f"  error: {run.error.type}: {run.error.message}{where}")
+        where = f" ({_rel(run.error.path)}:{run.error.line})" if run.error.path and run.error.line else ""
+        if where[2:-1] in run.error.message:
+            where = ""  # the message says where already (a distributed timeout names every rank's line)
+        who = f" (rank {job['failed_rank']})" if job and job.get("failed_rank") is not None else ""
+        lines.append(f"  error{who}: {run.error.type}: {run.error.message}{where}")
     lines.append("")
     width = max((len(c.name) for c in result.checks), default=10)
     for c in result.checks:
         status = _colour(f"{c.status:<4}", c.status, colour)
         lines.append(f"  {c.code}  {c.name:<{width}}  {status}  {c.summary}")
+    if job:
+        lines += [""] + _ranks_block(run)
     losses = run.losses
     if any(v is not None for v in losses):
         finite = [v for v in losses if v is not None and math.isfinite(v)]
@@ -119,7 +181,9 @@ def render_text(result: Any, colour: bool = False) -> str:
     if notes:
         lines += [""] + [f"  note: {n}" for n in notes]
     if run.status in ("crashed", "timeout") and run.error and run.error.traceback:
-        lines += ["", "  traceback (from the script's first frame):"] + [f"    {ln}" for ln in "\n".join(run.error.traceback).splitlines()[-14:]]
+        lead = (job.get("failed_rank") if job.get("failed_rank") is not None else job.get("slowest_rank")) if job else None
+        whose = f" of rank {lead}" if lead is not None else ""
+        lines += ["", f"  traceback{whose} (from the script's first frame):"] + [f"    {ln}" for ln in traceback_lines(run.error.traceback)]
     elif run.status in ("crashed", "timeout") and run.output_tail:
         lines += ["", "  last output of the script:"] + [f"    {ln}" for ln in run.output_tail[-8:]]
     verdict = "FAILED" if result.failed else "ok"

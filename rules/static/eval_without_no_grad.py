@@ -30,7 +30,8 @@ class EvalWithoutNoGrad(Rule):
         same-file caller of the function disables them, when the function needs gradients on purpose (it calls
         `backward`, `torch.autograd.grad`, `enable_grad`, sets `requires_grad`: saliency maps, adversarial
         attacks), when a backward runs later before `.train()` (policy rollouts), when the model's parameters
-        were frozen earlier in the function (`model.requires_grad_(False)`), and for `test*` functions of test
+        were frozen earlier in the function (`model.requires_grad_(False)`) or its readable class holds no trainable
+        parameter (only frozen `nn.Embedding.from_pretrained` tables, buffers, numbers), and for `test*` functions of test
         files. A function named like an evaluation that only runs the model once on made-up tensors
         (`torch.randn`...) is a smoke test, not an evaluation. Grad disabled by a caller in another file is not
         seen, so such an evaluation function is reported.

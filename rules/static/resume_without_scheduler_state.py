@@ -30,14 +30,19 @@ class ResumeWithoutSchedulerState(Rule):
     """
     known_problems = """
         Needs a scheduler constructed in the file and a `load_state_dict(...)` call on an object doctor takes
-        for an optimizer (built as one, or named like one). Anything that may restore or position the scheduler
+        for an optimizer (built as one, or named like one). A scheduler is judged by its constructor, never by
+        the variable's name: a factory of another package named like one (`build_lr_scheduler(cfg, opt)`) counts
+        only when something that may be an optimizer is handed to it (a timestep `schedule_sampler` or a noise
+        schedule is not an LR scheduler), and a project's own factory or class is read to see what it builds. Anything that may restore or position the scheduler
         silences it: its `state_dict()`/`load_state_dict()` called anywhere in the file (also through a loop
         variable over a collection of schedulers), `last_epoch=`, `**kwargs` or more than three positional
         arguments in its constructor, a constructor argument named like `start`/`resume`/`global_step`,
         `step(n)` with an argument, a loop that only steps schedulers (a fast-forward), the scheduler passed to
         a helper named like `save`/`load`/`checkpoint`, or placed in a dict, list or tuple (a checkpoint being
         assembled). A `load_state_dict` inside a method named like `*state*` (a wrapper delegating to its
-        optimizer) is not reported. A scheduler handled by code in another file it is not passed to is not seen.
+        optimizer) is not reported, nor one given the live state of an optimizer of the same run
+        (`new_opt.load_state_dict(opt.state_dict())`, resharding). A scheduler handled by code in another file it
+        is not passed to is not seen.
     """
     bad = """
         import torch
@@ -194,6 +199,8 @@ optimizer.load_state_dict(extra["optimizer"])
                 continue
             if "state" in getattr(m.enclosing_function(call), "name", ""):
                 continue  # a wrapper's own load_state_dict delegating to the optimizer it wraps
+            if _live_state(m, call):
+                continue  # the state of an optimizer of this run (resharding, a copy): not a checkpoint resume
             forgotten = [
                 key for key, info in schedulers.items()
                 if m.scheduler_drives(key, opt) and not _state_handled(m, key, info, calls)
@@ -238,6 +245,27 @@ def _state_handled(m, key, info, calls) -> bool:
             if any(isinstance(t, ast.Attribute) and t.attr in ("last_epoch", "_step_count") and receiver_key(t.value) in names for t in targets):
                 return True
     return False
+
+
+def _live_state(m, call: ast.Call) -> bool:
+    """``new_opt.load_state_dict(opt.state_dict())``, or through a name the same function assigned from one: the
+    state handed over comes from an object of this run, not from a checkpoint."""
+    if not call.args:
+        return False
+    arg = call.args[0]
+    if isinstance(arg, ast.Name):
+        func = m.enclosing_function(call)
+        values = [
+            a.value for a in (m.index.within(func, ast.Assign) if func is not None else [])
+            if any(isinstance(t, ast.Name) and t.id == arg.id for t in a.targets)
+        ]
+        if len(values) != 1:
+            return False
+        arg = values[0]
+    return (
+        isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "state_dict"
+        and not arg.args and m.objects.kind(receiver_key(arg.func.value)) == K.OPTIMIZER
+    )
 
 
 def _constructed(m, node) -> bool:

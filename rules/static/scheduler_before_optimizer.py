@@ -28,7 +28,9 @@ class SchedulerBeforeOptimizer(Rule):
         Stays silent when the order cannot be judged: `ReduceLROnPlateau`, a `step()` that is given an argument
         (`scheduler.step(val_loss)`, `scheduler.step(epoch)`), custom scheduler classes (a project class that is
         not a torch LR scheduler, or a class out of reach without a torch-style name such as `WarmUpLR`), and a
-        scheduler step guarded so that it skips the first iteration (`if epoch > 0: scheduler.step()`). A
+        scheduler step guarded so that it skips the first iteration (`if epoch > 0: scheduler.step()`), and a
+        deliberate order: the step inside `warnings.catch_warnings()` (PyTorch's order warning silenced on
+        purpose). A
         scheduler that runs on every micro-step of an accumulation window is left to
         `scheduler-every-micro-step`. The order is read inside one function, with the functions and methods it
         calls inlined when doctor can read them (this file and the local modules the script imports, up to three
