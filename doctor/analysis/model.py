@@ -312,8 +312,8 @@ class TrainingModel(Program):
             return acc.micro_loop in ev.loops and not first_iteration_only(ev, acc.micro_loop)
         if ev.loop is not acc.micro_loop:
             return False
-        if ev.accumulation_guards():
-            return False
+        if ev.accumulation_guards() or first_iteration_only(ev, acc.micro_loop):
+            return False  # once per window, or once before the first one (`if i == 0: opt.zero_grad()`)
         # Under a condition that also gates an optimizer step (a final flush of a partial window:
         # `if i + 1 == len(loader): opt.step(); opt.zero_grad()`) it runs once per window too.
         own = [g for g in ev.guards if g.loop is acc.micro_loop]

@@ -37,7 +37,8 @@ class AccumRemainderDiscarded(Rule):
         `or`, nothing about the end of the data), no other step of that optimizer can flush the window (a step
         in the other arm of a run-wide mode switch such as `if cfg.ACCUMULATION_STEPS > 1: ... else: ...` does
         not count), and a gradient clear of that optimizer runs once per pass of that loop: in the epoch loop
-        around it, before or after it (or under `if i == 0:` inside it), or at the top of a function whose every
+        around it, before or after it (or under `if i == 0:` inside it, where `i` is the loop's own index: a counter
+        kept across epochs is zero only once), or at the top of a function whose every
         pass is an epoch (called from a loop in this file or another file of the project, or named for it:
         `train_one_epoch`). The finding does not know the number of batches: when it is a multiple of k (or k is
         1) nothing is lost, and the message says so. A loop whose bound names the accumulation factor
@@ -256,7 +257,7 @@ for epoch in range(epochs):
                 continue
             if loop in c.loops:
                 # `if i == 0: optimizer.zero_grad()`: clears at the start of every pass.
-                if c.loop is loop and first_iteration_only(c, loop) and not c.accumulation_guards():
+                if c.loop is loop and first_iteration_only(c, loop) and not c.accumulation_guards() and _restarts(c, loop):
                     return c
                 continue
             if loop not in acc.step.loops or c.loops != acc.step.loops[: acc.step.loops.index(loop)]:
@@ -268,6 +269,18 @@ for epoch in range(epochs):
             if c.order < first and _repeated(m, loop):
                 return c  # at the top of a function called once per epoch
         return None
+
+
+def _restarts(clear, loop) -> bool:
+    """The ``== 0`` test of ``if i == 0: zero_grad()`` reads a variable of the loop itself (``for i, batch in
+    enumerate(loader)``), which starts again at every pass; a counter kept across passes (``step == 0``, with
+    ``step += 1`` in the loop) is zero once per run, not once per epoch."""
+    targets = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)} if loop.target is not None else set()
+    for g in clear.guards:
+        t = g.test
+        if g.loop is loop and isinstance(t, ast.Compare) and isinstance(t.left, ast.Name):
+            return t.left.id in targets
+    return False
 
 
 def _plain_modulo(test: ast.AST) -> bool:

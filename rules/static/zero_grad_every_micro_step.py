@@ -21,7 +21,8 @@ class ZeroGradEveryMicroStep(Rule):
         Needs an accumulation doctor recognises (a step under `if (i + 1) % k == 0` or a flag named like
         `accumulate`/`should_step`, or a micro-step loop named like `micro`/`accum`/`chunk`; see
         `unscaled-accumulation-loss`) and a clear that provably runs on every micro-step and may clear the
-        stepped optimizer. A clear between the backward and a gated step is left to `zero-grad-after-backward`.
+        stepped optimizer; a clear under `if i == 0:` (or `step == 0`) runs once, before the first window, and is
+        not reported. A clear between the backward and a gated step is left to `zero-grad-after-backward`.
         Clearing inside an installed library is not seen.
     """
     bad = """
