@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional
 
+from doctor.analysis.index import nodes_under
 from doctor.analysis.names import last_part, receiver_key
 from doctor.analysis import objects as K
 
@@ -235,7 +236,7 @@ def _stored_names(loop_node: ast.AST) -> frozenset[str]:
     for part in (getattr(loop_node, "target", None), *getattr(loop_node, "body", ())):
         if part is None:
             continue
-        for node in ast.walk(part):
+        for node in nodes_under(part):  # a set: the order of the walk does not matter
             if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Store):
                 key = receiver_key(node)
                 if key:

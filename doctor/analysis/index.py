@@ -20,9 +20,32 @@ _CONTEXT_AND_OPERATORS = (ast.expr_context, ast.operator, ast.boolop, ast.unaryo
 _POSITION = attrgetter("lineno", "col_offset")
 
 
+def nodes_under(root: ast.AST) -> Iterator[ast.AST]:
+    """``root`` and every node below it, like ``ast.walk`` but depth-first and without the Load/Store contexts
+    and operator tokens; several times cheaper. For questions whose answer does not depend on the order (is
+    there such a node, the set of such names)."""
+    AST = ast.AST
+    skip = _CONTEXT_AND_OPERATORS
+    stack = [root]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        yield node
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                for child in value:
+                    if isinstance(child, AST) and not isinstance(child, skip):
+                        push(child)
+            elif isinstance(value, AST) and not isinstance(value, skip):
+                push(value)
+
+
 class NodeIndex:
     def __init__(self, tree: ast.AST) -> None:
         self.tree = tree
+        #: The enclosing function of each node asked about (and of the nodes on its way up).
+        self._enclosing: dict[int, ast.AST] = {}
         self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
         self.parents: dict[int, ast.AST] = {}
         self._lines: dict[type, list[int]] = {}
@@ -88,10 +111,32 @@ class NodeIndex:
             cur = self.parents.get(id(cur))
 
     def enclosing_function(self, node: ast.AST) -> ast.AST:
-        for anc in self.ancestors(node):
-            if isinstance(anc, _FUNCTIONS):
-                return anc
-        return self.tree
+        """The nearest function around ``node`` (the module when none); memoised along the way up, since
+        analyses ask it for most nodes of a file."""
+        memo = self._enclosing
+        parents = self.parents
+        key = id(node)
+        found = memo.get(key)
+        if found is not None:
+            return found
+        chain = []  # ids of the nodes (of this tree) passed on the way up
+        cur = parents.get(key)
+        while cur is not None:
+            chain.append(key)
+            if isinstance(cur, _FUNCTIONS):
+                found = cur
+                break
+            key = id(cur)
+            hit = memo.get(key)
+            if hit is not None:
+                found = hit
+                break
+            cur = parents.get(key)
+        if found is None:
+            found = self.tree
+        for k in chain:  # only nodes with a parent in this tree: a foreign node's id is never kept
+            memo[k] = found
+        return found
 
     def within(self, root: ast.AST, *types: type[T]) -> list[T]:
         """Nodes of ``types`` inside ``root`` (by line range, then confirmed through parents)."""

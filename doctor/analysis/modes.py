@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Optional
 
+from doctor.analysis.index import nodes_under
 from doctor.analysis.events import BACKWARD, EVAL, FORWARD, STEP, TRAIN, BuildState, Event, Stream, StreamBuilder
 from doctor.analysis.modules import ModuleTables
 from doctor.analysis.names import receiver_key
@@ -289,7 +290,7 @@ class Modes:
         return memo[id(fn)]
 
     def _enables_grad(self, fn: ast.AST) -> bool:
-        for node in ast.walk(fn):
+        for node in nodes_under(fn):  # any such node will do: the order of the walk does not matter
             if isinstance(node, ast.Call):
                 q = self.model.imports.qualify(node.func) or ""
                 name = q.rsplit(".", 1)[-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterator, Optional
 
 from doctor.analysis.names import ImportTable, call_arg, call_name, dotted_name, last_part, receiver_key
@@ -116,10 +117,18 @@ class ObjectInfo:
 
 def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str]:
     """The kind of object a call to ``qualified`` returns, when we can tell."""
-    parts = qualified.split(".")
-    name = parts[-1]
+    name = qualified.rsplit(".", 1)[-1]
     if name in local_classes:
         return local_classes[name]
+    return _classify_qualified(qualified)
+
+
+@lru_cache(maxsize=8192)
+def _classify_qualified(qualified: str) -> Optional[str]:
+    """``classify_ctor`` for a name that is no local class: a pure function of the name, asked thousands of
+    times per big file for a few hundred names, so remembered."""
+    parts = qualified.split(".")
+    name = parts[-1]
     if ("lr_scheduler" in parts and (parts[0] == "torch" or name[:1].isupper())) or (parts[0] == "transformers" and "schedule" in name.lower()):
         return SCHEDULER  # not `self.lr_scheduler.step_update(...)`: a method of a scheduler returns a number
     if name in ("get_scheduler",) or re.match(r"get_\w*schedule", name):
@@ -155,7 +164,12 @@ def classify_ctor(qualified: str, local_classes: dict[str, str]) -> Optional[str
 
 
 def kind_from_name(key: str) -> Optional[str]:
-    name = last_part(key)
+    return _kind_of_name(last_part(key))
+
+
+@lru_cache(maxsize=8192)
+def _kind_of_name(name: str) -> Optional[str]:
+    """``kind_from_name`` of a key's last part (pure, so remembered)."""
     if _SCALER_NAME.search(name):
         return SCALER
     if _SCHED_NAME.search(name):

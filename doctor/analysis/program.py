@@ -404,10 +404,14 @@ class Program:
 
     def rebinds(self, fn: ast.AST, name: str) -> bool:
         """Does ``fn``'s own body assign ``name`` (so a parameter of that name no longer holds the argument)?"""
-        for node in self.index.within(fn, ast.Name):
-            if node.id == name and isinstance(node.ctx, ast.Store) and self.enclosing_function(node) is fn:
-                return True
-        return False
+        key = ("stores", id(fn))
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not fn:  # type: ignore[index]
+            # The names fn's own body stores, collected once per function (asked per parameter and call).
+            stored = {node.id for node in self.index.within(fn, ast.Name)
+                      if isinstance(node.ctx, ast.Store) and self.enclosing_function(node) is fn}
+            hit = self._memo[key] = (fn, stored)
+        return name in hit[1]  # type: ignore[index]
 
     # -- call sites ------------------------------------------------------------------------------------
     def call_sites(self, fn: ast.AST, *, by_method_name: bool = False, dispatch: bool = False) -> list[tuple["Program", ast.Call]]:
