@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional
 
+from doctor.analysis.index import nodes_under
 from doctor.analysis.names import receiver_key
 
 from doctor.analysis.program import Program
@@ -279,7 +280,7 @@ class DataFlow:
             if isinstance(node, ast.ClassDef):
                 for item in node.body:
                     if isinstance(item, ast.FunctionDef) and item.name == "__getitem__":
-                        for call in ast.walk(item):
+                        for call in nodes_under(item):  # a set of class names: the order does not matter
                             if isinstance(call, ast.Call) and re.search(r"rand|sample|shuffle|choice", self.name_of(call)):
                                 out.add(node.name)
         return out

@@ -95,8 +95,9 @@ class Loop:
         text = []
         for part in (self.iter, self.target):
             if part is not None:
-                text.extend(n.id for n in ast.walk(part) if isinstance(n, ast.Name))
-                text.extend(n.attr for n in ast.walk(part) if isinstance(n, ast.Attribute))
+                nodes = list(nodes_under(part))  # any match will do: the order does not matter
+                text.extend(n.id for n in nodes if isinstance(n, ast.Name))
+                text.extend(n.attr for n in nodes if isinstance(n, ast.Attribute))
         return any(MICRO_LOOP.search(t) for t in text)
 
 
@@ -402,6 +403,12 @@ class Stream:
     events: tuple[Event, ...]
 
 
+_AST = ast.AST
+#: Expression nodes with no calls below them, and the context/operator tokens (no children at all).
+_LEAVES = (ast.Name, ast.Constant)
+_TOKENS = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
+
+
 class StreamBuilder:
     """Walks one function body in execution order and produces its events."""
 
@@ -555,8 +562,18 @@ class StreamBuilder:
                 self._expr(kw.value, state)
             self._call(expr, state)
             return
-        for child in ast.iter_child_nodes(expr):
-            self._expr(child, state)
+        if isinstance(expr, _LEAVES):
+            return  # nothing below a name or a constant calls anything
+        # The children in ``ast.iter_child_nodes`` order, less the Load/Store contexts and operator tokens
+        # (which hold no calls): this visit ran once per expression node of every walked function.
+        for field_name in expr._fields:
+            value = getattr(expr, field_name, None)
+            if isinstance(value, list):
+                for child in value:
+                    if isinstance(child, _AST) and not isinstance(child, _TOKENS):
+                        self._expr(child, state)
+            elif isinstance(value, _AST) and not isinstance(value, _TOKENS):
+                self._expr(value, state)
 
     def resolve(self, key: Optional[str], state: BuildState) -> Optional[str]:
         if key is None:
