@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from doctor.analysis.index import nodes_under
+from doctor.analysis.index import child_fields, nodes_under
 from doctor.analysis.names import last_part, receiver_key
 from doctor.analysis import objects as K
 
@@ -566,7 +566,7 @@ class StreamBuilder:
             return  # nothing below a name or a constant calls anything
         # The children in ``ast.iter_child_nodes`` order, less the Load/Store contexts and operator tokens
         # (which hold no calls): this visit ran once per expression node of every walked function.
-        for field_name in expr._fields:
+        for field_name in child_fields(type(expr)):
             value = getattr(expr, field_name, None)
             if isinstance(value, list):
                 for child in value:

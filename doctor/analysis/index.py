@@ -18,6 +18,18 @@ _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 #: Load/Store contexts and operator tokens: never asked for, and a large share of all nodes.
 _CONTEXT_AND_OPERATORS = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
 _POSITION = attrgetter("lineno", "col_offset")
+#: Fields that hold a name, a number, a string or a context/operator token, never a node to visit.
+_PLAIN_FIELDS = frozenset({"ctx", "op", "id", "attr", "arg", "name", "module", "level", "kind", "type_comment", "conversion", "is_async"})
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def child_fields(t: type) -> tuple[str, ...]:
+    """The fields of node type ``t`` that may hold nodes (``_fields`` less plain values: a Name or a Constant
+    has none). Visiting only these skips most attribute reads of a traversal."""
+    found = _CHILD_FIELDS.get(t)
+    if found is None:
+        found = _CHILD_FIELDS[t] = () if t is ast.Constant else tuple(f for f in t._fields if f not in _PLAIN_FIELDS)
+    return found
 
 
 def nodes_under(root: ast.AST) -> Iterator[ast.AST]:
@@ -28,10 +40,13 @@ def nodes_under(root: ast.AST) -> Iterator[ast.AST]:
     skip = _CONTEXT_AND_OPERATORS
     stack = [root]
     pop, push = stack.pop, stack.append
+    fields = _CHILD_FIELDS
     while stack:
         node = pop()
         yield node
-        for name in node._fields:
+        t = type(node)
+        names = fields.get(t)
+        for name in names if names is not None else child_fields(t):
             value = getattr(node, name, None)
             if isinstance(value, list):
                 for child in value:
@@ -56,10 +71,13 @@ class NodeIndex:
         stack = [tree]
         AST = ast.AST
         skip = _CONTEXT_AND_OPERATORS
+        fields = _CHILD_FIELDS
         while stack:
             node = stack.pop()
-            by_type[type(node)].append(node)
-            for name in node._fields:
+            t = type(node)
+            by_type[t].append(node)
+            names = fields.get(t)
+            for name in names if names is not None else child_fields(t):
                 value = getattr(node, name, None)
                 if isinstance(value, list):
                     for child in value:
