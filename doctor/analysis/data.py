@@ -82,7 +82,7 @@ class DataFlow:
     def assignments(self) -> dict[str, list[tuple[ast.AST, ast.AST]]]:
         """Every value assigned to each key, with the assigning statement's function (flow-insensitive)."""
         out: dict[str, list[tuple[ast.AST, ast.AST]]] = {}
-        for node in self.model.index.all():
+        for node in self.model.index.scan(ast.Assign, ast.AnnAssign):
             pairs: list[tuple[ast.AST, ast.AST]] = []
             if isinstance(node, ast.Assign):
                 for t in node.targets:
@@ -192,7 +192,7 @@ class DataFlow:
 
     def _tuple_source(self, key: str, value: ast.Call) -> Optional[ast.AST]:
         """``model, opt, loader = accelerator.prepare(model, opt, loader)``: the argument matching ``key``."""
-        for node in self.model.index.all():
+        for node in self.model.index.scan(ast.Assign):
             if isinstance(node, ast.Assign) and node.value is value:
                 for t in node.targets:
                     if isinstance(t, (ast.Tuple, ast.List)):
@@ -247,7 +247,7 @@ class DataFlow:
             cur = m.parents.get(id(cur))
         if not isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef)) or _depth > 2:
             return None
-        for site in m.index.all():
+        for site in m.index.scan(ast.Call):
             if isinstance(site, ast.Call) and (
                 (isinstance(site.func, ast.Name) and site.func.id == cur.name)
                 or (isinstance(site.func, ast.Attribute) and site.func.attr == cur.name)
@@ -262,7 +262,7 @@ class DataFlow:
     def iterable_dataset_classes(self) -> set[str]:
         out: set[str] = set()
         for _ in range(2):
-            for node in self.model.index.all():
+            for node in self.model.index.scan(ast.ClassDef):
                 if isinstance(node, ast.ClassDef):
                     for base in node.bases:
                         q = self.model.imports.qualify(base) or ""
@@ -276,7 +276,7 @@ class DataFlow:
         """Local dataset classes whose ``__getitem__`` draws its own random samples (episodes, random crops of a
         stream): their order does not come from the index."""
         out: set[str] = set()
-        for node in self.model.index.all():
+        for node in self.model.index.scan(ast.ClassDef):
             if isinstance(node, ast.ClassDef):
                 for item in node.body:
                     if isinstance(item, ast.FunctionDef) and item.name == "__getitem__":
@@ -338,13 +338,13 @@ class DataFlow:
     # -- samplers ------------------------------------------------------------------------------------
     def distributed_samplers(self) -> list[ast.Call]:
         return [
-            n for n in self.model.index.all()
+            n for n in self.model.index.scan(ast.Call)
             if isinstance(n, ast.Call) and self.name_of(n) in ("DistributedSampler", "ElasticDistributedSampler")
         ]
 
     def set_epoch_calls(self) -> list[ast.Call]:
         return [
-            n for n in self.model.index.all()
+            n for n in self.model.index.scan(ast.Call)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "set_epoch"
         ]
 

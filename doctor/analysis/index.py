@@ -103,6 +103,14 @@ class NodeIndex:
             self._all = [n for nodes in self._by_type.values() for n in nodes]
         return self._all
 
+    def scan(self, *types: type) -> list[ast.AST]:
+        """The nodes of exactly these types in the order ``all()`` lists them: the same sequence as filtering
+        ``all()`` with ``isinstance`` (node types have no subclasses), without visiting every node of the file."""
+        if len(types) == 1:
+            return self._by_type.get(types[0], [])
+        wanted = set(types)
+        return [n for t, nodes in self._by_type.items() if t in wanted for n in nodes]
+
     def of(self, *types: type[T]) -> list[T]:
         """All nodes of the given types, in source order."""
         if len(types) == 1:

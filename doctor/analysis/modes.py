@@ -90,7 +90,7 @@ class Modes:
     def call_sites(self) -> dict[str, list[ast.Call]]:
         """Same-file calls by called name (``evaluate(...)``, ``self.evaluate(...)``)."""
         out: dict[str, list[ast.Call]] = {}
-        for node in self.model.index.all():
+        for node in self.model.index.scan(ast.Call):
             if isinstance(node, ast.Call):
                 f = node.func
                 name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
@@ -148,7 +148,7 @@ class Modes:
         """``key.eval()`` (or ``.train(False)``) is called somewhere that does not train: at module level after
         loading weights, in a setup function... The author manages the mode; we cannot order it reliably."""
         last = (key or "").rsplit(".", 1)[-1]
-        for node in self.model.index.all():
+        for node in self.model.index.scan(ast.Call):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
             if node.func.attr == "eval" and not node.args or node.func.attr == "train" and node.args:
@@ -209,7 +209,7 @@ class Modes:
     def _functions_calling_eval(self) -> set[int]:
         """Ids of the functions whose body (nested functions included) calls ``something.eval()``."""
         out: set[int] = set()
-        for node in self.model.index.all():
+        for node in self.model.index.scan(ast.Call):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "eval" and not node.args:
                 cur = self.model.parents.get(id(node))
                 while cur is not None:
@@ -222,7 +222,7 @@ class Modes:
     def eval_functions(self) -> list[EvalFunction]:
         """Functions that evaluate: named like one, or calling ``.eval()`` and never training."""
         out = []
-        for fn in self.model.index.all():
+        for fn in self.model.index.scan(ast.FunctionDef, ast.AsyncFunctionDef):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name in FRAMEWORK_HOOKS:
                 continue
             if fn.name in ("forward", "__call__") or "train" in fn.name:
@@ -307,7 +307,7 @@ class Modes:
     @cached_property
     def mode_dependent_classes(self) -> dict[str, str]:
         """Local nn.Module classes that contain dropout or batch norm (directly or through another local class)."""
-        classes = {n.name: n for n in self.model.index.all() if isinstance(n, ast.ClassDef)}
+        classes = {n.name: n for n in self.model.index.scan(ast.ClassDef) if isinstance(n, ast.ClassDef)}
         found: dict[str, str] = {}
         for _ in range(3):  # a few rounds so that a class built from another local class inherits its layers
             for name, cls in classes.items():

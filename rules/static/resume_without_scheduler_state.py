@@ -190,7 +190,7 @@ optimizer.load_state_dict(extra["optimizer"])
         }
         if not schedulers:
             return
-        calls = [n for n in m.index.all() if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+        calls = [n for n in m.index.scan(ast.Call) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
         for call in calls:
             if call.func.attr != "load_state_dict":  # type: ignore[attr-defined]
                 continue

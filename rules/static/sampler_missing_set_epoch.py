@@ -258,14 +258,14 @@ def _loaders_using(m, s, skey) -> list[ast.Call]:
     data = m.data
     out = []
     batch_keys: set[str] = set()
-    for node in m.index.all():
+    for node in m.index.scan(ast.Call):
         if isinstance(node, ast.Call) and data.name_of(node) == "BatchSampler" and _refers(node.args[0] if node.args else None, s, skey):
             k = data.assigned_key(node)
             if k:
                 batch_keys.add(k)
             else:
                 batch_keys.add(f"__node{id(node)}")
-    for node in m.index.all():
+    for node in m.index.scan(ast.Call):
         if not data.is_loader_ctor(node):
             continue
         call = LoaderCall(node, None)
@@ -282,7 +282,7 @@ def _loaders_using(m, s, skey) -> list[ast.Call]:
 
 def _prepared(m, lkeys) -> bool:
     """Accelerate/Fabric re-wrap the loader and set the epoch themselves."""
-    for node in m.index.all():
+    for node in m.index.scan(ast.Call):
         if isinstance(node, ast.Call) and m.data.name_of(node) in _PREPARE:
             if any(receiver_key(a) in lkeys for a in node.args):
                 return True
@@ -294,7 +294,7 @@ def _covered(m, s, skey, lkeys) -> bool:
     data = m.data
     others = {data.assigned_key(o) for o in data.distributed_samplers() if o is not s} - {None, skey}
     other_loaders = {
-        data.assigned_key(n) for n in m.index.all() if data.is_loader_ctor(n)
+        data.assigned_key(n) for n in m.index.scan(ast.Call) if data.is_loader_ctor(n)
     } - {None} - lkeys
     for call in data.set_epoch_calls():
         key = receiver_key(call.func.value) or ""
@@ -309,7 +309,7 @@ def _covered(m, s, skey, lkeys) -> bool:
 
 def _loader_loops(m) -> list[tuple[ast.AST, list[ast.Call]]]:
     out = []
-    for node in m.index.all():
+    for node in m.index.scan(ast.For, ast.AsyncFor):
         if isinstance(node, (ast.For, ast.AsyncFor)):
             calls = m.data.loaders(loop_iterated(node), m.enclosing_function(node))
             if calls:
@@ -325,7 +325,7 @@ def _epoch_loop(m, loops, loaders):
             if outer is not None:
                 return outer, loop
     # The loader passed to a helper from inside a loop (`for epoch ...: train_one_epoch(model, loader)`).
-    for node in m.index.all():
+    for node in m.index.scan(ast.Call):
         if isinstance(node, ast.Call) and any(_mentions(a, loaders, m) for a in list(node.args) + [k.value for k in node.keywords]):
             outer = _outer_loop(m, node)
             if outer is not None and isinstance(node.func, ast.Name) and node.func.id not in set(m.functions) | _BUILTINS:
