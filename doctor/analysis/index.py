@@ -56,6 +56,15 @@ def nodes_under(root: ast.AST) -> Iterator[ast.AST]:
                 push(value)
 
 
+def _in_position_order(nodes: list) -> list:
+    """``nodes`` sorted (stably) by line and column; a node without a position counts as line 0. The C-level key
+    first (a new list, so that a failure leaves the input as it was), the Python one only when it fails."""
+    try:
+        return sorted(nodes, key=_POSITION)
+    except (AttributeError, TypeError):
+        return sorted(nodes, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+
+
 class NodeIndex:
     def __init__(self, tree: ast.AST) -> None:
         self.tree = tree
@@ -120,7 +129,7 @@ class NodeIndex:
             cached = []
             for t in types:
                 cached.extend(self._by_type.get(t, []))
-            cached.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+            cached = _in_position_order(cached)
             self._merged[types] = cached
         return cached  # type: ignore[return-value]
 
@@ -193,5 +202,5 @@ class NodeIndex:
                 if any(a is root for a in self.ancestors(n)):
                     out.append(n)
         if len(types) > 1:
-            out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+            out = _in_position_order(out)
         return out  # type: ignore[return-value]
