@@ -569,6 +569,14 @@ class Program:
             if loop is None or _clears_in(loop):
                 continue
             where = f"line {loop.lineno}" if program is self else f"{_short(program.path)}:{loop.lineno}"
+            f = call.func
+            if by_name and isinstance(f, ast.Attribute) and program.class_of_receiver(f.value, call) is None:
+                # The receiver's class is unknown (built by a registry or a factory): matched by the method's name.
+                return (
+                    f"runs once per iteration of the loop at {where} (inferred: `{_short_call(call)}` at "
+                    f"{'line ' if program is self else _short(program.path) + ':'}{call.lineno} is taken to call it, "
+                    "by its name)"
+                )
             return f"runs once per iteration of the loop at {where}"
         return None
 
@@ -692,3 +700,8 @@ def same_definition(a_program: "Program", a: ast.AST, b_program: "Program", b: a
         and getattr(a, "lineno", None) == getattr(b, "lineno", None)
         and bool(a_program.path and b_program.path and _same_path(a_program.path, b_program.path))
     )
+
+
+def _short_call(call: ast.Call) -> str:
+    """``model.optimize_parameters(...)``: the callee and ``...`` for the arguments."""
+    return f"{ast.unparse(call.func)}(...)"
