@@ -163,13 +163,10 @@ class Modes:
 
     def parameters_frozen(self, key: Optional[str], at: ast.AST) -> bool:
         """``key.requires_grad_(False)`` (also inside a chain: ``net.eval().requires_grad_(False).to(dev)``) runs
-        in the function around ``at`` before it: the model's forward then records no graph of its own."""
+        in the function around ``at`` before it, or the object's readable class holds no trainable parameter: the
+        model's forward then records no graph of its own."""
         if not key:
             return False
-        ctor = self.model.constructor_of(key, at)
-        found = self.model.resolve_class(ctor.func) if ctor is not None else None
-        if found is not None and ModuleTables(self.model).trains_nothing(*found):
-            return True  # a module class with no trainable parameter (frozen lookup tables, buffers)
         fn = self.model.enclosing_function(at)
         line = getattr(at, "lineno", 0)
         for call in self.model.index.within(fn, ast.Call):
@@ -182,7 +179,14 @@ class Modes:
                 base = base.func.value
             if receiver_key(base) == key:
                 return True
-        return False
+        ctor = self.model.constructor_of(key, at)
+        found = self.model.resolve_class(ctor.func) if ctor is not None else None
+        # A module class with no trainable parameter (frozen lookup tables, buffers, numbers).
+        return found is not None and self._module_tables.trains_nothing(*found)
+
+    @cached_property
+    def _module_tables(self) -> ModuleTables:
+        return ModuleTables(self.model)
 
     def grad_disabled_globally(self, node: ast.AST) -> bool:
         """``torch.set_grad_enabled(False)`` as a statement in the module body or the function around ``node``."""

@@ -557,8 +557,8 @@ def _frozen_table(program: Program, node: ast.AST) -> bool:
     value = K.unwrap_moves(value) if value is not None else None
     if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "from_pretrained"):
         return False
-    q = program.imports.qualify(value.func) or ""
-    if not q.rsplit(".", 2)[-2:][0] in ("Embedding", "EmbeddingBag") or not q.startswith(("torch.nn.", "nn.")):
+    parts = (program.imports.qualify(value.func) or "").split(".")
+    if parts[-2:-1] not in (["Embedding"], ["EmbeddingBag"]) or ".".join(parts[:-2]) not in ("torch.nn", "nn"):
         return False
     freeze = next((kw.value for kw in value.keywords if kw.arg == "freeze"), value.args[1] if len(value.args) > 1 else None)
     return freeze is None or (isinstance(freeze, ast.Constant) and freeze.value is True)

@@ -568,16 +568,15 @@ class Program:
             loop = _enclosing_loop(program, call)
             if loop is None or _clears_in(loop):
                 continue
-            where = f"line {loop.lineno}" if program is self else f"{_short(program.path)}:{loop.lineno}"
+            place = "line " if program is self else f"{_short(program.path)}:"
             f = call.func
             if by_name and isinstance(f, ast.Attribute) and program.class_of_receiver(f.value, call) is None:
                 # The receiver's class is unknown (built by a registry or a factory): matched by the method's name.
                 return (
-                    f"runs once per iteration of the loop at {where} (inferred: `{_short_call(call)}` at "
-                    f"{'line ' if program is self else _short(program.path) + ':'}{call.lineno} is taken to call it, "
-                    "by its name)"
+                    f"runs once per iteration of the loop at {place}{loop.lineno} (inferred: `{_short_call(call)}` at "
+                    f"{place}{call.lineno} is taken to call it, by its name)"
                 )
-            return f"runs once per iteration of the loop at {where}"
+            return f"runs once per iteration of the loop at {place}{loop.lineno}"
         return None
 
     def _inlined_here(self, fn: ast.AST, call: ast.Call) -> bool:

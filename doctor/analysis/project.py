@@ -250,11 +250,8 @@ class Project:
         cached = self._trains.get(path)
         if cached is not None and cached[0] == sig:
             return cached[1]
-        try:
-            with open(path, "rb") as fh:
-                found = _TRAINS.search(fh.read()) is not None
-        except OSError:
-            found = False
+        data = _read(path)
+        found = data is not None and _TRAINS.search(data) is not None
         self._trains[path] = (sig, found)
         return found
 
@@ -287,12 +284,9 @@ class Project:
         """Every called name of the project, with the files calling it (one pass; the raw bytes are then let go)."""
         called: dict[bytes, list[int]] = {}
         for i, (path, data) in enumerate(self._blobs or ()):
+            data = data if data is not None else _read(path)
             if data is None:
-                try:
-                    with open(path, "rb") as fh:
-                        data = fh.read()
-                except OSError:
-                    continue
+                continue
             for name in set(_CALLED.findall(data)):
                 called.setdefault(name, []).append(i)
         self._called = called
@@ -310,12 +304,9 @@ class Project:
         pattern = re.compile(re.escape(needle) + rb"\s*\(")
         out = []
         for path, data in blobs:
+            data = data if data is not None else _read(path)
             if data is None:
-                try:
-                    with open(path, "rb") as fh:
-                        data = fh.read()
-                except OSError:
-                    continue
+                continue
             self._searched += len(data)
             if needle in data and any(m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES for m in pattern.finditer(data)):
                 out.append(path)
@@ -392,3 +383,12 @@ def project_root(path: str) -> str:
 
 def in_package(path: str) -> bool:
     return os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "__init__.py"))
+
+
+def _read(path: str) -> Optional[bytes]:
+    """The file's bytes, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None

@@ -254,14 +254,10 @@ def _live_state(m, call: ast.Call) -> bool:
         return False
     arg = call.args[0]
     if isinstance(arg, ast.Name):
-        func = m.enclosing_function(call)
-        values = [
-            a.value for a in (m.index.within(func, ast.Assign) if func is not None else [])
-            if any(isinstance(t, ast.Name) and t.id == arg.id for t in a.targets)
-        ]
-        if len(values) != 1:
+        binds = m.values.bindings(m.enclosing_function(call)).get(arg.id, [])
+        if len(binds) != 1 or not isinstance(binds[0], ast.Assign) or not isinstance(binds[0].targets[0], ast.Name):
             return False
-        arg = values[0]
+        arg = binds[0].value
     return (
         isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "state_dict"
         and not arg.args and m.objects.kind(receiver_key(arg.func.value)) == K.OPTIMIZER
